@@ -1,0 +1,173 @@
+"""Labs, profiles and command-line overrides.
+
+A lab is a folder ``labs/<name>/`` with a ``lab.yaml`` (metadata) and one YAML file per profile in
+``profiles/``. Profiles of one lab hold the same keys and differ only in values (model id or local
+path, dataset source, sizes, precision, device, hyperparameters), so every profile runs the same
+code path. Any value can be overridden as ``key=value`` (``SET="learning_rate=0"`` in make); a key
+is a dotted path (``training.learning_rate``) or a leaf name that is unique in the profile.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from labkit.errors import LabError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+LABS_DIR = REPO_ROOT / "labs"
+
+
+@dataclass(frozen=True)
+class Lab:
+    """Metadata of one lab, read from ``labs/<name>/lab.yaml``.
+
+    Attributes:
+        name: folder name, also the make target suffix (``make lab-<name>``).
+        dir: absolute path of the lab folder.
+        title, chapter, summary: what the course chapter teaches.
+        image: shared base image the lab's Dockerfile builds on (``cuda`` or ``ascend``).
+        entrypoint: script run for every profile, relative to the lab folder.
+        profiles: profile names, each with ``profiles/<name>.yaml``.
+        gpu_memory_gib: accelerator memory the full profile needs, in GiB (``invoke doctor``).
+    """
+
+    name: str
+    dir: Path
+    title: str
+    chapter: int
+    summary: str
+    image: str
+    entrypoint: str
+    profiles: tuple[str, ...]
+    gpu_memory_gib: float
+    meta: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def profile_path(self, profile: str) -> Path:
+        return self.dir / "profiles" / f"{profile}.yaml"
+
+    def expected_path(self, profile: str) -> Path:
+        return self.dir / "expected" / f"{profile}.yaml"
+
+
+def read_yaml(path: Path) -> Any:
+    """Parse a YAML file; raise :class:`LabError` naming the file if it is missing or malformed."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise LabError(f"cannot read {path}: {exc.strerror}") from exc
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise LabError(f"{path} is not valid YAML: {exc}") from exc
+
+
+def list_labs(labs_dir: Path = LABS_DIR) -> list[Lab]:
+    """All labs under ``labs_dir`` (folders holding a ``lab.yaml``), sorted by name."""
+    return [_load_lab(p.parent) for p in sorted(labs_dir.glob("*/lab.yaml"))]
+
+
+def get_lab(name: str, labs_dir: Path = LABS_DIR) -> Lab:
+    """The lab called ``name``; :class:`LabError` listing the known labs if there is none."""
+    if (labs_dir / name / "lab.yaml").is_file():
+        return _load_lab(labs_dir / name)
+    known = ", ".join(lab.name for lab in list_labs(labs_dir)) or "(none)"
+    raise LabError(f"unknown lab {name!r}. Known labs: {known}")
+
+
+def _load_lab(lab_dir: Path) -> Lab:
+    meta = read_yaml(lab_dir / "lab.yaml")
+    required = ("title", "chapter", "summary", "image", "entrypoint", "profiles", "gpu_memory_gib")
+    missing = [key for key in required if not isinstance(meta, dict) or key not in meta]
+    if missing:
+        raise LabError(f"{lab_dir / 'lab.yaml'} lacks {', '.join(missing)}")
+    return Lab(
+        name=lab_dir.name,
+        dir=lab_dir.resolve(),
+        title=meta["title"],
+        chapter=int(meta["chapter"]),
+        summary=meta["summary"],
+        image=meta["image"],
+        entrypoint=meta["entrypoint"],
+        profiles=tuple(meta["profiles"]),
+        gpu_memory_gib=float(meta["gpu_memory_gib"]),
+        meta=meta,
+    )
+
+
+def load_profile(lab: Lab, profile: str, overrides: list[str] | None = None) -> tuple[dict, dict]:
+    """Read a profile and apply ``key=value`` overrides.
+
+    Returns:
+        ``(config, applied)``: the nested profile dict with overrides applied, and the overrides
+        as ``{dotted_key: value}`` (recorded in the run manifest).
+
+    Raises:
+        LabError: unknown profile (lists the lab's profiles), malformed profile file, malformed
+            override, unknown or ambiguous key (lists the valid keys), or a value whose type does
+            not match the profile's.
+    """
+    if profile not in lab.profiles:
+        raise LabError(f"lab {lab.name!r} has no profile {profile!r}. Profiles: {', '.join(lab.profiles)}")
+    config = read_yaml(lab.profile_path(profile))
+    if not isinstance(config, dict):
+        raise LabError(f"{lab.profile_path(profile)} must hold a mapping of settings")
+    return apply_overrides(config, overrides or [], source=str(lab.profile_path(profile)))
+
+
+def leaf_keys(config: dict, prefix: str = "") -> list[str]:
+    """Dotted paths of every non-mapping value in ``config``, e.g. ``training.learning_rate``."""
+    keys = []
+    for key, value in config.items():
+        path = f"{prefix}{key}"
+        keys.extend(leaf_keys(value, path + ".") if isinstance(value, dict) else [path])
+    return keys
+
+
+def parse_value(text: str) -> Any:
+    """YAML scalar parsing, plus floats YAML 1.1 leaves as strings (``1e-3``)."""
+    value = yaml.safe_load(text) if text.strip() else ""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def apply_overrides(config: dict, overrides: list[str], source: str = "profile") -> tuple[dict, dict]:
+    """Apply ``key=value`` strings to a copy of ``config``; see :func:`load_profile`."""
+    config = copy.deepcopy(config)
+    keys = leaf_keys(config)
+    applied: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise LabError(f"override {item!r} is not of the form key=value (e.g. learning_rate=0)")
+        matches = [k for k in keys if k == key] or [k for k in keys if k.rsplit(".", 1)[-1] == key]
+        if len(matches) != 1:
+            why = "is ambiguous, it matches " + ", ".join(matches) if matches else "is not a setting"
+            raise LabError(f"override key {key!r} {why} in {source}. Valid keys: {', '.join(keys)}")
+        path = matches[0]
+        *parents, leaf = path.split(".")
+        node = config
+        for part in parents:
+            node = node[part]
+        node[leaf] = _coerce(path, node[leaf], parse_value(raw))
+        applied[path] = node[leaf]
+    return config, applied
+
+
+def _coerce(path: str, old: Any, new: Any) -> Any:
+    if old is None or new is None or type(old) is type(new):
+        return new
+    if isinstance(old, float) and isinstance(new, int) and not isinstance(new, bool):
+        return float(new)
+    if isinstance(old, list) and not isinstance(new, list):
+        return [new]
+    raise LabError(f"override {path}={new!r}: expected a {type(old).__name__} like the profile's {old!r}")

@@ -1,0 +1,132 @@
+"""Run directories and manifests.
+
+Every run writes to a new ``outputs/<lab>/<profile>/<UTC timestamp>/`` and never touches an earlier
+one; ``outputs/<lab>/<profile>/latest`` is a relative symlink to the newest. ``manifest.json`` beside
+the outputs records what is needed to reproduce and compare the run: lab, profile, seed, config and
+overrides, git commit, image id, Python and package versions, accelerator, timings, peak memory.
+Secrets (``HF_TOKEN``, ``OPENAI_API_KEY``) are never recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+from labkit.config import REPO_ROOT
+from labkit.errors import LabError
+
+#: Environment variables copied into the manifest (never tokens).
+RECORDED_ENV = ("HF_ENDPOINT", "HF_HOME", "HF_HUB_OFFLINE", "CUDA_VISIBLE_DEVICES", "ASCEND_RT_VISIBLE_DEVICES")
+
+
+def check_writable(directory: Path) -> None:
+    """Create ``directory`` if needed and prove a file can be written there.
+
+    Raises:
+        LabError: naming the directory, before any training starts.
+    """
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise LabError(
+            f"outputs directory {directory} is not writable ({exc.strerror}). Choose another with "
+            "OUTPUT_ROOT=... or fix its permissions (in a container the lab runs as uid 1000)."
+        ) from exc
+
+
+def new_run_dir(output_root: Path, lab: str, profile: str) -> Path:
+    """Create and return a fresh ``<output_root>/<lab>/<profile>/<UTC timestamp>`` and point ``latest`` at it.
+
+    Never reuses a directory: a second run in the same second gets a ``-1``, ``-2`` … suffix.
+    """
+    parent = Path(output_root) / lab / profile
+    check_writable(parent)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    for n in range(1000):
+        run_dir = parent / (stamp if n == 0 else f"{stamp}-{n}")
+        try:
+            run_dir.mkdir()
+            break
+        except FileExistsError:
+            continue
+    tmp = parent / f".latest-{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(run_dir.name)
+    os.replace(tmp, parent / "latest")
+    return run_dir
+
+
+def latest_run(output_root: Path, lab: str, profile: str) -> Path | None:
+    """The run ``latest`` points at, or ``None`` if this lab and profile never ran here."""
+    link = Path(output_root) / lab / profile / "latest"
+    return link.resolve() if link.exists() else None
+
+
+def git_commit() -> dict:
+    """``{"commit": sha, "dirty": bool}`` of the repo, or what the container was given in ``LABS_GIT_COMMIT``."""
+    if os.environ.get("LABS_GIT_COMMIT"):
+        sha, _, dirty = os.environ["LABS_GIT_COMMIT"].partition("+")
+        return {"commit": sha, "dirty": dirty == "dirty"}
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                             text=True, check=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain"], cwd=REPO_ROOT,
+                                    capture_output=True, text=True, check=True).stdout.strip())
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": None, "dirty": None}
+    return {"commit": sha, "dirty": dirty}
+
+
+def package_versions() -> dict[str, str]:
+    """Every installed distribution and its version, sorted by name."""
+    versions = {dist.metadata["Name"].lower(): dist.version for dist in metadata.distributions()
+                if dist.metadata["Name"]}
+    return dict(sorted(versions.items()))
+
+
+def base_manifest(lab: str, profile: str, seed: int, config: dict, overrides: dict) -> dict:
+    """The manifest fields known before the run starts."""
+    return {
+        "lab": lab,
+        "profile": profile,
+        "seed": seed,
+        "status": "running",
+        "overrides": overrides,
+        "config": config,
+        "git": git_commit(),
+        "image_id": os.environ.get("LAB_IMAGE_ID"),
+        "runtime": os.environ.get("LAB_RUNTIME", "native"),  # set to docker by the lab images
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "packages": package_versions(),
+        "env": {k: os.environ[k] for k in RECORDED_ENV if k in os.environ},
+        "start_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "_t0": time.monotonic(),
+    }
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write ``data`` as indented UTF-8 JSON (atomically: a reader never sees half a file)."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def finish_manifest(run_dir: Path, manifest: dict, status: str, **extra) -> dict:
+    """Stamp end time, wall time (s) and ``status`` (``completed`` / ``failed``) and write manifest.json."""
+    manifest = dict(manifest)
+    t0 = manifest.pop("_t0")
+    manifest.update(status=status, end_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    wall_time_s=round(time.monotonic() - t0, 2), **extra)
+    write_json(run_dir / "manifest.json", manifest)
+    return manifest

@@ -1,0 +1,100 @@
+"""Tiny models of the course's architectures, built locally for the smoke profiles.
+
+A tiny model has the real architecture (same classes, same special tokens and generation config),
+random weights and a small vocabulary trained on the lab's bundled text. It is saved to a folder
+and loaded back through the same ``from_pretrained`` calls the full profile makes with a Hub id,
+so the smoke run exercises the same code path offline on a CPU in seconds. It learns the mechanics
+(loss falls, adapters save and reload), not the task.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from transformers import (
+    GenerationConfig,
+    WhisperConfig,
+    WhisperFeatureExtractor,
+    WhisperForConditionalGeneration,
+    WhisperProcessor,
+    WhisperTokenizer,
+)
+from transformers.models.whisper.tokenization_whisper import LANGUAGES, TASK_IDS
+
+#: Whisper's special tokens after the BPE vocabulary, in the order of the released checkpoints
+#: (openai/whisper tokenizer.py; timestamp tokens omitted since the labs decode without timestamps).
+WHISPER_SPECIALS = (
+    ["<|endoftext|>", "<|startoftranscript|>"]
+    + [f"<|{code}|>" for code in LANGUAGES]
+    + ["<|translate|>", "<|transcribe|>", "<|startoflm|>", "<|startofprev|>", "<|nocaptions|>", "<|notimestamps|>"]
+)
+
+
+def train_byte_level_bpe(texts: list[str], vocab_size: int) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """A GPT-2 style byte-level BPE (the scheme Whisper's tokenizer uses) trained on ``texts``.
+
+    Returns ``(vocab, merges)`` for ``WhisperTokenizer(vocab=..., merges=...)``.
+    """
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    bpe.train_from_iterator(texts, trainer)
+    model = json.loads(bpe.to_str())["model"]
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    return model["vocab"], merges
+
+
+def build_tiny_whisper(out_dir: Path, texts: list[str], seed: int = 0, d_model: int = 64, layers: int = 2,
+                       heads: int = 4, ffn_dim: int = 128, num_mel_bins: int = 80, bpe_vocab_size: int = 512) -> Path:
+    """Build and save a tiny multilingual Whisper (model, tokenizer, feature extractor) to ``out_dir``.
+
+    Same classes and special tokens as ``openai/whisper-large-v2`` (80 mel bins, 30 s windows of
+    3000 frames, 1500 encoder positions), with ``d_model`` 64 and 2+2 layers instead of 1280 and
+    32+32. Weights are random but deterministic for a given ``seed``.
+
+    Args:
+        out_dir: folder to write (created); loadable with ``from_pretrained(out_dir)``.
+        texts: transcripts the byte-level BPE vocabulary is trained on.
+
+    Returns:
+        ``out_dir``.
+    """
+    out_dir = Path(out_dir)
+    vocab, merges = train_byte_level_bpe(texts, bpe_vocab_size)
+    tokenizer = WhisperTokenizer(vocab=vocab, merges=merges, pad_token="<|endoftext|>")  # as the released ones
+    tokenizer.add_special_tokens({"additional_special_tokens": WHISPER_SPECIALS})
+    tokenizer.save_pretrained(out_dir)
+    tokenizer = WhisperTokenizer.from_pretrained(out_dir)
+    ids = {tok: tokenizer.convert_tokens_to_ids(tok) for tok in WHISPER_SPECIALS}
+    eot, sot = ids["<|endoftext|>"], ids["<|startoftranscript|>"]
+
+    processor = WhisperProcessor(WhisperFeatureExtractor(feature_size=num_mel_bins), tokenizer)
+    processor.save_pretrained(out_dir)
+
+    config = WhisperConfig(
+        vocab_size=len(tokenizer), num_mel_bins=num_mel_bins, d_model=d_model,
+        encoder_layers=layers, decoder_layers=layers, encoder_attention_heads=heads,
+        decoder_attention_heads=heads, encoder_ffn_dim=ffn_dim, decoder_ffn_dim=ffn_dim,
+        max_source_positions=1500, max_target_positions=448,
+        pad_token_id=eot, bos_token_id=eot, eos_token_id=eot, decoder_start_token_id=sot,
+        suppress_tokens=[], begin_suppress_tokens=[eot],
+    )
+    torch.manual_seed(seed)
+    model = WhisperForConditionalGeneration(config)
+    generation = GenerationConfig.from_model_config(config)
+    whisper_fields = dict(  # GenerationConfig.update() ignores fields it does not know yet
+        is_multilingual=True, forced_decoder_ids=None, max_length=448,
+        lang_to_id={f"<|{code}|>": ids[f"<|{code}|>"] for code in LANGUAGES},
+        task_to_id={task: ids[f"<|{task}|>"] for task in TASK_IDS},
+        no_timestamps_token_id=ids["<|notimestamps|>"], prev_sot_token_id=ids["<|startofprev|>"],
+    )
+    generation._from_model_config = False  # else from_pretrained drops the Whisper fields
+    for key, value in whisper_fields.items():
+        setattr(generation, key, value)
+    model.generation_config = generation
+    model.save_pretrained(out_dir)
+    return out_dir

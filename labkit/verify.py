@@ -1,0 +1,164 @@
+"""Verification of a run directory against a lab's expected outputs.
+
+An expected file (``labs/<lab>/expected/<profile>.yaml``) lists files the run must leave and bounds
+on values in its ``metrics.json``::
+
+    files: [manifest.json, metrics.json, adapter/adapter_config.json]
+    metrics:
+      train.loss_drop_ratio: {min: 0.05, source: "measured: 5 smoke runs, 0.31-0.33; margin x6"}
+      lora.r: {equals: 4, source: "course chapter 7 LoraConfig"}
+      reload.max_abs_logit_diff: {max: 1.0e-4, source: "..."}
+      eval.cer_after: {equals: 0.32, tolerance: 0.05, source: "..."}
+
+Checks: ``min`` and ``max`` (inclusive), ``equals`` (exact, or within ``tolerance`` for numbers).
+Every metric check names its ``source``: the paper, course notebook or measured runs its number comes
+from. The run's ``manifest.json`` must also say ``status: completed``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from labkit.config import read_yaml
+from labkit.errors import LabError
+
+BOUND_KEYS = {"min", "max", "equals", "tolerance"}
+
+
+@dataclass(frozen=True)
+class Check:
+    """One row of the verification table."""
+
+    name: str
+    expected: str
+    got: str
+    passed: bool
+
+
+def load_expected(path: Path) -> dict:
+    """Read and validate an expected-outputs file.
+
+    Raises:
+        LabError: naming the file and the malformed entry (unknown key, no bound, non-numeric
+            bound, missing ``source``).
+    """
+    data = read_yaml(path)
+    if not isinstance(data, dict) or not set(data) <= {"description", "files", "metrics"}:
+        raise LabError(f"{path}: expected a mapping with keys files, metrics (and description)")
+    files = data.get("files") or []
+    if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+        raise LabError(f"{path}: 'files' must be a list of paths relative to the run directory")
+    metrics = data.get("metrics") or {}
+    if not isinstance(metrics, dict):
+        raise LabError(f"{path}: 'metrics' must map metric names to bounds")
+    for name, spec in metrics.items():
+        where = f"{path}: metric {name!r}"
+        if not isinstance(spec, dict):
+            raise LabError(f"{where} must be a mapping like {{min: 0.1, source: ...}}")
+        unknown = set(spec) - BOUND_KEYS - {"source"}
+        if unknown:
+            raise LabError(f"{where} has unknown keys {sorted(unknown)}; use min, max, equals, tolerance, source")
+        if not set(spec) & {"min", "max", "equals"}:
+            raise LabError(f"{where} has no bound: give min, max or equals")
+        if not spec.get("source"):
+            raise LabError(f"{where} has no source: say where its number comes from")
+        for key in ("min", "max", "tolerance"):
+            if key in spec and not _is_number(spec[key]):
+                raise LabError(f"{where}: {key} must be a number, got {spec[key]!r}")
+        if "tolerance" in spec and not _is_number(spec.get("equals")):
+            raise LabError(f"{where}: tolerance needs a numeric equals")
+    return {"files": files, "metrics": metrics}
+
+
+def lookup(metrics: dict, dotted: str) -> Any:
+    """``metrics["a"]["b"]`` for ``"a.b"``; raises ``KeyError`` if any part is missing."""
+    node: Any = metrics
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise KeyError(dotted)
+        node = node[part]
+    return node
+
+
+def check_metric(name: str, spec: dict, value: Any) -> Check:
+    """Compare one metric value with its bounds."""
+    parts, ok = [], True
+    if "equals" in spec:
+        want, tol = spec["equals"], spec.get("tolerance")
+        if tol is not None:
+            parts.append(f"{want} ± {tol}")
+            ok &= _is_number(value) and abs(value - want) <= tol
+        else:
+            parts.append(f"== {want}")
+            ok &= value == want
+    if "min" in spec:
+        parts.append(f">= {spec['min']}")
+        ok &= _is_number(value) and value >= spec["min"]
+    if "max" in spec:
+        parts.append(f"<= {spec['max']}")
+        ok &= _is_number(value) and value <= spec["max"]
+    return Check(name, ", ".join(parts), _fmt(value), bool(ok))
+
+
+def verify_run(run_dir: Path, expected_path: Path) -> list[Check]:
+    """All checks of ``expected_path`` against ``run_dir``, in file order.
+
+    Raises:
+        LabError: malformed expected file, or ``run_dir`` does not exist.
+    """
+    expected = load_expected(expected_path)
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise LabError(f"run directory {run_dir} does not exist")
+    checks = [_manifest_check(run_dir)]
+    for rel in expected["files"]:
+        path = run_dir / rel
+        present = path.is_file() and path.stat().st_size > 0
+        checks.append(Check(f"file {rel}", "exists, non-empty", "yes" if present else "missing", present))
+    try:
+        metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        metrics = None
+    for name, spec in expected["metrics"].items():
+        try:
+            value = lookup(metrics, name) if metrics is not None else None
+        except KeyError:
+            value = None
+        if value is None:
+            checks.append(Check(name, "present", "missing", False))
+        else:
+            checks.append(check_metric(name, spec, value))
+    return checks
+
+
+def format_table(checks: list[Check]) -> str:
+    """The check / expected / got / result table printed by ``invoke test`` and ``invoke verify``."""
+    rows = [("check", "expected", "got", "result")] + [
+        (c.name, c.expected, c.got, "PASS" if c.passed else "FAIL") for c in checks
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _manifest_check(run_dir: Path) -> Check:
+    try:
+        status = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8")).get("status")
+    except (OSError, ValueError):
+        status = "missing"
+    return Check("manifest status", "completed", str(status), status == "completed")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)

@@ -1,0 +1,151 @@
+"""Step 1, data (course chapter 7, "数据准备"): load Common Voice zh-CN, resample, tokenize, collate.
+
+Two sources, chosen by the profile's ``data.source``:
+
+* ``common_voice_dir``: a Common Voice release folder as Mozilla distributes it (``train.tsv``,
+  ``dev.tsv``, ``test.tsv`` and ``clips/*.mp3``). Common Voice 11.0 left the Hugging Face Hub in
+  2025, so the course's ``load_dataset("mozilla-foundation/common_voice_11_0", "zh-CN")`` fails; the
+  smoke profile's bundled clips use this same layout.
+* ``hub``: a Hub dataset with an audio column and a transcript column (``data.hub_dataset``).
+
+As in the course: train on train + validation, evaluate on test, sub-sample for the demo
+(``train_samples``/``eval_samples`` after a shuffle with ``shuffle_seed``), resample to 16 kHz with
+``cast_column("audio", Audio(sampling_rate=16000))``, drop unused columns.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from datasets import Audio, Dataset, DatasetDict, Features, Value, concatenate_datasets, load_dataset
+
+from labkit import LabError
+
+CV_REQUIRED = ("path", "sentence")
+
+
+def tsv_columns(tsv: Path) -> list[str]:
+    """Header of a Common Voice TSV; :class:`LabError` naming the file if it is missing."""
+    if not tsv.is_file():
+        there = sorted(p.name for p in tsv.parent.iterdir()) if tsv.parent.is_dir() else []
+        raise LabError(
+            f"{tsv} not found (folder holds: {', '.join(there) or 'nothing'}). data.path must be the "
+            "locale folder of a Common Voice release (the one holding train.tsv, dev.tsv, test.tsv, clips/)."
+        )
+    with tsv.open(encoding="utf-8") as f:
+        return next(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), [])
+
+
+def load_common_voice_dir(root: Path, splits: list[str]) -> Dataset:
+    """Rows of ``<root>/<split>.tsv`` for each split, with ``audio`` = absolute path of the clip.
+
+    Raises:
+        LabError: a TSV is missing or lacks ``path``/``sentence`` (lists its columns), or a clip
+            named in it does not exist (names the first missing files).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise LabError(
+            f"Common Voice folder {root} does not exist. Download the zh-CN release from the Mozilla "
+            "Data Collective, unpack it, and pass its locale folder: CV_DIR=/path/to/cv-corpus-*/zh-CN "
+            "(or SET=data.path=...), or use SET=data.source=hub."
+        )
+    parts = []
+    for split in splits:
+        tsv = root / f"{split}.tsv"
+        columns = tsv_columns(tsv)
+        missing = [c for c in CV_REQUIRED if c not in columns]
+        if missing:
+            raise LabError(f"{tsv} lacks column(s) {', '.join(missing)}; it has: {', '.join(columns)}")
+        features = Features({c: Value("string") for c in columns})
+        ds = load_dataset("csv", data_files=str(tsv), delimiter="\t", quoting=csv.QUOTE_NONE,
+                          features=features, split="train")
+        parts.append(ds)
+    ds = concatenate_datasets(parts)
+    clips = root / "clips"
+    absent = [p for p in ds["path"] if not (clips / p).is_file()]
+    if absent:
+        raise LabError(f"{len(absent)} audio file(s) named in {root}/*.tsv are missing from {clips}: "
+                       f"{', '.join(absent[:5])}. Re-download or re-extract the release.")
+    return ds.map(lambda row: {"audio": str(clips / row["path"])})
+
+
+def load_hub(dataset_id: str, config: str | None, splits: list[str], revision: str | None) -> Dataset:
+    """Concatenate ``splits`` of a Hub dataset (honours ``HF_ENDPOINT`` and ``HF_TOKEN``)."""
+    return concatenate_datasets(
+        [load_dataset(dataset_id, config, split=s, revision=revision) for s in splits]
+    )
+
+
+def load_splits(cfg: dict, repo_root: Path) -> DatasetDict:
+    """``DatasetDict(train=..., test=...)`` with columns ``audio`` (decoded at ``cfg["sampling_rate"]``) and ``sentence``.
+
+    Raises:
+        LabError: unknown source, or the dataset lacks the audio or text column (lists its columns).
+    """
+    if cfg["source"] == "common_voice_dir":
+        root = Path(cfg["path"]) if Path(cfg["path"]).is_absolute() else repo_root / cfg["path"]
+        load = lambda splits: load_common_voice_dir(root, splits)  # noqa: E731
+        audio_col, text_col = "audio", "sentence"
+    elif cfg["source"] == "hub":
+        load = lambda splits: load_hub(cfg["hub_dataset"], cfg["hub_config"], splits, cfg["hub_revision"])  # noqa: E731
+        audio_col, text_col = cfg["audio_column"], cfg["text_column"]
+    else:
+        raise LabError(f"data.source {cfg['source']!r} is not one of common_voice_dir, hub")
+    dsd = DatasetDict(train=load(cfg["train_splits"]), test=load(cfg["eval_splits"]))
+    for name, ds in dsd.items():
+        missing = [c for c in (audio_col, text_col) if c not in ds.column_names]
+        if missing:
+            raise LabError(f"{name} split lacks column(s) {', '.join(missing)}; it has: {', '.join(ds.column_names)}. "
+                           "Set data.audio_column / data.text_column to the right names.")
+    dsd = dsd.rename_columns({audio_col: "audio", text_col: "sentence"} if audio_col != "audio" or text_col != "sentence" else {})
+    for split, n in (("train", cfg["train_samples"]), ("test", cfg["eval_samples"])):
+        if n is not None and n < len(dsd[split]):
+            dsd[split] = dsd[split].shuffle(seed=cfg["shuffle_seed"]).select(range(n))
+    keep = {"audio", "sentence", "path"}
+    dsd = dsd.remove_columns([c for c in dsd["train"].column_names if c not in keep])
+    return dsd.cast_column("audio", Audio(sampling_rate=cfg["sampling_rate"]))
+
+
+def prepare_example(example: dict, processor: Any) -> dict:
+    """Course ``prepare_dataset``: log-mel ``input_features`` (80 x 3000 float32) and token ``labels``.
+
+    Raises:
+        LabError: the audio cannot be decoded (names the file).
+    """
+    try:
+        audio = example["audio"]
+        array, rate = audio["array"], audio["sampling_rate"]
+    except Exception as exc:  # decoder errors come in many types (torchcodec, soundfile, OSError)
+        raise LabError(f"cannot decode audio file {example.get('path') or '?'}: {exc}") from exc
+    features = processor.feature_extractor(array, sampling_rate=rate).input_features[0]
+    return {"input_features": features, "labels": processor.tokenizer(example["sentence"]).input_ids}
+
+
+@dataclass
+class DataCollatorSpeechSeq2SeqWithPadding:
+    """Batch ``input_features`` and ``labels`` for Whisper (course chapter 7's collator).
+
+    Input features are padded by the feature extractor to ``(batch, n_mels, 3000)``. Labels are
+    padded by the tokenizer and the padding replaced by -100, which the cross-entropy loss ignores.
+    If every sequence starts with the decoder-start token it is dropped, since the model prepends it
+    again when it shifts labels right into ``decoder_input_ids``.
+    """
+
+    processor: Any
+    decoder_start_token_id: int
+
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        batch = self.processor.feature_extractor.pad(
+            [{"input_features": f["input_features"]} for f in features], return_tensors="pt")
+        labels_batch = self.processor.tokenizer.pad(
+            [{"input_ids": f["labels"]} for f in features], return_tensors="pt")
+        labels = labels_batch["input_ids"].masked_fill(labels_batch["attention_mask"].ne(1), -100)
+        if (labels[:, 0] == self.decoder_start_token_id).all():
+            labels = labels[:, 1:]
+        batch["labels"] = labels
+        return batch

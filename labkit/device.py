@@ -67,8 +67,12 @@ def accelerator_info(device: str) -> dict:
     info: dict = {"device": device, "torch_cuda": torch.version.cuda}
     if device == "cuda":
         props = torch.cuda.get_device_properties(0)
-        info.update(name=props.name, count=torch.cuda.device_count(),
-                    memory_gib=round(props.total_memory / 2**30, 2), driver=_nvidia_driver())
+        info.update(
+            name=props.name,
+            count=torch.cuda.device_count(),
+            memory_gib=round(props.total_memory / 2**30, 2),
+            driver=_nvidia_driver(),
+        )
     elif device == "npu":
         info.update(name=torch.npu.get_device_name(0), count=torch.npu.device_count())
     else:
@@ -96,8 +100,12 @@ def peak_memory_bytes(device: str) -> int:
 def _nvidia_driver() -> str | None:
     if not shutil.which("nvidia-smi"):
         return None
-    out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                         capture_output=True, text=True, check=False)
+    out = subprocess.run(
+        ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
 
 

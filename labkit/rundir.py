@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
@@ -51,7 +51,7 @@ def new_run_dir(output_root: Path, lab: str, profile: str) -> Path:
     """
     parent = Path(output_root) / lab / profile
     check_writable(parent)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     for n in range(1000):
         run_dir = parent / (stamp if n == 0 else f"{stamp}-{n}")
         try:
@@ -78,10 +78,14 @@ def git_commit() -> dict:
         sha, _, dirty = os.environ["LABS_GIT_COMMIT"].partition("+")
         return {"commit": sha, "dirty": dirty == "dirty"}
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
-                             text=True, check=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain"], cwd=REPO_ROOT,
-                                    capture_output=True, text=True, check=True).stdout.strip())
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = bool(
+            subprocess.run(
+                ["git", "status", "--porcelain"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+            ).stdout.strip()
+        )
     except (OSError, subprocess.CalledProcessError):
         return {"commit": None, "dirty": None}
     return {"commit": sha, "dirty": dirty}
@@ -89,8 +93,9 @@ def git_commit() -> dict:
 
 def package_versions() -> dict[str, str]:
     """Every installed distribution and its version, sorted by name."""
-    versions = {dist.metadata["Name"].lower(): dist.version for dist in metadata.distributions()
-                if dist.metadata["Name"]}
+    versions = {
+        dist.metadata["Name"].lower(): dist.version for dist in metadata.distributions() if dist.metadata["Name"]
+    }
     return dict(sorted(versions.items()))
 
 
@@ -110,7 +115,7 @@ def base_manifest(lab: str, profile: str, seed: int, config: dict, overrides: di
         "platform": platform.platform(),
         "packages": package_versions(),
         "env": {k: os.environ[k] for k in RECORDED_ENV if k in os.environ},
-        "start_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "start_utc": datetime.now(UTC).isoformat(timespec="seconds"),
         "_t0": time.monotonic(),
     }
 
@@ -126,7 +131,11 @@ def finish_manifest(run_dir: Path, manifest: dict, status: str, **extra) -> dict
     """Stamp end time, wall time (s) and ``status`` (``completed`` / ``failed``) and write manifest.json."""
     manifest = dict(manifest)
     t0 = manifest.pop("_t0")
-    manifest.update(status=status, end_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                    wall_time_s=round(time.monotonic() - t0, 2), **extra)
+    manifest.update(
+        status=status,
+        end_utc=datetime.now(UTC).isoformat(timespec="seconds"),
+        wall_time_s=round(time.monotonic() - t0, 2),
+        **extra,
+    )
     write_json(run_dir / "manifest.json", manifest)
     return manifest

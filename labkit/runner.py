@@ -12,9 +12,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from labkit.config import REPO_ROOT, Lab, get_lab, load_profile
 from labkit.errors import LabError
@@ -51,10 +51,15 @@ class RunContext:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Run one lab profile and write a run directory.")
     parser.add_argument("--profile", default=os.environ.get("PROFILE", "smoke"))
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a profile value (repeatable), e.g. --set learning_rate=0")
-    parser.add_argument("--output-root", type=Path,
-                        default=Path(os.environ.get("OUTPUT_ROOT", REPO_ROOT / "outputs")))
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a profile value (repeatable), e.g. --set learning_rate=0",
+    )
+    parser.add_argument("--output-root", type=Path, default=Path(os.environ.get("OUTPUT_ROOT", REPO_ROOT / "outputs")))
     return parser.parse_args(argv)
 
 
@@ -84,8 +89,13 @@ def main(lab_name: str, run: Callable[[RunContext], dict], argv: list[str] | Non
         from labkit.metrics import write_metrics
 
         write_metrics(run_dir, metrics)
-        finish_manifest(run_dir, manifest, "completed", accelerator=accelerator_info(device),
-                        peak_memory_bytes=peak_memory_bytes(device))
+        finish_manifest(
+            run_dir,
+            manifest,
+            "completed",
+            accelerator=accelerator_info(device),
+            peak_memory_bytes=peak_memory_bytes(device),
+        )
         print(f"[{lab.name}] done: {run_dir}", flush=True)
         return 0
     except LabError as exc:

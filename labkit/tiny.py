@@ -40,16 +40,26 @@ def train_byte_level_bpe(texts: list[str], vocab_size: int) -> tuple[dict[str, i
     """
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
     bpe.train_from_iterator(texts, trainer)
     model = json.loads(bpe.to_str())["model"]
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
     return model["vocab"], merges
 
 
-def build_tiny_whisper(out_dir: Path, texts: list[str], seed: int = 0, d_model: int = 64, layers: int = 2,
-                       heads: int = 4, ffn_dim: int = 128, num_mel_bins: int = 80, bpe_vocab_size: int = 512) -> Path:
+def build_tiny_whisper(
+    out_dir: Path,
+    texts: list[str],
+    seed: int = 0,
+    d_model: int = 64,
+    layers: int = 2,
+    heads: int = 4,
+    ffn_dim: int = 128,
+    num_mel_bins: int = 80,
+    bpe_vocab_size: int = 512,
+) -> Path:
     """Build and save a tiny multilingual Whisper (model, tokenizer, feature extractor) to ``out_dir``.
 
     Same classes and special tokens as ``openai/whisper-large-v2`` (80 mel bins, 30 s windows of
@@ -76,21 +86,35 @@ def build_tiny_whisper(out_dir: Path, texts: list[str], seed: int = 0, d_model: 
     processor.save_pretrained(out_dir)
 
     config = WhisperConfig(
-        vocab_size=len(tokenizer), num_mel_bins=num_mel_bins, d_model=d_model,
-        encoder_layers=layers, decoder_layers=layers, encoder_attention_heads=heads,
-        decoder_attention_heads=heads, encoder_ffn_dim=ffn_dim, decoder_ffn_dim=ffn_dim,
-        max_source_positions=1500, max_target_positions=448,
-        pad_token_id=eot, bos_token_id=eot, eos_token_id=eot, decoder_start_token_id=sot,
-        suppress_tokens=[], begin_suppress_tokens=[eot],
+        vocab_size=len(tokenizer),
+        num_mel_bins=num_mel_bins,
+        d_model=d_model,
+        encoder_layers=layers,
+        decoder_layers=layers,
+        encoder_attention_heads=heads,
+        decoder_attention_heads=heads,
+        encoder_ffn_dim=ffn_dim,
+        decoder_ffn_dim=ffn_dim,
+        max_source_positions=1500,
+        max_target_positions=448,
+        pad_token_id=eot,
+        bos_token_id=eot,
+        eos_token_id=eot,
+        decoder_start_token_id=sot,
+        suppress_tokens=[],
+        begin_suppress_tokens=[eot],
     )
     torch.manual_seed(seed)
     model = WhisperForConditionalGeneration(config)
     generation = GenerationConfig.from_model_config(config)
     whisper_fields = dict(  # GenerationConfig.update() ignores fields it does not know yet
-        is_multilingual=True, forced_decoder_ids=None, max_length=448,
+        is_multilingual=True,
+        forced_decoder_ids=None,
+        max_length=448,
         lang_to_id={f"<|{code}|>": ids[f"<|{code}|>"] for code in LANGUAGES},
         task_to_id={task: ids[f"<|{task}|>"] for task in TASK_IDS},
-        no_timestamps_token_id=ids["<|notimestamps|>"], prev_sot_token_id=ids["<|startofprev|>"],
+        no_timestamps_token_id=ids["<|notimestamps|>"],
+        prev_sot_token_id=ids["<|startofprev|>"],
     )
     generation._from_model_config = False  # else from_pretrained drops the Whisper fields
     for key, value in whisper_fields.items():

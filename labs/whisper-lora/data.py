@@ -62,27 +62,28 @@ def load_common_voice_dir(root: Path, splits: list[str]) -> Dataset:
         if missing:
             raise LabError(f"{tsv} lacks column(s) {', '.join(missing)}; it has: {', '.join(columns)}")
         features = Features({c: Value("string") for c in columns})
-        ds = load_dataset("csv", data_files=str(tsv), delimiter="\t", quoting=csv.QUOTE_NONE,
-                          features=features, split="train")
+        ds = load_dataset(
+            "csv", data_files=str(tsv), delimiter="\t", quoting=csv.QUOTE_NONE, features=features, split="train"
+        )
         parts.append(ds)
     ds = concatenate_datasets(parts)
     clips = root / "clips"
     absent = [p for p in ds["path"] if not (clips / p).is_file()]
     if absent:
-        raise LabError(f"{len(absent)} audio file(s) named in {root}/*.tsv are missing from {clips}: "
-                       f"{', '.join(absent[:5])}. Re-download or re-extract the release.")
+        raise LabError(
+            f"{len(absent)} audio file(s) named in {root}/*.tsv are missing from {clips}: "
+            f"{', '.join(absent[:5])}. Re-download or re-extract the release."
+        )
     return ds.map(lambda row: {"audio": str(clips / row["path"])})
 
 
 def load_hub(dataset_id: str, config: str | None, splits: list[str], revision: str | None) -> Dataset:
     """Concatenate ``splits`` of a Hub dataset (honours ``HF_ENDPOINT`` and ``HF_TOKEN``)."""
-    return concatenate_datasets(
-        [load_dataset(dataset_id, config, split=s, revision=revision) for s in splits]
-    )
+    return concatenate_datasets([load_dataset(dataset_id, config, split=s, revision=revision) for s in splits])
 
 
 def load_splits(cfg: dict, repo_root: Path) -> DatasetDict:
-    """``DatasetDict(train=..., test=...)`` with columns ``audio`` (decoded at ``cfg["sampling_rate"]``) and ``sentence``.
+    """``DatasetDict(train=..., test=...)`` with ``audio`` (decoded at ``cfg["sampling_rate"]``) and ``sentence``.
 
     Raises:
         LabError: unknown source, or the dataset lacks the audio or text column (lists its columns).
@@ -100,9 +101,13 @@ def load_splits(cfg: dict, repo_root: Path) -> DatasetDict:
     for name, ds in dsd.items():
         missing = [c for c in (audio_col, text_col) if c not in ds.column_names]
         if missing:
-            raise LabError(f"{name} split lacks column(s) {', '.join(missing)}; it has: {', '.join(ds.column_names)}. "
-                           "Set data.audio_column / data.text_column to the right names.")
-    dsd = dsd.rename_columns({audio_col: "audio", text_col: "sentence"} if audio_col != "audio" or text_col != "sentence" else {})
+            raise LabError(
+                f"{name} split lacks column(s) {', '.join(missing)}; it has: {', '.join(ds.column_names)}. "
+                "Set data.audio_column / data.text_column to the right names."
+            )
+    dsd = dsd.rename_columns(
+        {audio_col: "audio", text_col: "sentence"} if audio_col != "audio" or text_col != "sentence" else {}
+    )
     for split, n in (("train", cfg["train_samples"]), ("test", cfg["eval_samples"])):
         if n is not None and n < len(dsd[split]):
             dsd[split] = dsd[split].shuffle(seed=cfg["shuffle_seed"]).select(range(n))
@@ -141,9 +146,9 @@ class DataCollatorSpeechSeq2SeqWithPadding:
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
         batch = self.processor.feature_extractor.pad(
-            [{"input_features": f["input_features"]} for f in features], return_tensors="pt")
-        labels_batch = self.processor.tokenizer.pad(
-            [{"input_ids": f["labels"]} for f in features], return_tensors="pt")
+            [{"input_features": f["input_features"]} for f in features], return_tensors="pt"
+        )
+        labels_batch = self.processor.tokenizer.pad([{"input_ids": f["labels"]} for f in features], return_tensors="pt")
         labels = labels_batch["input_ids"].masked_fill(labels_batch["attention_mask"].ne(1), -100)
         if (labels[:, 0] == self.decoder_start_token_id).all():
             labels = labels[:, 1:]

@@ -23,8 +23,14 @@ import soundfile as sf
 OUT = Path(__file__).parent / "data" / "smoke" / "cv-corpus-smoke" / "zh-CN"
 COLUMNS = ["client_id", "path", "sentence", "up_votes", "down_votes", "age", "gender", "accents", "locale", "segment"]
 SPLITS = {
-    "train": ["今天天气很好，我们去公园散步。", "请把窗户打开，房间里有点热。", "我每天早上七点起床。",
-              "这本书讲的是中国的历史。", "他在大学学习计算机。", "明天下午三点开会。"],
+    "train": [
+        "今天天气很好，我们去公园散步。",
+        "请把窗户打开，房间里有点热。",
+        "我每天早上七点起床。",
+        "这本书讲的是中国的历史。",
+        "他在大学学习计算机。",
+        "明天下午三点开会。",
+    ],
     "dev": ["火车站离这里不远。", "妈妈做的饺子非常好吃。", "我们周末一起去看电影吧。"],
     "test": ["这个问题需要认真思考。", "春天来了，花都开了。", "谢谢你的帮助。"],
 }
@@ -48,9 +54,20 @@ def main() -> None:
             n += 1
             name = f"common_voice_zh-CN_smoke_{n:03d}.mp3"
             rate = synthesise(sentence, OUT / "clips" / name)
-            rows.append({"client_id": f"smoke-speaker-{n % 3}", "path": name, "sentence": sentence,
-                         "up_votes": 2, "down_votes": 0, "age": "", "gender": "", "accents": "",
-                         "locale": "zh-CN", "segment": ""})
+            rows.append(
+                {
+                    "client_id": f"smoke-speaker-{n % 3}",
+                    "path": name,
+                    "sentence": sentence,
+                    "up_votes": 2,
+                    "down_votes": 0,
+                    "age": "",
+                    "gender": "",
+                    "accents": "",
+                    "locale": "zh-CN",
+                    "segment": "",
+                }
+            )
         with (OUT / f"{split}.tsv").open("w", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, COLUMNS, delimiter="\t", quoting=csv.QUOTE_NONE, lineterminator="\n")
             writer.writeheader()

@@ -42,8 +42,11 @@ def run(ctx: RunContext) -> dict:
     # 1. Data: Common Voice zh-CN (train+dev to train, test to evaluate), resampled to 16 kHz.
     dsd = load_splits(cfg["data"], ctx.repo_root)
     source_rate = dsd["train"].cast_column("audio", Audio())[0]["audio"]["sampling_rate"]
-    print(f"data: {len(dsd['train'])} train / {len(dsd['test'])} test clips, {source_rate} Hz -> "
-          f"{cfg['data']['sampling_rate']} Hz", flush=True)
+    print(
+        f"data: {len(dsd['train'])} train / {len(dsd['test'])} test clips, {source_rate} Hz -> "
+        f"{cfg['data']['sampling_rate']} Hz",
+        flush=True,
+    )
 
     # The smoke profile builds a tiny Whisper whose vocabulary covers the bundled transcripts.
     model_path = cfg["model"]["name_or_path"]
@@ -51,10 +54,10 @@ def run(ctx: RunContext) -> dict:
         texts = list(dsd["train"]["sentence"]) + list(dsd["test"]["sentence"])
         model_path = str(build_tiny_whisper(out / "tiny-model", texts, seed=cfg["seed"]))
 
-    processor = WhisperProcessor.from_pretrained(model_path, revision=cfg["model"]["revision"],
-                                                 language=cfg["language"], task=cfg["task"])
-    tokenized = dsd.map(prepare_example, fn_kwargs={"processor": processor},
-                        remove_columns=dsd["train"].column_names)
+    processor = WhisperProcessor.from_pretrained(
+        model_path, revision=cfg["model"]["revision"], language=cfg["language"], task=cfg["task"]
+    )
+    tokenized = dsd.map(prepare_example, fn_kwargs={"processor": processor}, remove_columns=dsd["train"].column_names)
 
     # 2. Model: int8 Whisper + LoRA adapter.
     model = load_base_model(model_path, cfg["model"]["load_in_8bit"], ctx.device, cfg["model"]["revision"])
@@ -65,8 +68,16 @@ def run(ctx: RunContext) -> dict:
 
     # 3. Train with Seq2SeqTrainer; measure the training-set loss before and after (eval mode).
     collator = DataCollatorSpeechSeq2SeqWithPadding(processor, model.config.decoder_start_token_id)
-    trainer = build_trainer(model, cfg["training"], out / "checkpoints", tokenized["train"], tokenized["test"],
-                            collator, processor, callbacks=[JsonlLogger(out / "train_log.jsonl")])
+    trainer = build_trainer(
+        model,
+        cfg["training"],
+        out / "checkpoints",
+        tokenized["train"],
+        tokenized["test"],
+        collator,
+        processor,
+        callbacks=[JsonlLogger(out / "train_log.jsonl")],
+    )
     loss_before = trainer.evaluate(tokenized["train"], metric_key_prefix="train")["train_loss"]
     result = trainer.train()
     loss_after = trainer.evaluate(tokenized["train"], metric_key_prefix="train")["train_loss"]
@@ -102,19 +113,35 @@ def run(ctx: RunContext) -> dict:
 
     saved = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
     return {
-        "data": {"train_examples": len(dsd["train"]), "eval_examples": len(dsd["test"]),
-                 "source_sampling_rate": source_rate, "sampling_rate": cfg["data"]["sampling_rate"],
-                 "input_features_shape": list(probe["input_features"].shape[1:])},
+        "data": {
+            "train_examples": len(dsd["train"]),
+            "eval_examples": len(dsd["test"]),
+            "source_sampling_rate": source_rate,
+            "sampling_rate": cfg["data"]["sampling_rate"],
+            "input_features_shape": list(probe["input_features"].shape[1:]),
+        },
         "lora": {"trainable_params": trainable, "all_params": total},
-        "adapter": {"r": saved["r"], "lora_alpha": saved["lora_alpha"], "lora_dropout": saved["lora_dropout"],
-                    "target_modules": sorted(saved["target_modules"])},
-        "train": {"loss_before": loss_before, "loss_after": loss_after,
-                  "loss_drop_ratio": 1 - loss_after / loss_before if loss_before else None,
-                  "steps": result.global_step, "runtime_s": result.metrics["train_runtime"],
-                  "samples_per_second": result.metrics["train_samples_per_second"],
-                  "peak_memory_bytes": train_peak},
-        "eval": {"eval_loss": eval_loss, "cer_before": cer(refs, before), "cer_after": cer(refs, after),
-                 "transcripts": sum(1 for t in after if t is not None)},
+        "adapter": {
+            "r": saved["r"],
+            "lora_alpha": saved["lora_alpha"],
+            "lora_dropout": saved["lora_dropout"],
+            "target_modules": sorted(saved["target_modules"]),
+        },
+        "train": {
+            "loss_before": loss_before,
+            "loss_after": loss_after,
+            "loss_drop_ratio": 1 - loss_after / loss_before if loss_before else None,
+            "steps": result.global_step,
+            "runtime_s": result.metrics["train_runtime"],
+            "samples_per_second": result.metrics["train_samples_per_second"],
+            "peak_memory_bytes": train_peak,
+        },
+        "eval": {
+            "eval_loss": eval_loss,
+            "cer_before": cer(refs, before),
+            "cer_after": cer(refs, after),
+            "transcripts": sum(1 for t in after if t is not None),
+        },
         "reload": {"max_abs_logit_diff": max_diff},
     }
 

@@ -32,8 +32,8 @@ def load_base_model(model_name_or_path: str, load_in_8bit: bool, device: str, re
     """
     quantization = BitsAndBytesConfig(load_in_8bit=True) if load_in_8bit else None
     model = AutoModelForSpeechSeq2Seq.from_pretrained(
-        model_name_or_path, revision=revision, quantization_config=quantization,
-        device_map=device_map_for(device))
+        model_name_or_path, revision=revision, quantization_config=quantization, device_map=device_map_for(device)
+    )
     model.config.forced_decoder_ids = None
     model.config.suppress_tokens = []
     return model
@@ -49,14 +49,21 @@ def add_lora(model, lora: dict) -> PeftModel:
     return get_peft_model(model, LoraConfig(**lora))
 
 
-def build_trainer(model, training: dict, output_dir: Path, train_dataset, eval_dataset, collator,
-                  processor, callbacks) -> Seq2SeqTrainer:
+def build_trainer(
+    model, training: dict, output_dir: Path, train_dataset, eval_dataset, collator, processor, callbacks
+) -> Seq2SeqTrainer:
     """``Seq2SeqTrainer`` with ``Seq2SeqTrainingArguments(**training)``; checkpoints go under ``output_dir``."""
     args = Seq2SeqTrainingArguments(output_dir=str(output_dir), **training)
     model.config.use_cache = False  # incompatible with gradient checkpointing while training
-    return Seq2SeqTrainer(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
-                          data_collator=collator, processing_class=processor.feature_extractor,
-                          callbacks=callbacks)
+    return Seq2SeqTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        data_collator=collator,
+        processing_class=processor.feature_extractor,
+        callbacks=callbacks,
+    )
 
 
 @torch.no_grad()

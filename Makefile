@@ -1,0 +1,43 @@
+# Thin wrapper over tasks.py (invoke). `make help` lists the targets.
+#   make lab-whisper-lora [PROFILE=auto|smoke|full] [RUNTIME=auto|docker|native] [SET="learning_rate=0"]
+#   make test [LAB=whisper-lora]
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+INVOKE := $(VENV)/bin/invoke
+PROFILE ?= auto
+RUNTIME ?= auto
+SET ?=
+LAB ?=
+
+.PHONY: help list images smoke test doctor venv
+
+help: ## Show the targets
+	@grep -hE '^[a-z%-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 22
+	@echo "lab-<name>            Build, run and verify one lab (labs: $$(ls labs | tr '\n' ' '))"
+
+$(VENV)/.installed: requirements-dev.txt
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "error: the tooling needs Python >= 3.11 ($(PYTHON) is older): set PYTHON=/path/to/python3.11" >&2; exit 2; }
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --disable-pip-version-check -q --require-hashes -r requirements-dev.txt
+	@touch $@
+
+venv: $(VENV)/.installed ## Create the tooling virtualenv (.venv)
+
+lab-%: $(VENV)/.installed ## (lab-<name>) Build, run and verify one lab
+	$(INVOKE) run --lab $* --profile $(PROFILE) --runtime $(RUNTIME) --set "$(SET)"
+
+list: $(VENV)/.installed ## List the labs
+	@$(INVOKE) list
+
+images: $(VENV)/.installed ## Build the shared CUDA image (BASE_IMAGE=... to change its base)
+	$(INVOKE) images
+
+smoke: $(VENV)/.installed ## Run every lab's smoke profile natively and verify it
+	@for lab in $$(ls labs); do $(INVOKE) run --lab $$lab --profile smoke --runtime native || exit 1; done
+
+test: $(VENV)/.installed ## The whole test suite (LAB=<name> for one lab)
+	$(INVOKE) test $(if $(LAB),--lab $(LAB))
+
+doctor: $(VENV)/.installed ## Check Docker, the NVIDIA runtime and the GPU
+	$(INVOKE) doctor $(if $(LAB),--lab $(LAB))

@@ -1,0 +1,175 @@
+"""Unit tests of the whisper-lora lab, run in its environment (native venv or image).
+
+Data loading and its errors, resampling, the collator's label masking, the tiny model, LoRA's
+trainable-parameter count (checked against the full profile's expected value), device selection.
+"""
+
+from __future__ import annotations
+
+import csv
+import shutil
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from data import DataCollatorSpeechSeq2SeqWithPadding, load_common_voice_dir, load_splits, prepare_example
+from evaluate_asr import cer, normalize
+
+from labkit.config import get_lab, load_profile
+from labkit.device import select_device
+from labkit.errors import LabError
+from labkit.verify import load_expected
+
+LAB = get_lab("whisper-lora")
+SMOKE_CV = LAB.dir / "data" / "smoke" / "cv-corpus-smoke" / "zh-CN"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from transformers import WhisperProcessor
+
+    from labkit.tiny import build_tiny_whisper
+
+    path = build_tiny_whisper(tmp_path_factory.mktemp("tiny"), ["今天天气很好", "谢谢你的帮助"], seed=0)
+    return path, WhisperProcessor.from_pretrained(path, language="chinese", task="transcribe")
+
+
+@pytest.fixture
+def cv_copy(tmp_path):
+    dst = tmp_path / "zh-CN"
+    shutil.copytree(SMOKE_CV, dst)
+    return dst
+
+
+def smoke_data_cfg(path) -> dict:
+    cfg = load_profile(LAB, "smoke")[0]["data"]
+    return {**cfg, "path": str(path)}
+
+
+def test_loader_reads_the_release_layout_and_resamples_to_16k(cv_copy):
+    dsd = load_splits(smoke_data_cfg(cv_copy), LAB.dir)
+    assert len(dsd["train"]) == 9 and len(dsd["test"]) == 3  # train+dev / test
+    assert set(dsd["train"].column_names) == {"audio", "sentence", "path"}  # unused columns dropped
+    row = dsd["test"][0]
+    native, rate = sf.read(cv_copy / "clips" / row["path"])
+    assert rate == 22050
+    audio = row["audio"]
+    assert audio["sampling_rate"] == 16000
+    assert len(audio["array"]) == pytest.approx(len(native) * 16000 / 22050, rel=0.02)
+
+
+def test_sub_sampling_is_a_seeded_shuffle(cv_copy):
+    cfg = {**smoke_data_cfg(cv_copy), "train_samples": 4, "eval_samples": 2}
+    first, second = load_splits(cfg, LAB.dir), load_splits(cfg, LAB.dir)
+    assert len(first["train"]) == 4 and len(first["test"]) == 2
+    assert list(first["train"]["path"]) == list(second["train"]["path"])
+
+
+def test_missing_column_lists_the_columns_there(cv_copy):
+    tsv = cv_copy / "dev.tsv"
+    rows = list(csv.reader(tsv.open(encoding="utf-8"), delimiter="\t"))
+    rows[0][rows[0].index("sentence")] = "text"
+    with tsv.open("w", encoding="utf-8", newline="") as f:
+        csv.writer(f, delimiter="\t").writerows(rows)
+    with pytest.raises(LabError, match=r"dev.tsv lacks column\(s\) sentence; it has: client_id, path, text"):
+        load_common_voice_dir(cv_copy, ["train", "dev"])
+
+
+def test_missing_audio_file_is_named(cv_copy):
+    (cv_copy / "clips" / "common_voice_zh-CN_smoke_011.mp3").unlink()
+    with pytest.raises(LabError, match="missing from .*clips: common_voice_zh-CN_smoke_011.mp3"):
+        load_common_voice_dir(cv_copy, ["test"])
+
+
+def test_missing_tsv_and_folder_say_what_to_do(tmp_path, cv_copy):
+    with pytest.raises(LabError, match="does not exist. Download the zh-CN release"):
+        load_common_voice_dir(tmp_path / "nowhere", ["train"])
+    (cv_copy / "test.tsv").unlink()
+    with pytest.raises(LabError, match="test.tsv not found"):
+        load_common_voice_dir(cv_copy, ["test"])
+
+
+def test_unreadable_audio_file_is_named(cv_copy, tiny):
+    (cv_copy / "clips" / "common_voice_zh-CN_smoke_012.mp3").write_bytes(b"not an mp3 at all" * 10)
+    dsd = load_splits(smoke_data_cfg(cv_copy), LAB.dir)
+    with pytest.raises(LabError, match="cannot decode audio file common_voice_zh-CN_smoke_012.mp3"):
+        dsd["test"].map(prepare_example, fn_kwargs={"processor": tiny[1]})
+
+
+def test_prepare_gives_80x3000_features_and_prefixed_labels(cv_copy, tiny):
+    _, processor = tiny
+    dsd = load_splits(smoke_data_cfg(cv_copy), LAB.dir)
+    row = prepare_example(dsd["test"][2], processor)
+    assert np.asarray(row["input_features"]).shape == (80, 3000)
+    tokens = processor.tokenizer.convert_ids_to_tokens(row["labels"])
+    assert tokens[:4] == ["<|startoftranscript|>", "<|zh|>", "<|transcribe|>", "<|notimestamps|>"]
+    assert tokens[-1] == "<|endoftext|>"
+    assert processor.tokenizer.decode(row["labels"], skip_special_tokens=True) == "谢谢你的帮助。"
+
+
+def test_collator_pads_labels_with_minus_100_and_drops_the_start_token(tiny):
+    _, processor = tiny
+    sot = processor.tokenizer.convert_tokens_to_ids("<|startoftranscript|>")
+    short = processor.tokenizer("谢谢").input_ids
+    long = processor.tokenizer("今天天气很好").input_ids
+    features = [{"input_features": np.zeros((80, 3000), np.float32), "labels": ids} for ids in (short, long)]
+    batch = DataCollatorSpeechSeq2SeqWithPadding(processor, sot)(features)
+    assert batch["input_features"].shape == (2, 80, 3000)
+    labels = batch["labels"]
+    assert labels.shape == (2, len(long) - 1)
+    assert labels[0, : len(short) - 1].tolist() == short[1:]
+    assert (labels[0, len(short) - 1 :] == -100).all()
+    assert labels[1].tolist() == long[1:]
+    assert not (labels == sot).any()
+
+
+def test_collator_keeps_labels_without_a_leading_start_token(tiny):
+    _, processor = tiny
+    sot = processor.tokenizer.convert_tokens_to_ids("<|startoftranscript|>")
+    ids = processor.tokenizer("谢谢").input_ids[1:]
+    batch = DataCollatorSpeechSeq2SeqWithPadding(processor, sot)(
+        [{"input_features": np.zeros((80, 3000)), "labels": ids}]
+    )
+    assert batch["labels"][0].tolist() == ids
+
+
+def lora_params(config, r, targets=("q_proj", "v_proj")) -> int:
+    """LoRA adds A (r x d_in) and B (d_out x r) per targeted projection: encoder self-attention,
+    decoder self- and cross-attention, each d_model -> d_model."""
+    per_layer = config.encoder_layers * 1 + config.decoder_layers * 2
+    return per_layer * len(targets) * r * 2 * config.d_model
+
+
+def test_int8_lora_model_trains_only_the_adapter(tiny):
+    from train import add_lora, load_base_model
+
+    path, _ = tiny
+    model = add_lora(load_base_model(str(path), True, "cpu"), load_profile(LAB, "smoke")[0]["lora"])
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert trainable == lora_params(model.config, r=4) == 6144
+    assert {type(m).__name__ for m in model.modules()} >= {"Linear8bitLt"}
+    assert all("lora_" in n for n, p in model.named_parameters() if p.requires_grad)
+
+
+def test_full_profile_expected_trainable_params_match_whisper_large_v2():
+    from transformers import WhisperConfig
+
+    # openai/whisper-large-v2 config.json: d_model 1280, 32 encoder and 32 decoder layers.
+    large_v2 = WhisperConfig(d_model=1280, encoder_layers=32, decoder_layers=32)
+    expected = load_expected(LAB.expected_path("full"))["metrics"]["lora.trainable_params"]["equals"]
+    assert lora_params(large_v2, r=load_profile(LAB, "full")[0]["lora"]["r"]) == expected == 1_966_080
+
+
+def test_cer_normalizes_punctuation_and_counts_characters():
+    assert normalize("春天来了，花都开了。") == "春天来了花都开了"
+    assert cer(["谢谢你的帮助。"], ["谢谢你的帮助"]) == 0.0
+    assert cer(["谢谢你的帮助"], ["谢谢你帮助"]) == pytest.approx(1 / 6)
+
+
+def test_full_profile_without_an_accelerator_fails_clearly():
+    if torch.cuda.is_available():
+        pytest.skip("this host has a GPU")
+    with pytest.raises(LabError, match="needs a CUDA GPU or an Ascend NPU.*PROFILE=smoke"):
+        select_device(load_profile(LAB, "full")[0]["device"])
+    assert select_device("auto") == "cpu"

@@ -1,0 +1,457 @@
+"""Tasks (invoke) that build, run and verify the labs. `invoke --list` shows them.
+
+    invoke run --lab whisper-lora [--profile auto|smoke|full] [--runtime auto|docker|native] [--set "k=v k2=v2"]
+    invoke verify --lab whisper-lora [--profile smoke] [--run DIR]
+    invoke test [--lab whisper-lora]
+    invoke doctor [--lab whisper-lora]
+
+Environment: DOCKER (the docker CLI, default `docker`; it must build with BuildKit), BASE_IMAGE
+(base of the shared image), EXTRA_CA_CERT (CA bundle trusted while building), OUTPUT_ROOT
+(default outputs/), CV_DIR (Common Voice locale folder for full runs), HF_TOKEN, HF_ENDPOINT.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+from invoke import Exit, task
+
+from labkit.config import LABS_DIR, REPO_ROOT, get_lab, list_labs, load_profile
+from labkit.errors import LabError
+from labkit.rundir import check_writable, latest_run
+from labkit.verify import format_table, verify_run
+
+IMAGE_PREFIX = "llm-labs"
+SHARED_IMAGES = {"cuda": REPO_ROOT / "images" / "cuda"}
+LAB_UID = 1000
+PASSED_ENV = ("HF_TOKEN", "HF_ENDPOINT", "HF_HUB_OFFLINE", "HF_HUB_ENABLE_HF_TRANSFER")
+GPU_DRIVER_HELP = (
+    'Docker could not give the container a GPU ("could not select device driver "nvidia""): the '
+    "NVIDIA Container Toolkit is missing or not configured. Install nvidia-container-toolkit, run "
+    "`sudo nvidia-ctk runtime configure --runtime=docker && sudo systemctl restart docker`, then check "
+    "with `docker run --rm --gpus all ubuntu nvidia-smi` and `invoke doctor`. Or run PROFILE=smoke."
+)
+
+
+def docker_cli() -> list[str]:
+    return shlex.split(os.environ.get("DOCKER", "docker"))
+
+
+def output_root() -> Path:
+    return Path(os.environ.get("OUTPUT_ROOT", REPO_ROOT / "outputs")).resolve()
+
+
+def image_tag(name: str) -> str:
+    return f"{IMAGE_PREFIX}/{name}:dev"
+
+
+def fail(message: str) -> Exit:
+    return Exit(f"error: {message}", code=2)
+
+
+def lab_or_exit(name: str):
+    try:
+        return get_lab(name)
+    except LabError as exc:
+        raise fail(str(exc)) from None
+
+
+# --- environment probes ---------------------------------------------------------------------------
+
+
+def engine_error() -> str | None:
+    """None if a Docker engine answers, else why not (with what to do)."""
+    if not shutil.which(docker_cli()[0]):
+        return (
+            f"no docker CLI ({docker_cli()[0]!r}) on PATH: install Docker Engine "
+            "(https://docs.docker.com/engine/install/, or Debian's docker.io) or use RUNTIME=native"
+        )
+    probe = subprocess.run(
+        [*docker_cli(), "version", "--format", "{{.Server.Version}}"], capture_output=True, text=True, check=False
+    )
+    if probe.returncode != 0:
+        return (
+            "the Docker engine does not answer ("
+            + (probe.stderr.strip().splitlines() or ["?"])[-1]
+            + "). Start it (`sudo systemctl start docker`, or `dockerd &`) or use RUNTIME=native"
+        )
+    return None
+
+
+def host_accelerator() -> str | None:
+    """``cuda`` if nvidia-smi lists a GPU, ``npu`` if npu-smi answers, else None (no torch needed)."""
+    for tool, args, kind in (("nvidia-smi", ["-L"], "cuda"), ("npu-smi", ["info"], "npu")):
+        if shutil.which(tool) and subprocess.run([tool, *args], capture_output=True, check=False).returncode == 0:
+            return kind
+    return None
+
+
+def resolve_profile(profile: str) -> str:
+    if profile != "auto":
+        return profile
+    if host_accelerator():
+        return "full"
+    print("No GPU or NPU found on this host: running the SMOKE profile (tiny model, bundled data, CPU).")
+    return "smoke"
+
+
+def resolve_runtime(runtime: str) -> str:
+    if runtime not in ("auto", "docker", "native"):
+        raise fail(f"RUNTIME={runtime!r}: use auto, docker or native")
+    if runtime == "auto":
+        why = engine_error()
+        if why:
+            print(f"No Docker engine reachable ({why.split('.')[0]}): running natively in a virtualenv.")
+            return "native"
+        return "docker"
+    if runtime == "docker" and (why := engine_error()):
+        raise fail(f"RUNTIME=docker: {why}")
+    return runtime
+
+
+# --- images ---------------------------------------------------------------------------------------
+
+
+def build_image(c, dockerfile: Path, tag: str, base_image: str | None) -> None:
+    """``docker build`` with BuildKit from the repo root; EXTRA_CA_CERT becomes the `extra_ca` secret."""
+    cmd = [*docker_cli(), "build", "-f", str(dockerfile.relative_to(REPO_ROOT)), "-t", tag]
+    if base_image:
+        cmd += ["--build-arg", f"BASE_IMAGE={base_image}"]
+    if os.environ.get("PIP_INDEX_URL"):
+        cmd += ["--build-arg", f"PIP_INDEX_URL={os.environ['PIP_INDEX_URL']}"]
+    ca = os.environ.get("EXTRA_CA_CERT")
+    if ca:
+        if not Path(ca).is_file():
+            raise fail(f"EXTRA_CA_CERT={ca} is not a readable file")
+        cmd += ["--secret", f"id=extra_ca,src={Path(ca).resolve()}"]
+    cmd.append(".")
+    print("+ " + shlex.join(cmd), flush=True)
+    result = subprocess.run(cmd, cwd=REPO_ROOT, env={**os.environ, "DOCKER_BUILDKIT": "1"}, check=False)
+    if result.returncode != 0:
+        raise fail(f"building {tag} failed (exit {result.returncode}); see the build log above")
+
+
+@task(help={"name": "shared image to build (cuda)", "base_image": "overrides BASE_IMAGE"})
+def images(c, name="cuda", base_image=None):
+    """Build a shared base image (images/<name>/Dockerfile) as llm-labs/<name>:dev."""
+    if name not in SHARED_IMAGES:
+        raise fail(f"unknown shared image {name!r}; known: {', '.join(SHARED_IMAGES)}")
+    if why := engine_error():
+        raise fail(why)
+    build_image(c, SHARED_IMAGES[name] / "Dockerfile", image_tag(name), base_image or os.environ.get("BASE_IMAGE"))
+
+
+@task(help={"lab": "lab name"})
+def build(c, lab):
+    """Build a lab's image (and its shared base image first)."""
+    spec = lab_or_exit(lab)
+    images(c, name=spec.image)
+    build_image(c, spec.dir / "Dockerfile", image_tag(spec.name), image_tag(spec.image))
+
+
+# --- native virtualenvs ---------------------------------------------------------------------------
+
+
+def torch_pin(image: str) -> str:
+    text = (SHARED_IMAGES[image] / "requirements.in").read_text(encoding="utf-8")
+    match = re.search(r"^torch==\S+", text, re.MULTILINE)
+    if not match:
+        raise fail(f"images/{image}/requirements.in pins no torch version")
+    return match.group(0)
+
+
+def lab_python(spec) -> Path:
+    """The lab's native virtualenv (.venvs/<lab>), created or refreshed when its locks changed.
+
+    torch comes first at the shared image's version (pip takes a CPU or CUDA wheel, whichever the
+    host's index offers) with the image lock's versions as constraints; then the lab's lock with
+    --require-hashes. Needs Python 3.11 (the images' version).
+    """
+    env_dir = REPO_ROOT / ".venvs" / spec.name
+    locks = [SHARED_IMAGES[spec.image] / "constraints.txt", spec.dir / "requirements.txt"]
+    stamp = hashlib.sha256(b"".join(p.read_bytes() for p in locks)).hexdigest()
+    python = env_dir / "bin" / "python"
+    if python.exists() and (env_dir / ".lock-hash").read_text(encoding="utf-8", errors="ignore") == stamp:
+        return python
+    if sys.version_info[:2] != (3, 11):
+        raise fail(f"native runs need Python 3.11 (the locks are for 3.11); this is {sys.version.split()[0]}")
+    print(f"Creating the native environment {env_dir} (once per lock change)...", flush=True)
+    venv.EnvBuilder(with_pip=True, clear=True).create(env_dir)
+    pip = [str(python), "-m", "pip", "install", "--disable-pip-version-check"]
+    subprocess.run([*pip, "-c", str(locks[0]), torch_pin(spec.image)], check=True)
+    subprocess.run([*pip, "--require-hashes", "-r", str(locks[1])], check=True)
+    (env_dir / ".lock-hash").write_text(stamp, encoding="utf-8")
+    return python
+
+
+# --- running ----------------------------------------------------------------------------------------
+
+
+def run_streaming(cmd: list[str], env: dict | None = None) -> tuple[int, str]:
+    """Run ``cmd``, echoing its output live; return (exit code, last 4 KB of output)."""
+    print("+ " + shlex.join(cmd), flush=True)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT, text=True, bufsize=1
+    )
+    tail = ""
+    for line in proc.stdout:
+        sys.stdout.write(line)
+        tail = (tail + line)[-4096:]
+    return proc.wait(), tail
+
+
+def run_lab(spec, profile: str, runtime: str, overrides: list[str], root: Path) -> tuple[int, str]:
+    """Run one profile of a lab; returns (exit code, output tail)."""
+    config, _ = load_profile(spec, profile, overrides)  # unknown keys fail here, before any build
+    offline = {"HF_HUB_OFFLINE": "1"} if profile == "smoke" else {}
+    data = config.get("data", {})
+    cv_dir = os.environ.get("CV_DIR")
+    if runtime == "native":
+        check_writable(root / spec.name / profile)
+        if (
+            cv_dir
+            and data.get("source") == "common_voice_dir"
+            and not any(o.startswith(("data.path=", "path=")) for o in overrides)
+        ):
+            overrides = [*overrides, f"data.path={cv_dir}"]
+        cmd = [str(lab_python(spec)), str(spec.dir / spec.entrypoint), "--profile", profile, "--output-root", str(root)]
+        cmd += [arg for o in overrides for arg in ("--set", o)]
+        env = {**os.environ, **offline, "LABS_GIT_COMMIT": git_describe()}
+        return run_streaming(cmd, env)
+
+    check_writable(root / spec.name / profile)
+    if os.geteuid() == 0:  # the container's non-root user must be able to write the run folder
+        os.chown(root / spec.name / profile, LAB_UID, LAB_UID)
+    image = image_tag(spec.name)
+    inspect = subprocess.run(
+        [*docker_cli(), "image", "inspect", "--format", "{{.Id}}", image], capture_output=True, text=True, check=False
+    )
+    if inspect.returncode != 0:
+        raise fail(f"image {image} is not built yet: run `invoke build --lab {spec.name}` (make lab-{spec.name} does)")
+    cmd = [
+        *docker_cli(),
+        "run",
+        "--rm",
+        "--shm-size",
+        "8g",
+        "-v",
+        f"{root}:/opt/labs/outputs",
+        "-v",
+        f"{IMAGE_PREFIX}-hf-cache:/cache/huggingface",
+        "-e",
+        f"LAB_IMAGE_ID={inspect.stdout.strip()}",
+        "-e",
+        f"LABS_GIT_COMMIT={git_describe()}",
+    ]
+    if os.geteuid() != 0:
+        cmd += ["--user", f"{os.geteuid()}:{os.getegid()}"]
+    for key, value in offline.items():
+        cmd += ["-e", f"{key}={value}"]
+    cmd += [arg for key in PASSED_ENV if key in os.environ and key not in offline for arg in ("-e", key)]
+    if config.get("device") != "cpu":
+        cmd += ["--gpus", "all"]
+    if cv_dir and data.get("source") == "common_voice_dir":
+        cmd += ["-v", f"{Path(cv_dir).resolve()}:/data/common_voice:ro"]
+    cmd += [image, "--profile", profile] + [arg for o in overrides for arg in ("--set", o)]
+    code, tail = run_streaming(cmd)
+    if code != 0 and "could not select device driver" in tail:
+        print(f"error: {GPU_DRIVER_HELP}", file=sys.stderr)
+    return code, tail
+
+
+def git_describe() -> str:
+    out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=False)
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain"], cwd=REPO_ROOT, capture_output=True, text=True, check=False
+    ).stdout.strip()
+    return out.stdout.strip() + ("+dirty" if dirty else "") if out.returncode == 0 else "unknown"
+
+
+@task(
+    help={
+        "lab": "lab name (invoke list)",
+        "profile": "auto (full with a GPU, else smoke), smoke or full",
+        "runtime": "auto (docker if an engine answers), docker or native",
+        "set": 'space-separated profile overrides, e.g. "learning_rate=0 num_train_epochs=2"',
+    }
+)
+def run(c, lab, profile="auto", runtime="auto", set=""):  # noqa: A002 (invoke flag name)
+    """Run a lab (building its image when the runtime is docker) and verify the run."""
+    spec = lab_or_exit(lab)
+    profile = resolve_profile(profile)
+    runtime = resolve_runtime(runtime)
+    overrides = set.split()
+    try:
+        load_profile(spec, profile, overrides)
+        if runtime == "docker":
+            build(c, lab=spec.name)
+        code, _ = run_lab(spec, profile, runtime, overrides, output_root())
+    except LabError as exc:
+        raise fail(str(exc)) from None
+    if code != 0:
+        raise Exit(code=code)
+    verify(c, lab=spec.name, profile=profile)
+
+
+@task(
+    help={
+        "lab": "lab name",
+        "profile": "profile whose latest run to check (default: every profile found)",
+        "run": "a run directory to check instead of the latest",
+    }
+)
+def verify(c, lab, profile=None, run=None):
+    """Check a run against the lab's expected outputs; prints check / expected / got / result."""
+    spec = lab_or_exit(lab)
+    targets = []
+    if run:
+        manifest_profile = profile or Path(run).resolve().parent.name
+        targets.append((manifest_profile, Path(run)))
+    else:
+        for name in [profile] if profile else spec.profiles:
+            found = latest_run(output_root(), spec.name, name)
+            if found:
+                targets.append((name, found))
+            elif profile:
+                raise fail(
+                    f"no {name} run of {spec.name} under {output_root()}: run `make lab-{spec.name} PROFILE={name}`"
+                )
+    if not targets:
+        raise fail(f"no runs of {spec.name} under {output_root()}: run `make lab-{spec.name}` first")
+    failed = False
+    for name, run_dir in targets:
+        try:
+            checks = verify_run(run_dir, spec.expected_path(name))
+        except LabError as exc:
+            raise fail(str(exc)) from None
+        ok = all(ch.passed for ch in checks)
+        failed |= not ok
+        print(f"\n{spec.name} / {name}: {run_dir}\n{format_table(checks)}\n=> {'PASS' if ok else 'FAIL'}")
+    if failed:
+        raise Exit(code=1)
+
+
+@task(name="list")
+def list_(c):
+    """List the labs with their course chapter and profiles."""
+    for spec in list_labs():
+        print(f"{spec.name:<20} ch.{spec.chapter:<3} {'/'.join(spec.profiles):<12} {spec.title}")
+
+
+LINUX = ("--python-platform", "x86_64-manylinux_2_28")
+
+
+def uv_compile(c, src: Path, out: Path, *options: str) -> None:
+    """``uv pip compile`` for Python 3.11, with repo-relative paths (uv records the command in the file)."""
+    rel = [str(Path(p).resolve().relative_to(REPO_ROOT)) for p in (src, out)]
+    cmd = [sys.executable, "-m", "uv", "pip", "compile", "--quiet", "--python-version", "3.11", rel[0], "-o", rel[1]]
+    with c.cd(str(REPO_ROOT)):
+        c.run(shlex.join([*cmd, *options]), echo=True)
+
+
+@task(help={"lab": "only this lab's lock (default: all locks)"})
+def lock(c, lab=None):
+    """Regenerate the hash-locked requirements with uv (images and labs: linux x86_64, Python 3.11).
+
+    A lab's lock is resolved with its shared image's lock as constraints and leaves out what the
+    image already installs, so the lab layer adds only its own packages.
+    """
+    if lab is None:
+        for folder in SHARED_IMAGES.values():
+            uv_compile(c, folder / "requirements.in", folder / "requirements.txt", *LINUX, "--generate-hashes")
+            uv_compile(c, folder / "requirements.in", folder / "constraints.txt", *LINUX, "--no-annotate")
+        uv_compile(
+            c, REPO_ROOT / "requirements-dev.in", REPO_ROOT / "requirements-dev.txt", "--universal", "--generate-hashes"
+        )
+    for spec in [lab_or_exit(lab)] if lab else list_labs():
+        base_lock = SHARED_IMAGES[spec.image] / "requirements.txt"
+        in_base = re.findall(r"^([A-Za-z0-9_.-]+)==", base_lock.read_text(encoding="utf-8"), re.MULTILINE)
+        skip = [arg for name in in_base for arg in ("--no-emit-package", name)]
+        constraint = str(base_lock.relative_to(REPO_ROOT))
+        uv_compile(
+            c,
+            spec.dir / "requirements.in",
+            spec.dir / "requirements.txt",
+            *LINUX,
+            "--generate-hashes",
+            "-c",
+            constraint,
+            *skip,
+        )
+
+
+@task(help={"lab": "check this lab's accelerator-memory need too"})
+def doctor(c, lab=None):
+    """Check the host: Docker engine, BuildKit, NVIDIA runtime, GPU and its memory against the lab's need."""
+    problems = []
+    why = engine_error()
+    print(f"docker engine   : {'ok' if not why else why}")
+    if why:
+        problems.append("docker")
+    else:
+        bk = subprocess.run([*docker_cli(), "buildx", "version"], capture_output=True, check=False).returncode == 0
+        no_bk = "no buildx plugin: set DOCKER to a docker CLI that builds with DOCKER_BUILDKIT=1"
+        print(f"buildkit        : {'buildx plugin found' if bk else no_bk}")
+        runtimes = subprocess.run(
+            [*docker_cli(), "info", "--format", "{{json .Runtimes}}"], capture_output=True, text=True, check=False
+        ).stdout
+        has_nvidia = "nvidia" in runtimes
+        print(
+            f"nvidia runtime  : {'registered' if has_nvidia else 'not registered (install nvidia-container-toolkit)'}"
+        )
+    gpus = []
+    if shutil.which("nvidia-smi"):
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout
+        gpus = [line.split(", ") for line in out.strip().splitlines() if line]
+    for name, mem, driver in gpus:
+        ok_driver = int(driver.split(".")[0]) >= 580
+        print(
+            f"gpu             : {name}, {int(mem) / 1024:.1f} GiB, driver {driver}"
+            f"{'' if ok_driver else ' (too old: torch 2.13 cu130 needs >= 580)'}"
+        )
+        problems += [] if ok_driver else ["driver"]
+    if not gpus:
+        print("gpu             : none found (nvidia-smi): labs run their smoke profile")
+    if lab:
+        spec = lab_or_exit(lab)
+        need = spec.gpu_memory_gib
+        have = max((int(g[1]) / 1024 for g in gpus), default=0)
+        enough = have >= need * 0.95  # a "16 GB" card reports ~15.6 GiB
+        print(
+            f"{spec.name:<16}: full profile needs ~{need:g} GiB of accelerator memory; "
+            f"{'enough' if enough else 'not available here'}"
+        )
+        problems += [] if enough else ["memory"]
+    if problems:
+        raise Exit(code=1)
+
+
+@task(
+    help={
+        "lab": "only this lab (its unit tests, smoke run, broken-pipeline check, container path, and "
+        "verification of its latest runs under outputs/)"
+    }
+)
+def test(c, lab=None):
+    """The whole suite: lint, static checks, unit tests, smoke runs, broken-pipeline checks, containers."""
+    python = sys.executable
+    c.run(f"{python} -m ruff check .", echo=True)
+    c.run(f"{python} -m ruff format --check .", echo=True)
+    dockerfiles = [str(p.relative_to(REPO_ROOT)) for p in sorted(REPO_ROOT.glob("images/*/Dockerfile"))]
+    dockerfiles += [str(p.relative_to(REPO_ROOT)) for p in sorted(LABS_DIR.glob("*/Dockerfile"))]
+    c.run(shlex.join(["hadolint", *dockerfiles]), echo=True)
+    args = [python, "-m", "pytest", "tests", "-ra"] + (["--lab", lab_or_exit(lab).name] if lab else [])
+    c.run(shlex.join(args), echo=True, pty=False)

@@ -1,0 +1,36 @@
+"""Run directories: never overwritten, `latest` pointer, unwritable outputs caught early."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from labkit.errors import LabError
+from labkit.rundir import check_writable, latest_run, new_run_dir
+
+
+def test_runs_never_overwrite_and_latest_follows(tmp_path):
+    first = new_run_dir(tmp_path, "lab", "smoke")
+    (first / "metrics.json").write_text("{}")
+    second = new_run_dir(tmp_path, "lab", "smoke")  # same second: gets a suffix
+    assert first != second and first.is_dir() and (first / "metrics.json").exists()
+    assert latest_run(tmp_path, "lab", "smoke") == second.resolve()
+    assert os.readlink(tmp_path / "lab" / "smoke" / "latest") == second.name  # relative: survives moves
+
+
+def test_latest_run_is_none_before_any_run(tmp_path):
+    assert latest_run(tmp_path, "lab", "full") is None
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
+def test_unwritable_outputs_is_a_clear_error_as_user(tmp_path):
+    tmp_path.chmod(0o500)
+    with pytest.raises(LabError, match="not writable"):
+        check_writable(tmp_path / "x")
+
+
+def test_outputs_path_under_a_file_is_a_clear_error(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(LabError, match=f"outputs directory {tmp_path / 'file' / 'lab'} is not writable"):
+        check_writable(tmp_path / "file" / "lab")

@@ -1,0 +1,116 @@
+"""The verification engine (labkit.verify): bounds, files, malformed expected files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from labkit.errors import LabError
+from labkit.verify import check_metric, format_table, load_expected, verify_run
+
+
+def write_run(tmp_path, metrics, status="completed"):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "manifest.json").write_text(json.dumps({"status": status}))
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    (run / "adapter").mkdir()
+    (run / "adapter" / "adapter_config.json").write_text("{}")
+    return run
+
+
+def write_expected(tmp_path, text):
+    path = tmp_path / "expected.yaml"
+    path.write_text(text)
+    return path
+
+
+EXPECTED = """
+files: [adapter/adapter_config.json]
+metrics:
+  train.loss_drop_ratio: {min: 0.05, source: measured}
+  eval.cer: {max: 2.0, source: measured}
+  lora.r: {equals: 4, source: course}
+  reload.diff: {equals: 0.0, tolerance: 1.0e-5, source: measured}
+  lora.targets: {equals: [q_proj, v_proj], source: course}
+"""
+GOOD = {
+    "train": {"loss_drop_ratio": 0.3},
+    "eval": {"cer": 1.1},
+    "lora": {"r": 4, "targets": ["q_proj", "v_proj"]},
+    "reload": {"diff": 3e-6},
+}
+
+
+def test_good_run_passes_every_check(tmp_path):
+    checks = verify_run(write_run(tmp_path, GOOD), write_expected(tmp_path, EXPECTED))
+    assert [c.passed for c in checks] == [True] * 7
+    assert [c.name for c in checks][:2] == ["manifest status", "file adapter/adapter_config.json"]
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "failing"),
+    [
+        (("train", "loss_drop_ratio"), 0.0, "train.loss_drop_ratio"),  # learning rate 0: loss does not fall
+        (("train", "loss_drop_ratio"), float("nan"), "train.loss_drop_ratio"),  # every label masked: NaN loss
+        (("eval", "cer"), 2.5, "eval.cer"),
+        (("lora", "r"), 8, "lora.r"),
+        (("reload", "diff"), 1e-3, "reload.diff"),
+        (("lora", "targets"), ["q_proj"], "lora.targets"),
+    ],
+)
+def test_one_bad_value_fails_exactly_that_check(tmp_path, path, value, failing):
+    metrics = json.loads(json.dumps(GOOD))
+    metrics[path[0]][path[1]] = value
+    checks = verify_run(write_run(tmp_path, metrics), write_expected(tmp_path, EXPECTED))
+    assert [c.name for c in checks if not c.passed] == [failing]
+
+
+def test_missing_metric_file_and_failed_status_fail(tmp_path):
+    run = write_run(tmp_path, {"train": {}}, status="failed")
+    (run / "adapter" / "adapter_config.json").unlink()
+    checks = verify_run(run, write_expected(tmp_path, EXPECTED))
+    assert not any(c.passed for c in checks)
+    assert checks[0].got == "failed"
+
+
+def test_table_has_a_row_per_check(tmp_path):
+    checks = verify_run(write_run(tmp_path, GOOD), write_expected(tmp_path, EXPECTED))
+    table = format_table(checks)
+    assert table.splitlines()[0].split() == ["check", "expected", "got", "result"]
+    assert len(table.splitlines()) == 2 + len(checks)
+    assert "lora.r  " in table and "== 4" in table
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("metrics: {a: {min: 1}}", "has no source"),
+        ("metrics: {a: {source: x}}", "has no bound"),
+        ("metrics: {a: {min: one, source: x}}", "min must be a number"),
+        ("metrics: {a: {between: 1, source: x}}", "unknown keys"),
+        ("metrics: {a: {tolerance: 0.1, min: 0, source: x}}", "tolerance needs a numeric equals"),
+        ("files: adapter", "'files' must be a list"),
+        ("checks: []", "expected a mapping"),
+        ("metrics: {a: [1, 2", "not valid YAML"),
+    ],
+)
+def test_malformed_expected_file_names_the_file_and_problem(tmp_path, text, message):
+    path = write_expected(tmp_path, text)
+    with pytest.raises(LabError, match=message) as info:
+        load_expected(path)
+    assert str(path) in str(info.value)
+
+
+def test_bounds_are_inclusive_and_typed():
+    assert check_metric("m", {"min": 1, "max": 2, "source": "s"}, 1).passed
+    assert check_metric("m", {"min": 1, "max": 2, "source": "s"}, 2).passed
+    assert not check_metric("m", {"min": 1, "source": "s"}, "1").passed
+    assert not check_metric("m", {"max": 1, "source": "s"}, True).passed
+
+
+def test_every_lab_expected_file_is_valid_and_cites_sources(lab):
+    for profile in lab.profiles:
+        expected = load_expected(lab.expected_path(profile))
+        assert expected["files"] and expected["metrics"], f"{lab.name}/{profile} checks nothing"

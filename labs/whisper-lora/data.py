@@ -28,6 +28,21 @@ from labkit import LabError
 CV_REQUIRED = ("path", "sentence")
 
 
+def require_audio_decoder() -> None:
+    """Fail early, with what to install, if ``datasets`` cannot decode audio here.
+
+    ``datasets`` >= 4 decodes audio with torchcodec, which loads FFmpeg's shared libraries (4 to 7).
+    """
+    try:
+        from torchcodec.decoders import AudioDecoder  # noqa: F401
+    except (ImportError, OSError, RuntimeError) as exc:
+        raise LabError(
+            "audio decoding is unavailable: torchcodec could not load FFmpeg's shared libraries "
+            f"({str(exc).splitlines()[0]}). Install FFmpeg (Debian/Ubuntu: apt-get install ffmpeg) "
+            "or run the lab in its container (RUNTIME=docker)."
+        ) from exc
+
+
 def tsv_columns(tsv: Path) -> list[str]:
     """Header of a Common Voice TSV; :class:`LabError` naming the file if it is missing."""
     if not tsv.is_file():
@@ -86,8 +101,10 @@ def load_splits(cfg: dict, repo_root: Path) -> DatasetDict:
     """``DatasetDict(train=..., test=...)`` with ``audio`` (decoded at ``cfg["sampling_rate"]``) and ``sentence``.
 
     Raises:
-        LabError: unknown source, or the dataset lacks the audio or text column (lists its columns).
+        LabError: unknown source, no audio decoder, or the dataset lacks the audio or text column
+            (lists its columns).
     """
+    require_audio_decoder()
     if cfg["source"] == "common_voice_dir":
         root = Path(cfg["path"]) if Path(cfg["path"]).is_absolute() else repo_root / cfg["path"]
         load = lambda splits: load_common_voice_dir(root, splits)  # noqa: E731

@@ -1,0 +1,130 @@
+"""Every lab end to end: its unit tests, the smoke run and its verification, a broken pipeline that
+verification must reject, bad input caught before training, and the container path.
+
+These tests run the labs the way `make lab-<name>` does (tasks.run_lab), in throwaway output folders.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from invoke import Context
+
+import tasks
+from labkit.errors import LabError
+from labkit.rundir import latest_run
+from labkit.verify import format_table, verify_run
+
+SECRET = "hf_thisIsATestTokenThatMustNeverBeWritten"
+
+
+@pytest.fixture(scope="module")
+def outputs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("outputs")
+    root.chmod(0o755)
+    return root
+
+
+def verify_latest(outputs: Path, lab, profile: str = "smoke"):
+    run_dir = latest_run(outputs, lab.name, profile)
+    assert run_dir is not None, f"no {profile} run of {lab.name} under {outputs}"
+    checks = verify_run(run_dir, lab.expected_path(profile))
+    print(format_table(checks))
+    return run_dir, checks
+
+
+def test_lab_unit_tests_pass_in_its_environment(lab):
+    python = tasks.lab_python(lab)
+    result = subprocess.run(
+        [str(python), "-m", "pytest", str(lab.dir / "tests"), "-q", "-p", "no:cacheprovider"],
+        cwd=tasks.REPO_ROOT,
+        check=False,
+    )
+    assert result.returncode == 0
+
+
+def test_smoke_run_passes_verification(lab, outputs, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", SECRET)
+    code, _ = tasks.run_lab(lab, "smoke", "native", [], outputs)
+    assert code == 0
+    run_dir, checks = verify_latest(outputs, lab)
+    assert all(c.passed for c in checks), [c for c in checks if not c.passed]
+    for path in run_dir.rglob("*"):  # secrets are passed at run time and never written
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), f"HF_TOKEN leaked into {path}"
+
+
+def test_broken_pipeline_fails_verification(lab, outputs):
+    """Learning rate 0: the run completes, but nothing is learned, and verification must say so."""
+    code, _ = tasks.run_lab(lab, "smoke", "native", ["learning_rate=0"], outputs)
+    assert code == 0
+    run_dir, checks = verify_latest(outputs, lab)
+    failed = {c.name for c in checks if not c.passed}
+    assert "train.loss_drop_ratio" in failed
+    earlier = sorted(p for p in run_dir.parent.iterdir() if p.name != "latest")
+    assert len(earlier) >= 2 and all((p / "manifest.json").exists() for p in earlier)  # nothing overwritten
+
+
+def test_full_profile_without_accelerator_fails_clearly(lab, outputs):
+    if tasks.host_accelerator():
+        pytest.skip("this host has an accelerator")
+    code, tail = tasks.run_lab(lab, "full", "native", [], outputs)
+    assert code == 2
+    assert "needs a CUDA GPU or an Ascend NPU" in tail and "PROFILE=smoke" in tail
+
+
+def test_unknown_override_and_unwritable_outputs_fail_before_training(lab, tmp_path):
+    with pytest.raises(LabError, match="learnin_rate.*Valid keys"):
+        tasks.run_lab(lab, "smoke", "native", ["learnin_rate=0"], tmp_path)
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    with pytest.raises(LabError, match="not-a-dir/.* is not writable"):
+        tasks.run_lab(lab, "smoke", "native", [], blocker)
+
+
+needs_engine = pytest.mark.skipif(bool(tasks.engine_error()), reason=f"no Docker engine: {tasks.engine_error()}")
+
+
+@needs_engine
+def test_smoke_run_in_container_as_non_root_passes_verification(lab, outputs):
+    tasks.build(Context(), lab=lab.name)
+    user = subprocess.run(
+        [*tasks.docker_cli(), "image", "inspect", "--format", "{{.Config.User}}", tasks.image_tag(lab.name)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert user and user.split(":")[0] not in ("", "0", "root")
+    code, _ = tasks.run_lab(lab, "smoke", "docker", [], outputs)
+    assert code == 0
+    run_dir, checks = verify_latest(outputs, lab)
+    assert all(c.passed for c in checks), [c for c in checks if not c.passed]
+    manifest = (run_dir / "manifest.json").read_text()
+    assert '"runtime": "docker"' in manifest and '"image_id": "sha256:' in manifest
+
+
+@needs_engine
+def test_gpu_run_on_engine_without_nvidia_runtime_is_explained(lab, outputs, capsys):
+    if tasks.host_accelerator():
+        pytest.skip("this host has a GPU")
+    code, tail = tasks.run_lab(lab, "full", "docker", [], outputs)
+    assert code != 0
+    if "could not select device driver" not in tail:
+        pytest.skip("this engine accepted --gpus (an NVIDIA runtime is configured)")
+    assert "NVIDIA Container Toolkit" in capsys.readouterr().err
+
+
+def test_latest_runs_under_outputs_verify(lab, request):
+    """`invoke test --lab X` also checks the user's own latest runs (a full GPU run included)."""
+    if not request.config.getoption("--lab"):
+        pytest.skip("only with --lab")
+    found = [(p, latest_run(tasks.output_root(), lab.name, p)) for p in lab.profiles]
+    found = [(p, d) for p, d in found if d]
+    if not found:
+        pytest.skip(f"no runs of {lab.name} under {tasks.output_root()}")
+    for profile, run_dir in found:
+        checks = verify_run(run_dir, lab.expected_path(profile))
+        print(f"{profile}: {run_dir}\n{format_table(checks)}")
+        assert all(c.passed for c in checks), f"{profile} run {run_dir} fails verification"

@@ -1,0 +1,108 @@
+"""Static checks: hash-locked installs, pinned bases, non-root images, compose, README and CI agree."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+
+import pytest
+import yaml
+
+from labkit.config import LABS_DIR, REPO_ROOT
+
+IMAGES = sorted((REPO_ROOT / "images").glob("*/Dockerfile"))
+LOCKS = [
+    REPO_ROOT / "requirements-dev.txt",
+    *sorted(REPO_ROOT.glob("images/*/requirements.txt")),
+    *sorted(LABS_DIR.glob("*/requirements.txt")),
+]
+
+
+def lock_entries(path):
+    """{name: (version, hash count)} of a uv/pip-compile lock with hashes."""
+    entries, name = {}, None
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if m := re.match(r"^([A-Za-z0-9_.\-]+)==([^\s;\\]+)", line):
+            name = m.group(1).lower()
+            entries[name] = [m.group(2), 0]
+        elif "--hash=sha256:" in line and name:
+            entries[name][1] += 1
+        elif line and not line.startswith((" ", "#")):
+            pytest.fail(f"{path}: unpinned requirement line {line!r}")
+    return entries
+
+
+@pytest.mark.parametrize("lock", LOCKS, ids=lambda p: str(p.relative_to(REPO_ROOT)))
+def test_locks_pin_every_package_with_hashes_and_honour_the_inputs(lock):
+    entries = lock_entries(lock)
+    assert entries, f"{lock} is empty"
+    assert all(count > 0 for _, count in entries.values()), f"{lock} has packages without hashes"
+    for line in lock.with_suffix(".in").read_text(encoding="utf-8").splitlines():
+        if m := re.match(r"^([A-Za-z0-9_.\-]+)==(\S+)", line):
+            assert entries[m.group(1).lower()][0] == m.group(2), f"{lock} does not honour {line}"
+
+
+def test_lab_locks_leave_the_shared_image_packages_out():
+    for lock in LABS_DIR.glob("*/requirements.txt"):
+        assert "torch" not in lock_entries(lock), f"{lock} reinstalls torch over the shared image"
+
+
+def test_native_constraints_match_the_image_lock():
+    for folder in (REPO_ROOT / "images").iterdir():
+        if (folder / "constraints.txt").exists():
+            locked = {n: v for n, (v, _) in lock_entries(folder / "requirements.txt").items()}
+            text = (folder / "constraints.txt").read_text(encoding="utf-8")
+            pinned = {m.group(1).lower(): m.group(2) for m in re.finditer(r"^([A-Za-z0-9_.\-]+)==(\S+)", text, re.M)}
+            assert pinned == locked
+
+
+@pytest.mark.parametrize("dockerfile", IMAGES, ids=lambda p: p.parent.name)
+def test_shared_images_pin_their_default_base_by_digest(dockerfile):
+    default = re.search(r"^ARG BASE_IMAGE=(\S+)", dockerfile.read_text(), re.M)
+    assert default and re.search(r"@sha256:[0-9a-f]{64}$", default.group(1))
+
+
+def test_lab_dockerfiles_build_on_the_shared_image_deps_before_code_and_run_as_non_root(lab):
+    text = (lab.dir / "Dockerfile").read_text()
+    assert re.search(rf"^ARG BASE_IMAGE=llm-labs/{lab.image}:dev$", text, re.M)
+    lines = text.splitlines()
+    install = next(i for i, line in enumerate(lines) if "pip-install-locked" in line)
+    first_code = next(i for i, line in enumerate(lines) if line.startswith("COPY labkit"))
+    assert install < first_code, "code is copied before the dependency layer: every edit would reinstall"
+    users = [line.split()[1] for line in lines if line.startswith("USER ")]
+    assert users and users[-1].split(":")[0] not in ("0", "root")
+    assert not re.search(r"^(ENV|ARG)\s+\S*(TOKEN|API_KEY)", text, re.M), "secrets belong to run time"
+
+
+def test_every_lab_has_a_compose_service_with_a_gpu_and_the_cache(lab):
+    compose = yaml.safe_load((REPO_ROOT / "compose.yaml").read_text())
+    service = compose["services"][lab.name]
+    assert lab.name in service["profiles"]
+    assert service["build"]["dockerfile"] == f"labs/{lab.name}/Dockerfile"
+    assert service["deploy"]["resources"]["reservations"]["devices"][0]["driver"] == "nvidia"
+    assert any(v.startswith("hf-cache:") for v in service["volumes"])
+
+
+@pytest.mark.skipif(not shutil.which("docker-compose"), reason="no docker-compose binary (make venv installs it)")
+def test_compose_file_is_valid_for_every_profile(lab):
+    for profile in ("images", lab.name):
+        result = subprocess.run(
+            ["docker-compose", "-f", "compose.yaml", "--profile", profile, "config", "-q"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    ci = (REPO_ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert "make test" in readme.split("## ")[1], "the README's first section should give the test command"
+    assert re.search(r"^\s*make test\b", ci, re.M)
+
+
+def test_makefile_has_the_lab_pattern_rule():
+    assert re.search(r"^lab-%:", (REPO_ROOT / "Makefile").read_text(), re.M)

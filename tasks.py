@@ -448,6 +448,8 @@ def doctor(c, lab=None):
 def test(c, lab=None):
     """The whole suite: lint, static checks, unit tests, smoke runs, broken-pipeline checks, containers."""
     python = sys.executable
+    # The tooling venv's executables (hadolint, docker-compose) for this task and the tests it runs.
+    os.environ["PATH"] = f"{Path(python).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     c.run(f"{python} -m ruff check .", echo=True)
     c.run(f"{python} -m ruff format --check .", echo=True)
     dockerfiles = [str(p.relative_to(REPO_ROOT)) for p in sorted(REPO_ROOT.glob("images/*/Dockerfile"))]

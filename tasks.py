@@ -86,6 +86,27 @@ def engine_error() -> str | None:
     return None
 
 
+def buildkit_error() -> str | None:
+    """None if the docker CLI builds with BuildKit (buildx plugin, or a pre-23 client), else what to do."""
+    if subprocess.run([*docker_cli(), "buildx", "version"], capture_output=True, check=False).returncode == 0:
+        return None
+    client = subprocess.run(
+        [*docker_cli(), "version", "--format", "{{.Client.Version}}"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    if client and client.split(".")[0].isdigit() and int(client.split(".")[0]) < 23:
+        return None  # 20.10-22.x clients build with BuildKit themselves when DOCKER_BUILDKIT=1
+    return (
+        f"the docker CLI ({shlex.join(docker_cli())}, client {client or '?'}) has no buildx plugin, which "
+        "image builds need (BuildKit secrets): install docker-buildx-plugin (Docker CE) or docker-buildx "
+        "(Debian/Ubuntu), or set DOCKER to a docker CLI that builds with DOCKER_BUILDKIT=1"
+    )
+
+
+def docker_error() -> str | None:
+    """None if labs can be built and run in containers here, else why not."""
+    return engine_error() or buildkit_error()
+
+
 def host_accelerator() -> str | None:
     """``cuda`` if nvidia-smi lists a GPU, ``npu`` if npu-smi answers, else None (no torch needed)."""
     for tool, args, kind in (("nvidia-smi", ["-L"], "cuda"), ("npu-smi", ["info"], "npu")):
@@ -107,12 +128,12 @@ def resolve_runtime(runtime: str) -> str:
     if runtime not in ("auto", "docker", "native"):
         raise fail(f"RUNTIME={runtime!r}: use auto, docker or native")
     if runtime == "auto":
-        why = engine_error()
+        why = docker_error()
         if why:
-            print(f"No Docker engine reachable ({why.split('.')[0]}): running natively in a virtualenv.")
+            print(f"Docker is not usable here ({why}): running natively in a virtualenv.")
             return "native"
         return "docker"
-    if runtime == "docker" and (why := engine_error()):
+    if runtime == "docker" and (why := docker_error()):
         raise fail(f"RUNTIME=docker: {why}")
     return runtime
 
@@ -144,7 +165,7 @@ def images(c, name="cuda", base_image=None):
     """Build a shared base image (images/<name>/Dockerfile) as llm-labs/<name>:dev."""
     if name not in SHARED_IMAGES:
         raise fail(f"unknown shared image {name!r}; known: {', '.join(SHARED_IMAGES)}")
-    if why := engine_error():
+    if why := docker_error():
         raise fail(why)
     build_image(c, SHARED_IMAGES[name] / "Dockerfile", image_tag(name), base_image or os.environ.get("BASE_IMAGE"))
 
@@ -397,9 +418,9 @@ def doctor(c, lab=None):
     if why:
         problems.append("docker")
     else:
-        bk = subprocess.run([*docker_cli(), "buildx", "version"], capture_output=True, check=False).returncode == 0
-        no_bk = "no buildx plugin: set DOCKER to a docker CLI that builds with DOCKER_BUILDKIT=1"
-        print(f"buildkit        : {'buildx plugin found' if bk else no_bk}")
+        no_bk = buildkit_error()
+        print(f"buildkit        : {no_bk or 'ok'}")
+        problems += ["buildkit"] if no_bk else []
         runtimes = subprocess.run(
             [*docker_cli(), "info", "--format", "{{json .Runtimes}}"], capture_output=True, text=True, check=False
         ).stdout

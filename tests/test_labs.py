@@ -84,7 +84,7 @@ def test_unknown_override_and_unwritable_outputs_fail_before_training(lab, tmp_p
         tasks.run_lab(lab, "smoke", "native", [], blocker)
 
 
-needs_engine = pytest.mark.skipif(bool(tasks.engine_error()), reason=f"no Docker engine: {tasks.engine_error()}")
+needs_engine = pytest.mark.skipif(bool(tasks.docker_error()), reason=f"Docker not usable: {tasks.docker_error()}")
 
 
 @needs_engine

@@ -7,6 +7,7 @@ train; the int8 base stays frozen.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -17,6 +18,10 @@ from transformers import (
     Seq2SeqTrainer,
     Seq2SeqTrainingArguments,
 )
+
+# bitsandbytes' int8 matmul computes in fp16 and says so on every call; the course notebook shows
+# the same warning. Once is enough to learn it: hide the repeats.
+warnings.filterwarnings("once", message="MatMul8bitLt: inputs will be cast")
 
 
 def device_map_for(device: str) -> str | dict:

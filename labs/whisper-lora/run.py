@@ -75,7 +75,7 @@ def run(ctx: RunContext) -> dict:
         tokenized["train"],
         tokenized["test"],
         collator,
-        processor,
+        processor.feature_extractor,
         callbacks=[JsonlLogger(out / "train_log.jsonl")],
     )
     loss_before = trainer.evaluate(tokenized["train"], metric_key_prefix="train")["train_loss"]

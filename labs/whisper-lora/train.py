@@ -55,9 +55,19 @@ def add_lora(model, lora: dict) -> PeftModel:
 
 
 def build_trainer(
-    model, training: dict, output_dir: Path, train_dataset, eval_dataset, collator, processor, callbacks
+    model,
+    training: dict,
+    output_dir: Path,
+    train_dataset,
+    eval_dataset,
+    collator=None,
+    feature_extractor=None,
+    callbacks=None,
 ) -> Seq2SeqTrainer:
-    """``Seq2SeqTrainer`` with ``Seq2SeqTrainingArguments(**training)``; checkpoints go under ``output_dir``."""
+    """``Seq2SeqTrainer`` with ``Seq2SeqTrainingArguments(**training)``; checkpoints go under ``output_dir``.
+
+    As in the course, the feature extractor is the trainer's processing class (saved with checkpoints).
+    """
     args = Seq2SeqTrainingArguments(output_dir=str(output_dir), **training)
     model.config.use_cache = False  # incompatible with gradient checkpointing while training
     return Seq2SeqTrainer(
@@ -66,7 +76,7 @@ def build_trainer(
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         data_collator=collator,
-        processing_class=processor.feature_extractor,
+        processing_class=feature_extractor,
         callbacks=callbacks,
     )
 

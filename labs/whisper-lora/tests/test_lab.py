@@ -173,3 +173,31 @@ def test_full_profile_without_an_accelerator_fails_clearly():
     with pytest.raises(LabError, match="needs a CUDA GPU or an Ascend NPU.*PROFILE=smoke"):
         select_device(load_profile(LAB, "full")[0]["device"])
     assert select_device("auto") == "cpu"
+
+
+def test_gpu_memory_benchmark_runs_at_tiny_scale(tmp_path):
+    import json
+    import math
+
+    import bench_memory
+
+    out = tmp_path / "bench.json"
+    report = bench_memory.main(
+        [
+            "--arch",
+            "tiny",
+            "--device",
+            "cpu",
+            "--steps",
+            "1",
+            "--batch-size",
+            "1",
+            "--label-length",
+            "8",
+            "--out",
+            str(out),
+        ]
+    )
+    assert json.loads(out.read_text()) == report
+    assert report["steps"] == 1 and report["batch_size"] == 1 and report["load_in_8bit"] is True
+    assert report["peak_memory_bytes"] > 0 and math.isfinite(report["final_loss"])

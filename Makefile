@@ -13,8 +13,9 @@ LAB ?=
 .PHONY: help list images smoke test doctor venv
 
 help: ## Show the targets
-	@grep -hE '^[a-z%-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 22
-	@echo "lab-<name>            Build, run and verify one lab (labs: $$(ls labs | tr '\n' ' '))"
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 22
+	@echo "lab-<name>            Build, run and verify one lab; labs: $$(ls labs | paste -sd' ')"
+	@echo "                      PROFILE=auto|smoke|full RUNTIME=auto|docker|native SET=\"key=value ...\""
 
 $(VENV)/.installed: requirements-dev.txt
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "error: the tooling needs Python >= 3.11 ($(PYTHON) is older): set PYTHON=/path/to/python3.11" >&2; exit 2; }
@@ -24,7 +25,7 @@ $(VENV)/.installed: requirements-dev.txt
 
 venv: $(VENV)/.installed ## Create the tooling virtualenv (.venv)
 
-lab-%: $(VENV)/.installed ## (lab-<name>) Build, run and verify one lab
+lab-%: $(VENV)/.installed
 	$(INVOKE) run --lab $* --profile $(PROFILE) --runtime $(RUNTIME) --set "$(SET)"
 
 list: $(VENV)/.installed ## List the labs

@@ -13,6 +13,7 @@ Environment: DOCKER (the docker CLI, default `docker`; it must build with BuildK
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shlex
@@ -157,10 +158,16 @@ def build_image(c, dockerfile: Path, tag: str, base_image: str | None) -> None:
     print("+ " + shlex.join(cmd), flush=True)
     result = subprocess.run(cmd, cwd=REPO_ROOT, env={**os.environ, "DOCKER_BUILDKIT": "1"}, check=False)
     if result.returncode != 0:
-        raise fail(f"building {tag} failed (exit {result.returncode}); see the build log above")
+        hint = ""
+        if not base_image or "nvidia/cuda" in base_image:
+            hint = (
+                ". If the base image could not be pulled (no registry access), build a local stand-in with "
+                "images/standin/build.sh and pass BASE_IMAGE=labs-standin-base:bookworm"
+            )
+        raise fail(f"building {tag} failed (exit {result.returncode}); see the build log above{hint}")
 
 
-@task(help={"name": "shared image to build (cuda)", "base_image": "overrides BASE_IMAGE"})
+@task(positional=[], help={"name": "shared image to build (cuda)", "base_image": "overrides BASE_IMAGE"})
 def images(c, name="cuda", base_image=None):
     """Build a shared base image (images/<name>/Dockerfile) as llm-labs/<name>:dev."""
     if name not in SHARED_IMAGES:
@@ -170,7 +177,7 @@ def images(c, name="cuda", base_image=None):
     build_image(c, SHARED_IMAGES[name] / "Dockerfile", image_tag(name), base_image or os.environ.get("BASE_IMAGE"))
 
 
-@task(help={"lab": "lab name"})
+@task(positional=[], help={"lab": "lab name"})
 def build(c, lab):
     """Build a lab's image (and its shared base image first)."""
     spec = lab_or_exit(lab)
@@ -236,6 +243,11 @@ def run_lab(spec, profile: str, runtime: str, overrides: list[str], root: Path) 
     data = config.get("data", {})
     cv_dir = os.environ.get("CV_DIR")
     if runtime == "native":
+        if config.get("device") in ("accelerator", "cuda", "npu") and not host_accelerator():
+            raise LabError(
+                f"PROFILE={profile} needs a CUDA GPU or an Ascend NPU, and this host has none (nvidia-smi and "
+                "npu-smi find nothing). Use PROFILE=smoke here, or run on a GPU host (`invoke doctor` checks it)."
+            )
         check_writable(root / spec.name / profile)
         if (
             cv_dir
@@ -297,12 +309,13 @@ def git_describe() -> str:
 
 
 @task(
+    positional=[],
     help={
         "lab": "lab name (invoke list)",
         "profile": "auto (full with a GPU, else smoke), smoke or full",
         "runtime": "auto (docker if an engine answers), docker or native",
         "set": 'space-separated profile overrides, e.g. "learning_rate=0 num_train_epochs=2"',
-    }
+    },
 )
 def run(c, lab, profile="auto", runtime="auto", set=""):  # noqa: A002 (invoke flag name)
     """Run a lab (building its image when the runtime is docker) and verify the run."""
@@ -323,14 +336,22 @@ def run(c, lab, profile="auto", runtime="auto", set=""):  # noqa: A002 (invoke f
 
 
 @task(
+    positional=[],
     help={
         "lab": "lab name",
         "profile": "profile whose latest run to check (default: every profile found)",
         "run": "a run directory to check instead of the latest",
-    }
+    },
 )
-def verify(c, lab, profile=None, run=None):
+def verify(c, lab=None, profile=None, run=None):
     """Check a run against the lab's expected outputs; prints check / expected / got / result."""
+    if run and not lab:
+        try:
+            lab = json.loads((Path(run) / "manifest.json").read_text(encoding="utf-8"))["lab"]
+        except (OSError, ValueError, KeyError):
+            raise fail(f"{run} has no readable manifest.json naming its lab: give --lab") from None
+    if not lab:
+        raise fail("which lab? give --lab NAME (invoke list shows them) or --run DIR")
     spec = lab_or_exit(lab)
     targets = []
     if run:
@@ -378,7 +399,7 @@ def uv_compile(c, src: Path, out: Path, *options: str) -> None:
         c.run(shlex.join([*cmd, *options]), echo=True)
 
 
-@task(help={"lab": "only this lab's lock (default: all locks)"})
+@task(positional=[], help={"lab": "only this lab's lock (default: all locks)"})
 def lock(c, lab=None):
     """Regenerate the hash-locked requirements with uv (images and labs: linux x86_64, Python 3.11).
 
@@ -409,7 +430,7 @@ def lock(c, lab=None):
         )
 
 
-@task(help={"lab": "check this lab's accelerator-memory need too"})
+@task(positional=[], help={"lab": "check this lab's accelerator-memory need too"})
 def doctor(c, lab=None):
     """Check the host: Docker engine, BuildKit, NVIDIA runtime, GPU and its memory against the lab's need."""
     problems = []
@@ -461,10 +482,11 @@ def doctor(c, lab=None):
 
 
 @task(
+    positional=[],
     help={
         "lab": "only this lab (its unit tests, smoke run, broken-pipeline check, container path, and "
         "verification of its latest runs under outputs/)"
-    }
+    },
 )
 def test(c, lab=None):
     """The whole suite: lint, static checks, unit tests, smoke runs, broken-pipeline checks, containers."""

@@ -10,6 +10,7 @@ is a dotted path (``training.learning_rate``) or a leaf name that is unique in t
 from __future__ import annotations
 
 import copy
+import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -152,7 +153,10 @@ def apply_overrides(config: dict, overrides: list[str], source: str = "profile")
         matches = [k for k in keys if k == key] or [k for k in keys if k.rsplit(".", 1)[-1] == key]
         if len(matches) != 1:
             why = "is ambiguous, it matches " + ", ".join(matches) if matches else "is not a setting"
-            raise LabError(f"override key {key!r} {why} in {source}. Valid keys: {', '.join(keys)}")
+            names = sorted({k.rsplit(".", 1)[-1] for k in keys} | set(keys))
+            close = difflib.get_close_matches(key, names, n=3)
+            hint = f" Did you mean {' or '.join(close)}?" if close and not matches else ""
+            raise LabError(f"override key {key!r} {why} in {source}.{hint} Valid keys: {', '.join(keys)}")
         path = matches[0]
         *parents, leaf = path.split(".")
         node = config

@@ -57,7 +57,7 @@ def select_device(requested: str) -> str:
     raise LabError(
         f"this profile needs {want}, but PyTorch sees none (torch {torch.__version__}, "
         f"torch.cuda.is_available()={torch.cuda.is_available()}). On a GPU host run the lab in its "
-        "container with GPU access (make lab-<name> RUNTIME=docker; check with `invoke doctor`); "
+        "container with GPU access (RUNTIME=docker; `invoke doctor` checks the host); "
         "on a laptop use PROFILE=smoke."
     )
 

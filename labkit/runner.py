@@ -10,6 +10,7 @@ exits 2; the run directory is kept with ``status: failed`` and the error in its 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -25,6 +26,24 @@ SMOKE_BANNER = """\
  offline. It checks the mechanics (data, training, saving, reloading, metrics),
  not the course's results. For the real run use PROFILE=full on a GPU host.
 ================================================================================"""
+
+
+class _OncePerMessage(logging.Filter):
+    def __init__(self):
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message in self.seen:
+            return False
+        self.seen.add(message)
+        return True
+
+
+def log_once(logger_name: str) -> None:
+    """Let each distinct message of ``logger_name`` through once (for libraries that log per call)."""
+    logging.getLogger(logger_name).addFilter(_OncePerMessage())
 
 
 @dataclass

@@ -50,6 +50,7 @@ def test_bad_override_is_a_clear_error(override, message):
     with pytest.raises(LabError, match=message) as info:
         apply_overrides(PROFILE, [override])
     if "not a setting" in message:
+        assert "Did you mean learning_rate" in str(info.value)
         assert "training.learning_rate" in str(info.value)  # lists the valid keys
 
 

@@ -70,9 +70,9 @@ def test_broken_pipeline_fails_verification(lab, outputs):
 def test_full_profile_without_accelerator_fails_clearly(lab, outputs):
     if tasks.host_accelerator():
         pytest.skip("this host has an accelerator")
-    code, tail = tasks.run_lab(lab, "full", "native", [], outputs)
-    assert code == 2
-    assert "needs a CUDA GPU or an Ascend NPU" in tail and "PROFILE=smoke" in tail
+    with pytest.raises(LabError, match="PROFILE=full needs a CUDA GPU or an Ascend NPU.*Use PROFILE=smoke"):
+        tasks.run_lab(lab, "full", "native", [], outputs)
+    assert tasks.latest_run(outputs, lab.name, "full") is None  # failed before writing anything
 
 
 def test_unknown_override_and_unwritable_outputs_fail_before_training(lab, tmp_path):

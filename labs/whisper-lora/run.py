@@ -91,6 +91,9 @@ def run(ctx: RunContext) -> dict:
     processor.save_pretrained(adapter_dir)
     probe = collator([tokenized["test"][i] for i in range(min(2, len(tokenized["test"])))])
     trained_logits = logits_on(model, probe)
+    checkpoints = out / "checkpoints"  # the Trainer's output_dir: empty with save_strategy "no"
+    if checkpoints.is_dir() and not any(checkpoints.iterdir()):
+        checkpoints.rmdir()
     del trainer, model
     gc.collect()
     if ctx.device == "cuda":

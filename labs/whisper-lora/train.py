@@ -7,7 +7,6 @@ train; the int8 base stays frozen.
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import torch
@@ -19,9 +18,11 @@ from transformers import (
     Seq2SeqTrainingArguments,
 )
 
-# bitsandbytes' int8 matmul computes in fp16 and says so on every call; the course notebook shows
-# the same warning. Once is enough to learn it: hide the repeats.
-warnings.filterwarnings("once", message="MatMul8bitLt: inputs will be cast")
+from labkit.runner import log_once
+
+# bitsandbytes' int8 matmul computes in fp16 and logs so on every call (the course notebook shows
+# the same message). Once is enough to learn it.
+log_once("bitsandbytes.autograd._functions")
 
 
 def device_map_for(device: str) -> str | dict:
@@ -50,7 +51,9 @@ def add_lora(model, lora: dict) -> PeftModel:
     ``lora`` holds PEFT's own names: ``r``, ``lora_alpha``, ``lora_dropout``, ``target_modules``,
     ``bias``. Trainable parameters: ``r * (d_in + d_out)`` per targeted linear layer.
     """
-    model = prepare_model_for_kbit_training(model)
+    # Casts the non-int8 layers to fp32 and turns on gradient checkpointing (non-reentrant, the
+    # variant PyTorch recommends) so activations are recomputed instead of stored.
+    model = prepare_model_for_kbit_training(model, gradient_checkpointing_kwargs={"use_reentrant": False})
     return get_peft_model(model, LoraConfig(**lora))
 
 

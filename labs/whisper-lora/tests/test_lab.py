@@ -201,3 +201,28 @@ def test_gpu_memory_benchmark_runs_at_tiny_scale(tmp_path):
     assert json.loads(out.read_text()) == report
     assert report["steps"] == 1 and report["batch_size"] == 1 and report["load_in_8bit"] is True
     assert report["peak_memory_bytes"] > 0 and math.isfinite(report["final_loss"])
+
+
+def test_infer_transcribes_with_a_saved_adapter_and_names_bad_files(tiny, tmp_path):
+    from infer import transcribe_files
+    from peft import LoraConfig, get_peft_model
+    from transformers import WhisperForConditionalGeneration
+
+    path, processor = tiny
+    run = tmp_path / "run"
+    model = get_peft_model(
+        WhisperForConditionalGeneration.from_pretrained(path), LoraConfig(r=4, target_modules=["q_proj"])
+    )
+    model.save_pretrained(run / "adapter")
+    processor.save_pretrained(run / "adapter")
+    clip = SMOKE_CV / "clips" / "common_voice_zh-CN_smoke_012.mp3"
+    texts = transcribe_files(run, [clip, clip], device="cpu", max_new_tokens=4)
+    assert len(texts) == 2 and all(isinstance(t, str) for t in texts) and texts[0] == texts[1]
+    bad = tmp_path / "bad.mp3"
+    bad.write_bytes(b"not audio" * 20)
+    with pytest.raises(LabError, match=f"cannot decode audio file {bad}"):
+        transcribe_files(run, [bad], device="cpu")
+    with pytest.raises(LabError, match="audio file .*missing.mp3 not found"):
+        transcribe_files(run, [tmp_path / "missing.mp3"], device="cpu")
+    with pytest.raises(LabError, match="holds no adapter_config.json"):
+        transcribe_files(tmp_path, [clip], device="cpu")

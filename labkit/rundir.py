@@ -72,6 +72,12 @@ def latest_run(output_root: Path, lab: str, profile: str) -> Path | None:
     return link.resolve() if link.exists() else None
 
 
+def remove_if_empty(directory: Path) -> None:
+    """Remove ``directory`` if it exists and is empty (a Trainer ``output_dir`` nothing was saved to)."""
+    if directory.is_dir() and not any(directory.iterdir()):
+        directory.rmdir()
+
+
 def git_commit() -> dict:
     """``{"commit": sha, "dirty": bool}`` of the repo, or what the container was given in ``LABS_GIT_COMMIT``."""
     if os.environ.get("LABS_GIT_COMMIT"):

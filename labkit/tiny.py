@@ -122,3 +122,73 @@ def build_tiny_whisper(
     model.generation_config = generation
     model.save_pretrained(out_dir)
     return out_dir
+
+
+def train_wordpiece(texts: list[str], vocab_size: int, lowercase: bool) -> list[str]:
+    """A BERT WordPiece vocabulary (with ``[PAD] [UNK] [CLS] [SEP] [MASK]``) trained on ``texts``."""
+    from tokenizers import normalizers
+
+    wp = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    wp.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
+    wp.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocab_size, show_progress=False, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    )
+    wp.train_from_iterator(texts, trainer)
+    return [token for token, _ in sorted(wp.get_vocab().items(), key=lambda item: item[1])]
+
+
+def build_tiny_encoder(
+    out_dir: Path,
+    texts: list[str],
+    model_type: str,
+    seed: int = 0,
+    lowercase: bool = False,
+    vocab_size: int = 1000,
+    hidden_size: int = 64,
+    layers: int = 2,
+    heads: int = 4,
+    intermediate_size: int = 128,
+    max_position_embeddings: int = 512,
+) -> Path:
+    """Build and save a tiny ``bert`` or ``distilbert`` (config, random weights, WordPiece tokenizer).
+
+    The vocabulary is trained on ``texts`` (``lowercase`` as in ``bert-base-cased`` = False or
+    ``distilbert-base-uncased`` = True). The saved folder loads with any ``AutoModelFor*`` of that
+    architecture: the task head is added, as with a Hub checkpoint, by ``from_pretrained``.
+
+    Returns:
+        ``out_dir``.
+    """
+    from transformers import AutoModel, BertConfig, BertTokenizer, DistilBertConfig, DistilBertTokenizer
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    vocab = {token: i for i, token in enumerate(train_wordpiece(texts, vocab_size, lowercase))}
+    if model_type == "bert":
+        tokenizer = BertTokenizer(vocab=vocab, do_lower_case=lowercase)
+        config = BertConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=hidden_size,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            intermediate_size=intermediate_size,
+            max_position_embeddings=max_position_embeddings,
+        )
+    elif model_type == "distilbert":
+        tokenizer = DistilBertTokenizer(vocab=vocab, do_lower_case=lowercase)
+        config = DistilBertConfig(
+            vocab_size=len(tokenizer),
+            dim=hidden_size,
+            n_layers=layers,
+            n_heads=heads,
+            hidden_dim=intermediate_size,
+            max_position_embeddings=max_position_embeddings,
+        )
+    else:
+        raise ValueError(f"model_type must be bert or distilbert, not {model_type!r}")
+    tokenizer.model_max_length = max_position_embeddings
+    tokenizer.save_pretrained(out_dir)
+    torch.manual_seed(seed)
+    AutoModel.from_config(config).save_pretrained(out_dir)
+    return out_dir

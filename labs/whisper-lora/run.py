@@ -32,6 +32,7 @@ from train import add_lora, build_trainer, load_base_model, logits_on  # noqa: E
 
 from labkit.device import peak_memory_bytes  # noqa: E402
 from labkit.metrics import JsonlLogger, plot_loss  # noqa: E402
+from labkit.rundir import remove_if_empty  # noqa: E402
 from labkit.runner import RunContext, main  # noqa: E402
 from labkit.tiny import build_tiny_whisper  # noqa: E402
 
@@ -91,9 +92,7 @@ def run(ctx: RunContext) -> dict:
     processor.save_pretrained(adapter_dir)
     probe = collator([tokenized["test"][i] for i in range(min(2, len(tokenized["test"])))])
     trained_logits = logits_on(model, probe)
-    checkpoints = out / "checkpoints"  # the Trainer's output_dir: empty with save_strategy "no"
-    if checkpoints.is_dir() and not any(checkpoints.iterdir()):
-        checkpoints.rmdir()
+    remove_if_empty(out / "checkpoints")  # the Trainer's output_dir: empty with save_strategy "no"
     del trainer, model
     gc.collect()
     if ctx.device == "cuda":

@@ -1,0 +1,88 @@
+"""Unit tests of the bert-yelp lab, run in its environment: labels, head size, tokenization, counts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from data import encode_labels, load_reviews, tokenize
+from datasets import ClassLabel, Dataset, DatasetDict
+
+from labkit.config import get_lab, load_profile
+from labkit.errors import LabError
+from labkit.verify import load_expected
+
+LAB = get_lab("bert-yelp")
+NAMES = ["1 star", "2 star", "3 stars", "4 stars", "5 stars"]
+
+
+def smoke_data_cfg(**changes) -> dict:
+    return {**load_profile(LAB, "smoke")[0]["data"], **changes}
+
+
+def test_string_labels_are_mapped_through_label2id():
+    dsd = load_reviews(smoke_data_cfg(), LAB.dir.parents[1])
+    feature = dsd["train"].features["label"]
+    assert isinstance(feature, ClassLabel) and feature.names == NAMES
+    raw = [json.loads(line) for line in (LAB.dir / "data/smoke/train.jsonl").read_text().splitlines()]
+    assert [feature.int2str(i) for i in dsd["train"]["label"]] == [row["label"] for row in raw]
+    assert sorted(set(dsd["train"]["label"])) == [0, 1, 2, 3, 4]
+
+
+def test_a_dataset_class_label_is_kept_and_sizes_the_head(tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    from labkit.tiny import build_tiny_encoder
+
+    ds = Dataset.from_dict({"text": ["a", "b"], "label": [0, 4]}).cast_column("label", ClassLabel(names=list("abcde")))
+    dsd = encode_labels(DatasetDict(train=ds, test=ds), NAMES)
+    names = dsd["train"].features["label"].names
+    assert names == list("abcde")  # the dataset's own names win over the profile's
+    path = build_tiny_encoder(tmp_path / "m", ["a b c"], "bert")
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=len(names))
+    assert model.classifier.out_features == 5  # never the default 2
+
+
+def test_unknown_string_label_is_a_clear_error():
+    ds = Dataset.from_dict({"text": ["x", "y"], "label": ["5 stars", "six stars"]})
+    with pytest.raises(LabError, match="train split has label\\(s\\) six stars that are not among .*1 star"):
+        encode_labels(DatasetDict(train=ds, test=ds), NAMES)
+
+
+def test_int_labels_out_of_range_are_a_clear_error():
+    ds = Dataset.from_dict({"text": ["x"], "label": [5]})
+    with pytest.raises(LabError, match="label\\(s\\) 5 .* ids 0-4"):
+        encode_labels(DatasetDict(train=ds, test=ds), NAMES)
+
+
+def test_missing_column_and_file_are_named(tmp_path):
+    bad = tmp_path / "train.jsonl"
+    bad.write_text('{"review": "good", "label": "1 star"}\n')
+    with pytest.raises(LabError, match="lacks column\\(s\\) text; it has: review, label"):
+        load_reviews(smoke_data_cfg(files={"train": str(bad), "test": str(bad)}), tmp_path)
+    with pytest.raises(LabError, match="data file .*nope.jsonl not found"):
+        load_reviews(smoke_data_cfg(files={"train": str(tmp_path / "nope.jsonl"), "test": str(bad)}), tmp_path)
+
+
+def test_tokenize_pads_and_truncates_to_max_length(tmp_path):
+    from transformers import AutoTokenizer
+
+    from labkit.tiny import build_tiny_encoder
+
+    tok = AutoTokenizer.from_pretrained(build_tiny_encoder(tmp_path / "m", ["good food", "bad food"], "bert"))
+    ds = Dataset.from_dict({"text": ["good", "good food " * 50], "label": [0, 1]})
+    out = tokenize(DatasetDict(train=ds), tok, max_length=16)["train"]
+    assert [len(ids) for ids in out["input_ids"]] == [16, 16]
+    assert out["attention_mask"][0] == [1, 1, 1] + [0] * 13  # [CLS] good [SEP] + padding
+    assert out["input_ids"][1][-1] == tok.sep_token_id  # truncated, still closed by [SEP]
+
+
+def test_full_profile_expected_parameter_count_matches_bert_base_cased():
+    from transformers import BertConfig, BertForSequenceClassification
+
+    # bert-base-cased config.json: vocabulary 28,996, hidden 768, 12 layers, 12 heads, FFN 3072.
+    with torch.device("meta"):
+        model = BertForSequenceClassification(BertConfig(vocab_size=28996, num_labels=5))
+    expected = load_expected(LAB.expected_path("full"))["metrics"]["model.all_params"]["equals"]
+    assert sum(p.numel() for p in model.parameters()) == expected

@@ -1,0 +1,168 @@
+"""Course chapter 4 lab: extractive question answering, DistilBERT fine-tuned on SQuAD.
+
+The full profile follows the course: ``distilbert-base-uncased`` on SQuAD v1.1, 384-token windows
+with a 128-token stride, ``Trainer`` (batch 64, learning rate 2e-5, 3 epochs), answers rebuilt
+from the n-best (20) start/end logits with at most 30 tokens, exact match and F1 on the validation
+set. The smoke profile runs the same steps on a tiny DistilBERT and 96 bundled questions, on a CPU.
+
+    python labs/distilbert-squad/run.py --profile smoke [--set learning_rate=0]
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from datasets import DatasetDict, load_dataset
+from torchmetrics.text import SQuAD
+from transformers import AutoModelForQuestionAnswering, AutoTokenizer, Trainer, TrainingArguments
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[2]))
+
+from qa import (  # noqa: E402
+    check_window,
+    postprocess_predictions,
+    prepare_train_features,
+    prepare_validation_features,
+    truncate_questions,
+)
+
+from labkit import LabError  # noqa: E402
+from labkit.metrics import JsonlLogger, plot_loss  # noqa: E402
+from labkit.rundir import remove_if_empty  # noqa: E402
+from labkit.runner import RunContext, main  # noqa: E402
+from labkit.tiny import build_tiny_encoder  # noqa: E402
+
+COLUMNS = ("id", "context", "question", "answers")
+
+
+def load_squad(cfg: dict, repo_root: Path) -> DatasetDict:
+    """SQuAD-format ``train`` and ``validation`` splits from the Hub or local JSON lines.
+
+    Raises:
+        LabError: a missing file or column (lists the columns there).
+    """
+    if cfg["source"] == "hub":
+        dsd = load_dataset(cfg["hub_dataset"], revision=cfg["hub_revision"])
+    else:
+        files = {split: repo_root / path for split, path in cfg["files"].items()}
+        for path in files.values():
+            if not path.is_file():
+                raise LabError(f"data file {path} not found")
+        dsd = load_dataset("json", data_files={k: str(v) for k, v in files.items()})
+    for split, ds in dsd.items():
+        missing = [c for c in COLUMNS if c not in ds.column_names]
+        if missing:
+            raise LabError(f"{split} split lacks column(s) {', '.join(missing)}; it has: {', '.join(ds.column_names)}")
+    dsd = DatasetDict(train=dsd["train"], validation=dsd["validation"])
+    for split, n in (("train", cfg["train_samples"]), ("validation", cfg["eval_samples"])):
+        if n is not None and n < len(dsd[split]):
+            dsd[split] = dsd[split].shuffle(seed=cfg["shuffle_seed"]).select(range(n))
+    return dsd
+
+
+def run(ctx: RunContext) -> dict:
+    cfg, out = ctx.config, ctx.run_dir
+    qa = cfg["qa"]
+    check_window(qa["max_length"], qa["doc_stride"], qa["max_question_tokens"])
+
+    # 1. Data and tokenizer; questions longer than max_question_tokens are cut (and counted).
+    dsd = load_squad(cfg["data"], ctx.repo_root)
+    model_path = cfg["model"]["name_or_path"]
+    if cfg["model"]["build_tiny"]:
+        texts = [t for split in dsd.values() for t in list(split["context"]) + list(split["question"])]
+        model_path = str(build_tiny_encoder(out / "tiny-model", texts, "distilbert", seed=cfg["seed"], lowercase=True))
+    tokenizer = AutoTokenizer.from_pretrained(model_path, revision=cfg["model"]["revision"])
+    cut = {"n": 0}
+
+    def shorten(batch):
+        cut["n"] += truncate_questions(batch, tokenizer, qa["max_question_tokens"])
+        return batch
+
+    dsd = dsd.map(shorten, batched=True)
+    window = {"tokenizer": tokenizer, "max_length": qa["max_length"], "stride": qa["doc_stride"]}
+    train_features = dsd["train"].map(
+        prepare_train_features, batched=True, fn_kwargs=window, remove_columns=dsd["train"].column_names
+    )
+    eval_features = {
+        split: ds.map(prepare_validation_features, batched=True, fn_kwargs=window, remove_columns=ds.column_names)
+        for split, ds in dsd.items()
+    }
+
+    # 2. Model and training.
+    model = AutoModelForQuestionAnswering.from_pretrained(model_path, revision=cfg["model"]["revision"])
+    args = TrainingArguments(output_dir=str(out / "checkpoints"), **cfg["training"])
+    trainer = Trainer(
+        model=model, args=args, train_dataset=train_features, callbacks=[JsonlLogger(out / "train_log.jsonl")]
+    )
+    loss_before = trainer.evaluate(train_features, metric_key_prefix="train")["train_loss"]
+
+    def answer_and_score(split: str) -> tuple[dict, dict]:
+        """Answers for a split's examples and their exact match / F1 (0-100, SQuAD's normalisation)."""
+        features = eval_features[split]
+        logits = trainer.predict(features.remove_columns(["example_id", "offset_mapping"])).predictions
+        answers = postprocess_predictions(
+            dsd[split], features, logits[0], logits[1], qa["n_best"], qa["max_answer_length"]
+        )
+        scores = SQuAD()(
+            preds=[{"id": k, "prediction_text": v} for k, v in answers.items()],
+            target=[{"id": ex["id"], "answers": ex["answers"]} for ex in dsd[split]],
+        )
+        return answers, {k: float(v) for k, v in scores.items()}
+
+    _, before = answer_and_score("validation")
+    result = trainer.train()
+    loss_after = trainer.evaluate(train_features, metric_key_prefix="train")["train_loss"]
+    answers, after = answer_and_score("validation")
+    _, on_train = answer_and_score("train")  # the span mapping end to end, on questions the model has seen
+    plot_loss(out / "train_log.jsonl", out / "loss_curve.png", f"{ctx.lab.name} ({ctx.profile})")
+
+    # 3. Save, and keep the predictions beside the references.
+    remove_if_empty(out / "checkpoints")
+    trainer.save_model(out / "model")
+    tokenizer.save_pretrained(out / "model")
+    with (out / "predictions.jsonl").open("w", encoding="utf-8") as f:
+        for ex in dsd["validation"]:
+            row = {
+                "id": ex["id"],
+                "question": ex["question"],
+                "answers": ex["answers"]["text"],
+                "predicted": answers[ex["id"]],
+            }
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+    no_answer = sum(
+        1 for s, e in zip(train_features["start_positions"], train_features["end_positions"]) if s == 0 and e == 0
+    )
+    return {
+        "data": {
+            "train_examples": len(dsd["train"]),
+            "train_features": len(train_features),
+            "train_features_without_answer": no_answer,
+            "eval_examples": len(dsd["validation"]),
+            "eval_features": len(eval_features["validation"]),
+            "questions_truncated": cut["n"],
+        },
+        "train": {
+            "loss_before": loss_before,
+            "loss_after": loss_after,
+            "loss_drop_ratio": 1 - loss_after / loss_before,
+            "steps": result.global_step,
+            "runtime_s": result.metrics["train_runtime"],
+            "samples_per_second": result.metrics["train_samples_per_second"],
+        },
+        "eval": {
+            "exact_match_before": before["exact_match"],
+            "f1_before": before["f1"],
+            "exact_match": after["exact_match"],
+            "f1": after["f1"],
+            "exact_match_train": on_train["exact_match"],
+            "f1_train": on_train["f1"],
+        },
+    }
+
+
+if __name__ == "__main__":
+    raise SystemExit(main("distilbert-squad", run))

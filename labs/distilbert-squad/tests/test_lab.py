@@ -1,0 +1,115 @@
+"""Unit tests of the distilbert-squad lab: windows, answer labels, span mapping, long questions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from datasets import Dataset
+from qa import (
+    check_window,
+    postprocess_predictions,
+    prepare_train_features,
+    prepare_validation_features,
+    truncate_questions,
+)
+
+from labkit.errors import LabError
+
+FILLER = " ".join(f"word{i} is here." for i in range(40))
+CHINESE = "北京是中国的首都，也是一座历史悠久的城市。长城位于北京的北部。故宫在城市的中心。"
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    from transformers import AutoTokenizer
+
+    from labkit.tiny import build_tiny_encoder
+
+    texts = [FILLER, CHINESE, "Where is the treasure hidden? The treasure is hidden under the old oak tree."]
+    return AutoTokenizer.from_pretrained(
+        build_tiny_encoder(tmp_path_factory.mktemp("tok"), texts, "distilbert", lowercase=True)
+    )
+
+
+def example(context: str, question: str, answer: str, qid: str = "q") -> dict:
+    start = context.index(answer)
+    return {
+        "id": [qid],
+        "context": [context],
+        "question": [question],
+        "answers": [{"text": [answer], "answer_start": [start]}],
+    }
+
+
+def labelled_spans(features, tokenizer) -> list[str]:
+    """The text each training feature is labelled with ('' for the [CLS] / no-answer label)."""
+    spans = []
+    for ids, s, e in zip(features["input_ids"], features["start_positions"], features["end_positions"]):
+        spans.append("" if (s, e) == (0, 0) else tokenizer.decode(ids[s : e + 1]))
+    return spans
+
+
+def test_answer_straddling_two_windows_is_labelled_only_where_whole(tokenizer):
+    answer = "the old oak tree"
+    context = FILLER[:150] + " The treasure is hidden under " + answer + ". " + FILLER[:150]
+    ex = example(context, "Where is the treasure hidden?", answer)
+    feats = prepare_train_features(ex, tokenizer, max_length=48, stride=16)
+    spans = labelled_spans(feats, tokenizer)
+    assert len(spans) >= 3  # the context overflows into several windows
+    assert spans.count(answer) >= 1 and all(s in ("", answer) for s in spans)
+    # a window that holds only part of the answer is labelled [CLS] (0, 0), never a partial span
+    for ids, s in zip(feats["input_ids"], feats["start_positions"]):
+        text = tokenizer.decode(ids)
+        if "oak" in text and "old" not in text or "old oak" in text and "tree" not in text:
+            assert s == 0
+
+
+def test_answer_in_the_last_characters_of_a_long_context(tokenizer):
+    context = FILLER + " The treasure is hidden under the old oak tree"
+    ex = example(context, "Where is the treasure hidden?", "oak tree")
+    assert context.endswith("oak tree")
+    feats = prepare_train_features(ex, tokenizer, max_length=48, stride=16)
+    spans = labelled_spans(feats, tokenizer)
+    assert spans[-1] == "oak tree" and all(s == "" for s in spans[:-2])
+
+
+def test_chinese_context_offsets_map_back_to_the_characters(tokenizer):
+    ex = example(CHINESE, "长城在哪里？", "北京的北部")
+    feats = prepare_train_features(ex, tokenizer, max_length=32, stride=8)
+    assert "北 京 的 北 部" in labelled_spans(feats, tokenizer)
+    val = prepare_validation_features(ex, tokenizer, max_length=32, stride=8)
+    # logits that point at the answer's first and last characters in the feature holding it
+    i = next(k for k, (s, e) in enumerate(zip(feats["start_positions"], feats["end_positions"])) if s)
+    start_logits, end_logits = np.zeros((len(val["input_ids"]), 32)), np.zeros((len(val["input_ids"]), 32))
+    start_logits[i, feats["start_positions"][i]] = end_logits[i, feats["end_positions"][i]] = 10
+    answers = postprocess_predictions(Dataset.from_dict(ex), Dataset.from_dict(dict(val)), start_logits, end_logits)
+    assert answers == {"q": "北京的北部"}  # exact characters of the context, not tokens
+
+
+def test_postprocess_skips_spans_outside_the_context_reversed_or_too_long(tokenizer):
+    ex = example("The treasure is hidden under the old oak tree.", "Where is the treasure hidden?", "old oak tree")
+    val = Dataset.from_dict(dict(prepare_validation_features(ex, tokenizer, max_length=48, stride=16)))
+    start, end = np.full((1, 48), -10.0), np.full((1, 48), -10.0)
+    start[0, 0] = end[0, 0] = 100  # [CLS]: not context, must be skipped
+    ids = val[0]["input_ids"]
+    first_ctx = next(k for k, o in enumerate(val[0]["offset_mapping"]) if o is not None)
+    start[0, first_ctx + 9], end[0, first_ctx + 1] = 50, 50  # "." ... "treasure": reversed, skipped
+    old = ids.index(tokenizer.convert_tokens_to_ids("old"))
+    start[0, old], end[0, old + 2] = 30, 30
+    assert postprocess_predictions(Dataset.from_dict(ex), val, start, end) == {"q": "old oak tree"}
+    assert postprocess_predictions(Dataset.from_dict(ex), val, start, end, max_answer_length=2)["q"] != "old oak tree"
+
+
+def test_question_longer_than_the_window_is_truncated_not_a_crash(tokenizer):
+    long_question = "Where is the treasure hidden " + "word1 " * 80 + "?"
+    ex = example(FILLER + " The treasure is under the old oak tree.", long_question, "old oak tree")
+    assert truncate_questions(ex, tokenizer, max_question_tokens=16) == 1
+    assert len(tokenizer(ex["question"][0], add_special_tokens=False)["input_ids"]) == 16
+    feats = prepare_train_features(ex, tokenizer, max_length=48, stride=16)
+    assert "old oak tree" in labelled_spans(feats, tokenizer)
+
+
+def test_a_window_without_room_for_the_stride_is_a_clear_error():
+    check_window(384, 128, 64)  # the full profile's settings
+    with pytest.raises(LabError, match="max_length 64 leaves 13 context tokens .* not more than stride 24"):
+        check_window(64, 24, 48)

@@ -35,6 +35,8 @@ class Lab:
         entrypoint: script run for every profile, relative to the lab folder.
         profiles: profile names, each with ``profiles/<name>.yaml``.
         gpu_memory_gib: accelerator memory the full profile needs, in GiB (``invoke doctor``).
+        broken_override: a ``key=value`` override that breaks the pipeline (learning rate 0, say);
+            the test suite runs it and expects verification to fail.
     """
 
     name: str
@@ -46,6 +48,7 @@ class Lab:
     entrypoint: str
     profiles: tuple[str, ...]
     gpu_memory_gib: float
+    broken_override: str
     meta: dict = field(default_factory=dict, compare=False, repr=False)
 
     def profile_path(self, profile: str) -> Path:
@@ -82,7 +85,7 @@ def get_lab(name: str, labs_dir: Path = LABS_DIR) -> Lab:
 
 def _load_lab(lab_dir: Path) -> Lab:
     meta = read_yaml(lab_dir / "lab.yaml")
-    required = ("title", "chapter", "summary", "image", "entrypoint", "profiles", "gpu_memory_gib")
+    required = ("title", "chapter", "summary", "image", "entrypoint", "profiles", "gpu_memory_gib", "broken_override")
     missing = [key for key in required if not isinstance(meta, dict) or key not in meta]
     if missing:
         raise LabError(f"{lab_dir / 'lab.yaml'} lacks {', '.join(missing)}")
@@ -96,6 +99,7 @@ def _load_lab(lab_dir: Path) -> Lab:
         entrypoint=meta["entrypoint"],
         profiles=tuple(meta["profiles"]),
         gpu_memory_gib=float(meta["gpu_memory_gib"]),
+        broken_override=meta["broken_override"],
         meta=meta,
     )
 

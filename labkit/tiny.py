@@ -192,3 +192,42 @@ def build_tiny_encoder(
     torch.manual_seed(seed)
     AutoModel.from_config(config).save_pretrained(out_dir)
     return out_dir
+
+
+def build_tiny_gpt2(
+    out_dir: Path,
+    texts: list[str],
+    seed: int = 0,
+    n_embd: int = 64,
+    n_layer: int = 2,
+    n_head: int = 4,
+    n_positions: int = 256,
+    bpe_vocab_size: int = 512,
+) -> Path:
+    """Build and save a tiny GPT-2 (byte-level BPE tokenizer trained on ``texts``, random weights).
+
+    Byte-level BPE encodes any text, Chinese included, and decodes it back unchanged.
+
+    Returns:
+        ``out_dir``.
+    """
+    from transformers import GPT2Config, GPT2LMHeadModel, GPT2Tokenizer
+
+    vocab, merges = train_byte_level_bpe(texts, bpe_vocab_size)
+    eos = "<|endoftext|>"
+    vocab.setdefault(eos, len(vocab))
+    tokenizer = GPT2Tokenizer(vocab=vocab, merges=merges, unk_token=eos, bos_token=eos, eos_token=eos)
+    tokenizer.model_max_length = n_positions
+    tokenizer.save_pretrained(out_dir)
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_embd=n_embd,
+        n_layer=n_layer,
+        n_head=n_head,
+        n_positions=n_positions,
+        bos_token_id=vocab[eos],
+        eos_token_id=vocab[eos],
+    )
+    torch.manual_seed(seed)
+    GPT2LMHeadModel(config).save_pretrained(out_dir)
+    return Path(out_dir)

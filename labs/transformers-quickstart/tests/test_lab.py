@@ -1,0 +1,96 @@
+"""Unit tests of the transformers-quickstart lab: extractive QA spans, tokenizer checks, round trip."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import yaml
+from run import DATA, check_pipelines, extractive_qa, model_round_trip, tokenizer_demo
+
+from labkit.tiny import build_tiny_encoder, build_tiny_gpt2
+
+INPUTS = yaml.safe_load((DATA / "inputs.yaml").read_text(encoding="utf-8"))
+TEXTS = INPUTS["tokenizer"] + INPUTS["sentiment"] + [INPUTS["qa"]["context"], INPUTS["qa"]["question"]]
+
+
+@pytest.fixture(scope="module")
+def bert(tmp_path_factory):
+    from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification, AutoTokenizer
+
+    path = build_tiny_encoder(tmp_path_factory.mktemp("bert"), TEXTS, "bert")
+    tok = AutoTokenizer.from_pretrained(path)
+    return (
+        tok,
+        AutoModelForSequenceClassification.from_pretrained(path, num_labels=2),
+        AutoModelForQuestionAnswering.from_pretrained(path),
+    )
+
+
+def test_extractive_qa_returns_a_context_span(bert):
+    tok, _, qa_model = bert
+    context, question = INPUTS["qa"]["context"], INPUTS["qa"]["question"]
+    with torch.no_grad():
+        qa_model.qa_outputs.weight.zero_()
+        qa_model.qa_outputs.bias.zero_()
+    out = extractive_qa(qa_model, tok, question, context)  # flat logits: any valid span, never the question
+    assert set(out) == {"score", "start", "end", "answer"} and out["answer"] == context[out["start"] : out["end"]]
+    assert 0 <= out["start"] < out["end"] <= len(context) and 0 < out["score"] <= 1
+
+
+def test_extractive_qa_picks_the_highest_scoring_valid_span(bert, monkeypatch):
+    tok, _, qa_model = bert
+    context, question = INPUTS["qa"]["context"], INPUTS["qa"]["question"]
+    enc = tok(question, context, return_offsets_mapping=True)
+    target = context.index("in London")
+    s = next(i for i, (o, q) in enumerate(zip(enc["offset_mapping"], enc.sequence_ids())) if q == 1 and o[0] == target)
+
+    class Fixed(torch.nn.Module):
+        device = torch.device("cpu")
+
+        def forward(self, input_ids, **kwargs):
+            start = torch.full(input_ids.shape, -5.0)
+            end = torch.full(input_ids.shape, -5.0)
+            start[0, 1] = end[0, 1] = 50.0  # a question token: must be ignored
+            start[0, s], end[0, s + 1] = 10.0, 10.0
+            return type("Out", (), {"start_logits": start, "end_logits": end})
+
+    out = extractive_qa(Fixed(), tok, question, context)
+    assert out["answer"] == "in London"
+
+
+def test_tokenizer_checks_hold_and_catch_a_lossy_tokenizer(bert, tmp_path):
+    from transformers import AutoTokenizer
+
+    tok = bert[0]
+    bpe = AutoTokenizer.from_pretrained(build_tiny_gpt2(tmp_path / "gpt2", TEXTS))
+    checks, record = tokenizer_demo(tok, bpe, INPUTS["tokenizer"])
+    assert checks == {
+        "round_trip_identical": 1.0,
+        "special_tokens_ok": True,
+        "padding_ok": True,
+        "truncation_ok": True,
+        "offsets_ok": True,
+    }
+    assert record["tokens"][0] == "[CLS]"
+    lossy, _ = tokenizer_demo(tok, tok, INPUTS["tokenizer"])  # WordPiece does not round-trip spacing/Chinese
+    assert lossy["round_trip_identical"] < 1.0
+
+
+def test_round_trip_is_exact_in_float32_and_not_in_float16(bert, tmp_path):
+    tok, model, _ = bert
+    assert model_round_trip(model, tok, TEXTS[0], tmp_path / "fp32", "float32") == 0.0
+    assert model_round_trip(model, tok, TEXTS[0], tmp_path / "fp16", "float16") > 1e-6
+
+
+def test_check_pipelines_rejects_wrong_structures():
+    good = {
+        "sentiment": [{"label": "POSITIVE", "score": 0.9}] * 2,
+        "ner": [],
+        "qa": {"score": 0.5, "start": 0, "end": 3, "answer": INPUTS["qa"]["context"][:3]},
+        "generation": [{"generated_text": INPUTS["generation"][0] + " is fun"}],
+        "asr": {"text": "谢谢"},
+    }
+    assert all(v for k, v in check_pipelines(good, INPUTS, ["NEGATIVE", "POSITIVE"]).items() if k.endswith("_ok"))
+    bad = dict(good, qa={**good["qa"], "answer": "nope"}, sentiment=[{"label": "MAYBE", "score": 1.5}] * 2)
+    result = check_pipelines(bad, INPUTS, ["NEGATIVE", "POSITIVE"])
+    assert not result["qa_ok"] and not result["sentiment_ok"]

@@ -55,3 +55,25 @@ def plot_loss(train_log: Path, png: Path, title: str) -> None:
 def write_metrics(run_dir: Path, metrics: dict) -> None:
     """Write ``metrics.json`` in the run directory (the values expected files check)."""
     write_json(Path(run_dir) / "metrics.json", metrics)
+
+
+def training_summary(loss_before: float, loss_after: float, result) -> dict:
+    """The ``train`` section of ``metrics.json`` every lab that trains reports.
+
+    Args:
+        loss_before, loss_after: training-set loss in eval mode (no dropout) before and after
+            ``trainer.train()``, so a run that learns nothing (learning rate 0) shows exactly 0 drop.
+        result: the ``TrainOutput`` that ``trainer.train()`` returned.
+
+    Returns:
+        ``loss_before``, ``loss_after``, ``loss_drop_ratio`` (1 - after/before; None if before is 0),
+        ``steps``, ``runtime_s`` (seconds) and ``samples_per_second``.
+    """
+    return {
+        "loss_before": loss_before,
+        "loss_after": loss_after,
+        "loss_drop_ratio": 1 - loss_after / loss_before if loss_before else None,
+        "steps": result.global_step,
+        "runtime_s": result.metrics["train_runtime"],
+        "samples_per_second": result.metrics["train_samples_per_second"],
+    }

@@ -24,7 +24,7 @@ sys.path.insert(1, str(Path(__file__).resolve().parents[2]))
 
 from data import load_reviews, tokenize  # noqa: E402
 
-from labkit.metrics import JsonlLogger, plot_loss  # noqa: E402
+from labkit.metrics import JsonlLogger, plot_loss, training_summary  # noqa: E402
 from labkit.rundir import remove_if_empty  # noqa: E402
 from labkit.runner import RunContext, main  # noqa: E402
 from labkit.tiny import build_tiny_encoder  # noqa: E402
@@ -106,14 +106,7 @@ def run(ctx: RunContext) -> dict:
             "all_params": total,
             "trainable_fraction": sum(p.numel() for p in model.parameters() if p.requires_grad) / total,
         },
-        "train": {
-            "loss_before": train_before,
-            "loss_after": train_after,
-            "loss_drop_ratio": 1 - train_after / train_before,
-            "steps": result.global_step,
-            "runtime_s": result.metrics["train_runtime"],
-            "samples_per_second": result.metrics["train_samples_per_second"],
-        },
+        "train": training_summary(train_before, train_after, result),
         "eval": {
             "accuracy_before": before["eval_accuracy"],
             "accuracy_after": after["eval_accuracy"],

@@ -30,7 +30,7 @@ from qa import (  # noqa: E402
 )
 
 from labkit import LabError  # noqa: E402
-from labkit.metrics import JsonlLogger, plot_loss  # noqa: E402
+from labkit.metrics import JsonlLogger, plot_loss, training_summary  # noqa: E402
 from labkit.rundir import remove_if_empty  # noqa: E402
 from labkit.runner import RunContext, main  # noqa: E402
 from labkit.tiny import build_tiny_encoder  # noqa: E402
@@ -145,14 +145,7 @@ def run(ctx: RunContext) -> dict:
             "eval_features": len(eval_features["validation"]),
             "questions_truncated": cut["n"],
         },
-        "train": {
-            "loss_before": loss_before,
-            "loss_after": loss_after,
-            "loss_drop_ratio": 1 - loss_after / loss_before,
-            "steps": result.global_step,
-            "runtime_s": result.metrics["train_runtime"],
-            "samples_per_second": result.metrics["train_samples_per_second"],
-        },
+        "train": training_summary(loss_before, loss_after, result),
         "eval": {
             "exact_match_before": before["exact_match"],
             "f1_before": before["f1"],

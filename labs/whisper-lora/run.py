@@ -31,7 +31,7 @@ from evaluate_asr import cer, transcribe  # noqa: E402
 from train import add_lora, build_trainer, load_base_model, logits_on  # noqa: E402
 
 from labkit.device import peak_memory_bytes  # noqa: E402
-from labkit.metrics import JsonlLogger, plot_loss  # noqa: E402
+from labkit.metrics import JsonlLogger, plot_loss, training_summary  # noqa: E402
 from labkit.rundir import remove_if_empty  # noqa: E402
 from labkit.runner import RunContext, main  # noqa: E402
 from labkit.tiny import build_tiny_whisper  # noqa: E402
@@ -129,15 +129,7 @@ def run(ctx: RunContext) -> dict:
             "lora_dropout": saved["lora_dropout"],
             "target_modules": sorted(saved["target_modules"]),
         },
-        "train": {
-            "loss_before": loss_before,
-            "loss_after": loss_after,
-            "loss_drop_ratio": 1 - loss_after / loss_before if loss_before else None,
-            "steps": result.global_step,
-            "runtime_s": result.metrics["train_runtime"],
-            "samples_per_second": result.metrics["train_samples_per_second"],
-            "peak_memory_bytes": train_peak,
-        },
+        "train": {**training_summary(loss_before, loss_after, result), "peak_memory_bytes": train_peak},
         "eval": {
             "eval_loss": eval_loss,
             "cer_before": cer(refs, before),

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from datasets import ClassLabel, DatasetDict, load_dataset
+from datasets import ClassLabel, DatasetDict
 
 from labkit import LabError
+from labkit.data import load_hub_or_json, subsample
 
 
 def load_reviews(cfg: dict, repo_root: Path) -> DatasetDict:
@@ -25,26 +26,9 @@ def load_reviews(cfg: dict, repo_root: Path) -> DatasetDict:
         LabError: a missing file, a missing column (lists the columns there), or a label that is not
             one of ``label_names`` (names it).
     """
-    if cfg["source"] == "hub":
-        dsd = load_dataset(cfg["hub_dataset"], revision=cfg["hub_revision"])
-    elif cfg["source"] == "json":
-        files = {split: repo_root / path for split, path in cfg["files"].items()}
-        for path in files.values():
-            if not path.is_file():
-                raise LabError(f"data file {path} not found")
-        dsd = load_dataset("json", data_files={k: str(v) for k, v in files.items()})
-    else:
-        raise LabError(f"data.source {cfg['source']!r} is not one of hub, json")
-    for split, ds in dsd.items():
-        missing = [c for c in ("text", "label") if c not in ds.column_names]
-        if missing:
-            raise LabError(f"{split} split lacks column(s) {', '.join(missing)}; it has: {', '.join(ds.column_names)}")
-    dsd = DatasetDict(train=dsd["train"], test=dsd["test"])
+    dsd = load_hub_or_json(cfg, repo_root, ("train", "test"), ("text", "label"))
     dsd = encode_labels(dsd, cfg["label_names"])
-    for split, n in (("train", cfg["train_samples"]), ("test", cfg["eval_samples"])):
-        if n is not None and n < len(dsd[split]):
-            dsd[split] = dsd[split].shuffle(seed=cfg["shuffle_seed"]).select(range(n))
-    return dsd
+    return subsample(dsd, {"train": cfg["train_samples"], "test": cfg["eval_samples"]}, cfg["shuffle_seed"])
 
 
 def encode_labels(dsd: DatasetDict, label_names: list[str]) -> DatasetDict:

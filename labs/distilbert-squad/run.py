@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from datasets import DatasetDict, load_dataset
+from datasets import DatasetDict
 from torchmetrics.text import SQuAD
 from transformers import AutoModelForQuestionAnswering, AutoTokenizer, Trainer, TrainingArguments
 
@@ -29,7 +29,7 @@ from qa import (  # noqa: E402
     truncate_questions,
 )
 
-from labkit import LabError  # noqa: E402
+from labkit.data import load_hub_or_json, subsample  # noqa: E402
 from labkit.metrics import JsonlLogger, plot_loss, training_summary  # noqa: E402
 from labkit.rundir import remove_if_empty  # noqa: E402
 from labkit.runner import RunContext, main  # noqa: E402
@@ -44,23 +44,8 @@ def load_squad(cfg: dict, repo_root: Path) -> DatasetDict:
     Raises:
         LabError: a missing file or column (lists the columns there).
     """
-    if cfg["source"] == "hub":
-        dsd = load_dataset(cfg["hub_dataset"], revision=cfg["hub_revision"])
-    else:
-        files = {split: repo_root / path for split, path in cfg["files"].items()}
-        for path in files.values():
-            if not path.is_file():
-                raise LabError(f"data file {path} not found")
-        dsd = load_dataset("json", data_files={k: str(v) for k, v in files.items()})
-    for split, ds in dsd.items():
-        missing = [c for c in COLUMNS if c not in ds.column_names]
-        if missing:
-            raise LabError(f"{split} split lacks column(s) {', '.join(missing)}; it has: {', '.join(ds.column_names)}")
-    dsd = DatasetDict(train=dsd["train"], validation=dsd["validation"])
-    for split, n in (("train", cfg["train_samples"]), ("validation", cfg["eval_samples"])):
-        if n is not None and n < len(dsd[split]):
-            dsd[split] = dsd[split].shuffle(seed=cfg["shuffle_seed"]).select(range(n))
-    return dsd
+    dsd = load_hub_or_json(cfg, repo_root, ("train", "validation"), COLUMNS)
+    return subsample(dsd, {"train": cfg["train_samples"], "validation": cfg["eval_samples"]}, cfg["shuffle_seed"])
 
 
 def run(ctx: RunContext) -> dict:

@@ -24,6 +24,7 @@ import torch
 from datasets import Audio, Dataset, DatasetDict, Features, Value, concatenate_datasets, load_dataset
 
 from labkit import LabError
+from labkit.data import require_columns, subsample
 
 CV_REQUIRED = ("path", "sentence")
 
@@ -115,19 +116,9 @@ def load_splits(cfg: dict, repo_root: Path) -> DatasetDict:
     else:
         raise LabError(f"data.source {cfg['source']!r} is not one of common_voice_dir, hub")
     dsd = DatasetDict(train=load(cfg["train_splits"]), test=load(cfg["eval_splits"]))
-    for name, ds in dsd.items():
-        missing = [c for c in (audio_col, text_col) if c not in ds.column_names]
-        if missing:
-            raise LabError(
-                f"{name} split lacks column(s) {', '.join(missing)}; it has: {', '.join(ds.column_names)}. "
-                "Set data.audio_column / data.text_column to the right names."
-            )
-    dsd = dsd.rename_columns(
-        {audio_col: "audio", text_col: "sentence"} if audio_col != "audio" or text_col != "sentence" else {}
-    )
-    for split, n in (("train", cfg["train_samples"]), ("test", cfg["eval_samples"])):
-        if n is not None and n < len(dsd[split]):
-            dsd[split] = dsd[split].shuffle(seed=cfg["shuffle_seed"]).select(range(n))
+    require_columns(dsd, (audio_col, text_col), "Set data.audio_column / data.text_column to the right names")
+    dsd = dsd.rename_columns({old: new for old, new in ((audio_col, "audio"), (text_col, "sentence")) if old != new})
+    dsd = subsample(dsd, {"train": cfg["train_samples"], "test": cfg["eval_samples"]}, cfg["shuffle_seed"])
     keep = {"audio", "sentence", "path"}
     dsd = dsd.remove_columns([c for c in dsd["train"].column_names if c not in keep])
     return dsd.cast_column("audio", Audio(sampling_rate=cfg["sampling_rate"]))

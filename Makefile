@@ -1,5 +1,6 @@
 # Thin wrapper over tasks.py (invoke). `make help` lists the targets.
 #   make lab-whisper-lora [PROFILE=auto|smoke|full] [RUNTIME=auto|docker|native] [SET="learning_rate=0"]
+#   make lab-quantization VARIANT=course   (a lab variant: the course's pinned libraries)
 #   make test [LAB=whisper-lora]
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -8,6 +9,7 @@ INVOKE := $(VENV)/bin/invoke
 PROFILE ?= auto
 RUNTIME ?= auto
 SET ?=
+VARIANT ?=
 LAB ?=
 
 .PHONY: help list images smoke test doctor venv
@@ -15,7 +17,7 @@ LAB ?=
 help: ## Show the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 22
 	@echo "lab-<name>            Build, run and verify one lab; labs: $$(ls labs | paste -sd' ')"
-	@echo "                      PROFILE=auto|smoke|full RUNTIME=auto|docker|native SET=\"key=value ...\""
+	@echo "                      PROFILE=auto|smoke|full RUNTIME=auto|docker|native SET=\"key=value ...\" [VARIANT=course]"
 
 $(VENV)/.installed: requirements-dev.txt
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "error: the tooling needs Python >= 3.11 ($(PYTHON) is older): set PYTHON=/path/to/python3.11" >&2; exit 2; }
@@ -26,7 +28,7 @@ $(VENV)/.installed: requirements-dev.txt
 venv: $(VENV)/.installed ## Create the tooling virtualenv (.venv)
 
 lab-%: $(VENV)/.installed
-	$(INVOKE) run --lab $* --profile $(PROFILE) --runtime $(RUNTIME) --set "$(SET)"
+	$(INVOKE) run --lab $* --profile $(PROFILE) --runtime $(RUNTIME) --set "$(SET)" --variant "$(VARIANT)"
 
 list: $(VENV)/.installed ## List the labs
 	@$(INVOKE) list

@@ -177,12 +177,12 @@ def images(c, name="cuda", base_image=None):
     build_image(c, SHARED_IMAGES[name] / "Dockerfile", image_tag(name), base_image or os.environ.get("BASE_IMAGE"))
 
 
-@task(positional=[], help={"lab": "lab name"})
-def build(c, lab):
+@task(positional=[], help={"lab": "lab name", "profile": "build the image that runs this profile (a variant's)"})
+def build(c, lab, profile=None):
     """Build a lab's image (and its shared base image first)."""
     spec = lab_or_exit(lab)
     images(c, name=spec.image)
-    build_image(c, spec.dir / "Dockerfile", image_tag(spec.name), image_tag(spec.image))
+    build_image(c, spec.dockerfile(profile), image_tag(spec.image_name(profile)), image_tag(spec.image))
 
 
 # --- native virtualenvs ---------------------------------------------------------------------------
@@ -196,15 +196,16 @@ def torch_pin(image: str) -> str:
     return match.group(0)
 
 
-def lab_python(spec) -> Path:
-    """The lab's native virtualenv (.venvs/<lab>), created or refreshed when its locks changed.
+def lab_python(spec, profile: str | None = None) -> Path:
+    """The native virtualenv (.venvs/<lab>[-<variant>]) that runs ``profile``, refreshed when its locks changed.
 
     torch comes first at the shared image's version (pip takes a CPU or CUDA wheel, whichever the
     host's index offers) with the image lock's versions as constraints; then the lab's lock with
-    --require-hashes. Needs Python 3.11 (the images' version).
+    --require-hashes. A variant's lock that pins its own torch (the course's) is installed alone.
+    Needs Python 3.11 (the images' version).
     """
-    env_dir = REPO_ROOT / ".venvs" / spec.name
-    locks = [SHARED_IMAGES[spec.image] / "constraints.txt", spec.dir / "requirements.txt"]
+    env_dir = REPO_ROOT / ".venvs" / spec.image_name(profile)
+    locks = [SHARED_IMAGES[spec.image] / "constraints.txt", spec.requirements(profile)]
     stamp = hashlib.sha256(b"".join(p.read_bytes() for p in locks)).hexdigest()
     python = env_dir / "bin" / "python"
     if python.exists() and (env_dir / ".lock-hash").read_text(encoding="utf-8", errors="ignore") == stamp:
@@ -214,7 +215,8 @@ def lab_python(spec) -> Path:
     print(f"Creating the native environment {env_dir} (once per lock change)...", flush=True)
     venv.EnvBuilder(with_pip=True, clear=True).create(env_dir)
     pip = [str(python), "-m", "pip", "install", "--disable-pip-version-check"]
-    subprocess.run([*pip, "-c", str(locks[0]), torch_pin(spec.image)], check=True)
+    if not re.search(r"^torch==", locks[1].read_text(encoding="utf-8"), re.MULTILINE):
+        subprocess.run([*pip, "-c", str(locks[0]), torch_pin(spec.image)], check=True)
     subprocess.run([*pip, "--require-hashes", "-r", str(locks[1])], check=True)
     (env_dir / ".lock-hash").write_text(stamp, encoding="utf-8")
     return python
@@ -255,7 +257,14 @@ def run_lab(spec, profile: str, runtime: str, overrides: list[str], root: Path) 
             and not any(o.startswith(("data.path=", "path=")) for o in overrides)
         ):
             overrides = [*overrides, f"data.path={cv_dir}"]
-        cmd = [str(lab_python(spec)), str(spec.dir / spec.entrypoint), "--profile", profile, "--output-root", str(root)]
+        cmd = [
+            str(lab_python(spec, profile)),
+            str(spec.dir / spec.entrypoint),
+            "--profile",
+            profile,
+            "--output-root",
+            str(root),
+        ]
         cmd += [arg for o in overrides for arg in ("--set", o)]
         env = {**os.environ, **offline, "LABS_GIT_COMMIT": git_describe()}
         return run_streaming(cmd, env)
@@ -263,12 +272,15 @@ def run_lab(spec, profile: str, runtime: str, overrides: list[str], root: Path) 
     check_writable(root / spec.name / profile)
     if os.geteuid() == 0:  # the container's non-root user must be able to write the run folder
         os.chown(root / spec.name / profile, LAB_UID, LAB_UID)
-    image = image_tag(spec.name)
+    image = image_tag(spec.image_name(profile))
     inspect = subprocess.run(
         [*docker_cli(), "image", "inspect", "--format", "{{.Id}}", image], capture_output=True, text=True, check=False
     )
     if inspect.returncode != 0:
-        raise fail(f"image {image} is not built yet: run `invoke build --lab {spec.name}` (make lab-{spec.name} does)")
+        raise fail(
+            f"image {image} is not built yet: run `invoke build --lab {spec.name} --profile {profile}` "
+            f"(make lab-{spec.name} does)"
+        )
     cmd = [
         *docker_cli(),
         "run",
@@ -315,18 +327,24 @@ def git_describe() -> str:
         "profile": "auto (full with a GPU, else smoke), smoke or full",
         "runtime": "auto (docker if an engine answers), docker or native",
         "set": 'space-separated profile overrides, e.g. "learning_rate=0 num_train_epochs=2"',
+        "variant": "a lab variant (lab.yaml `variants`, e.g. course): runs its <variant>-<profile> profile",
     },
 )
-def run(c, lab, profile="auto", runtime="auto", set=""):  # noqa: A002 (invoke flag name)
+def run(c, lab, profile="auto", runtime="auto", set="", variant=""):  # noqa: A002 (invoke flag name)
     """Run a lab (building its image when the runtime is docker) and verify the run."""
     spec = lab_or_exit(lab)
     profile = resolve_profile(profile)
+    if variant:
+        if variant not in spec.meta.get("variants", {}):
+            known = ", ".join(spec.meta.get("variants", {})) or "none"
+            raise fail(f"lab {spec.name} has no variant {variant!r} (variants: {known})")
+        profile = f"{variant}-{profile}"
     runtime = resolve_runtime(runtime)
     overrides = set.split()
     try:
         load_profile(spec, profile, overrides)
         if runtime == "docker":
-            build(c, lab=spec.name)
+            build(c, lab=spec.name, profile=profile)
         code, _ = run_lab(spec, profile, runtime, overrides, output_root())
     except LabError as exc:
         raise fail(str(exc)) from None
@@ -428,6 +446,9 @@ def lock(c, lab=None):
             constraint,
             *skip,
         )
+        for variant in spec.meta.get("variants", {}).values():  # own torch: locked whole, no image constraint
+            lock_file = spec.dir / variant["requirements"]
+            uv_compile(c, lock_file.with_suffix(".in"), lock_file, *LINUX, "--generate-hashes")
 
 
 @task(positional=[], help={"lab": "check this lab's accelerator-memory need too"})

@@ -37,6 +37,9 @@ class Lab:
         gpu_memory_gib: accelerator memory the full profile needs, in GiB (``invoke doctor``).
         broken_override: a ``key=value`` override that breaks the pipeline (learning rate 0, say);
             the test suite runs it and expects verification to fail.
+        meta: the whole ``lab.yaml``; its optional ``variants`` maps a variant name to the
+            ``profiles`` it runs and its own ``dockerfile`` and ``requirements`` lock (the
+            quantization lab's ``course`` variant pins the course's older libraries).
     """
 
     name: str
@@ -56,6 +59,31 @@ class Lab:
 
     def expected_path(self, profile: str) -> Path:
         return self.dir / "expected" / f"{profile}.yaml"
+
+    def variant_of(self, profile: str) -> str | None:
+        """The variant whose image runs ``profile`` (lab.yaml ``variants``); None for the lab's default."""
+        for name, variant in self.meta.get("variants", {}).items():
+            if profile in variant["profiles"]:
+                return name
+        return None
+
+    def image_name(self, profile: str | None = None) -> str:
+        """``<lab>`` or ``<lab>-<variant>``: the image (and native environment) that runs ``profile``."""
+        variant = self.variant_of(profile) if profile else None
+        return f"{self.name}-{variant}" if variant else self.name
+
+    def dockerfile(self, profile: str | None = None) -> Path:
+        variant = self.variant_of(profile) if profile else None
+        return self.dir / (self.meta["variants"][variant]["dockerfile"] if variant else "Dockerfile")
+
+    def requirements(self, profile: str | None = None) -> Path:
+        """The hash-locked requirements of the image that runs ``profile``."""
+        variant = self.variant_of(profile) if profile else None
+        return self.dir / (self.meta["variants"][variant]["requirements"] if variant else "requirements.txt")
+
+    def image_profiles(self) -> list[str | None]:
+        """One profile per image this lab builds (None stands for the default image)."""
+        return [None] + [v["profiles"][0] for v in self.meta.get("variants", {}).values()]
 
 
 def read_yaml(path: Path) -> Any:

@@ -10,6 +10,7 @@ import os
 import resource
 import shutil
 import subprocess
+import threading
 
 import torch
 
@@ -95,6 +96,53 @@ def peak_memory_bytes(device: str) -> int:
     if device == "npu":
         return int(torch.npu.max_memory_allocated())
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
+
+
+def current_rss_bytes() -> int:
+    """This process's resident set size now, in bytes (Linux ``/proc/self/statm``; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return 0
+
+
+class PeakMemory:
+    """Peak memory (bytes) over one ``with`` block, for per-step figures.
+
+    On CUDA/NPU: ``max_memory_allocated`` after ``reset_peak_memory_stats`` (the course's measure).
+    On CPU, where the RSS peak cannot be reset, a thread samples the resident set size every
+    ``interval_s`` seconds; a spike shorter than that can be missed.
+
+        with PeakMemory(device) as peak:
+            model.generate(...)
+        peak.bytes
+    """
+
+    def __init__(self, device: str, interval_s: float = 0.01):
+        self.device, self.interval_s, self.bytes = device, interval_s, 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.bytes = max(self.bytes, current_rss_bytes())
+
+    def __enter__(self) -> PeakMemory:
+        reset_peak_memory(self.device)
+        if self.device == "cpu":
+            self.bytes = current_rss_bytes()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self.bytes = max(self.bytes, current_rss_bytes())
+        else:
+            self.bytes = peak_memory_bytes(self.device)
 
 
 def _nvidia_driver() -> str | None:

@@ -231,3 +231,56 @@ def build_tiny_gpt2(
     torch.manual_seed(seed)
     GPT2LMHeadModel(config).save_pretrained(out_dir)
     return Path(out_dir)
+
+
+def build_tiny_opt(
+    out_dir: Path,
+    texts: list[str],
+    seed: int = 0,
+    hidden_size: int = 128,
+    num_hidden_layers: int = 2,
+    ffn_dim: int = 512,
+    num_attention_heads: int = 4,
+    max_position_embeddings: int = 512,
+    bpe_vocab_size: int = 512,
+) -> Path:
+    """Build and save a tiny OPT (``facebook/opt-*`` architecture, random weights, byte-level BPE on ``texts``).
+
+    OPT's tokenizer is GPT-2's byte-level BPE with ``</s>`` as BOS/EOS and ``<pad>`` for padding, as on
+    the Hub checkpoints. Defaults keep every linear layer's input a multiple of 128 (GPTQ/AWQ group size
+    128 in the course) and every output a multiple of 32 (4-bit packing into int32).
+
+    Returns:
+        ``out_dir``.
+    """
+    from transformers import AutoTokenizer, OPTConfig, OPTForCausalLM
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    vocab, merges = train_byte_level_bpe(texts, bpe_vocab_size)
+    for token in ("</s>", "<pad>", "<unk>"):
+        vocab.setdefault(token, len(vocab))
+    # The slow tokenizer's files (vocab.json, merges.txt) load in Transformers 4 and 5 alike, so the
+    # same builder serves the course's pinned stack and the current one.
+    (out_dir / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    (out_dir / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), "utf-8")
+    special = {"bos_token": "</s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}
+    settings = {"tokenizer_class": "GPT2Tokenizer", "model_max_length": max_position_embeddings, **special}
+    (out_dir / "tokenizer_config.json").write_text(json.dumps(settings), encoding="utf-8")
+    tokenizer = AutoTokenizer.from_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    config = OPTConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        num_hidden_layers=num_hidden_layers,
+        ffn_dim=ffn_dim,
+        num_attention_heads=num_attention_heads,
+        max_position_embeddings=max_position_embeddings,
+        word_embed_proj_dim=hidden_size,
+        pad_token_id=vocab["<pad>"],
+        bos_token_id=vocab["</s>"],
+        eos_token_id=vocab["</s>"],
+    )
+    torch.manual_seed(seed)
+    OPTForCausalLM(config).save_pretrained(out_dir)
+    return Path(out_dir)

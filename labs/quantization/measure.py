@@ -1,0 +1,71 @@
+"""What the lab measures for every model: weight footprint, perplexity, generation speed and memory."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+
+from labkit.device import PeakMemory
+
+
+@torch.no_grad()
+def perplexity(model, ids: list[int], max_length: int, stride: int) -> float:
+    """Perplexity of ``model`` on the token sequence ``ids`` with a sliding window.
+
+    Windows of ``max_length`` tokens advance by ``stride``; each scores only the tokens not scored
+    before (Hugging Face, "Perplexity of fixed-length models"). ``stride == max_length`` gives the
+    non-overlapping 2048-token windows of the GPTQ paper's wikitext-2 numbers.
+
+    Returns:
+        exp(mean negative log-likelihood per scored token); ``inf`` if the loss overflows.
+    """
+    device = next(model.parameters()).device
+    data = torch.tensor([ids], device=device)
+    nll_sum, scored, prev_end = 0.0, 0, 0
+    for begin in range(0, len(ids) - 1, stride):
+        end = min(begin + max_length, len(ids))
+        target_len = end - prev_end
+        input_ids = data[:, begin:end]
+        labels = input_ids.clone()
+        labels[:, :-target_len] = -100
+        loss = model(input_ids=input_ids, labels=labels).loss.float().item()
+        n = (labels[:, 1:] != -100).sum().item()  # the model shifts labels by one
+        nll_sum += loss * n
+        scored += n
+        prev_end = end
+        if end == len(ids):
+            break
+    return math.exp(nll_sum / scored) if nll_sum / scored < 700 else float("inf")
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompt: str, max_new_tokens: int, device: str) -> dict:
+    """Greedy generation of exactly ``max_new_tokens`` tokens after one short warm-up call.
+
+    Returns:
+        ``text`` (str), ``tokens_per_s`` (new tokens / wall seconds), ``peak_memory_bytes`` (bytes,
+        :class:`labkit.device.PeakMemory`: ``max_memory_allocated`` on a GPU, sampled RSS on CPU).
+    """
+    inputs = tokenizer(prompt, return_tensors="pt").to(next(model.parameters()).device)
+    fixed = {"do_sample": False, "pad_token_id": tokenizer.pad_token_id}
+    model.generate(**inputs, max_new_tokens=2, **fixed)
+    with PeakMemory(device) as peak:
+        start = time.perf_counter()
+        out = model.generate(**inputs, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, **fixed)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+    new = out.shape[1] - inputs["input_ids"].shape[1]
+    return {
+        "text": tokenizer.decode(out[0], skip_special_tokens=True),
+        "tokens_per_s": round(new / seconds, 2),
+        "peak_memory_bytes": peak.bytes,
+    }
+
+
+def footprint_bytes(model) -> int:
+    """Bytes of the model's parameters and buffers: Transformers' ``get_memory_footprint()``, the
+    course's measure (packed 4-bit weights, scales and zero points included)."""
+    return int(model.get_memory_footprint())

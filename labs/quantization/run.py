@@ -1,0 +1,190 @@
+"""Course chapter 8 lab: GPTQ, AWQ and bitsandbytes quantization of OPT, measured against fp16.
+
+Steps (the profile's ``steps``, in order): the fp16 baseline; GPTQ calibrated on wikitext-2 and on
+your own data; AWQ; bitsandbytes 8-bit, 4-bit FP4, NF4, NF4 + double quantization and the QLoRA
+setting. Each quantized model is saved, reloaded from disk and measured: weight footprint,
+perplexity on held-out wikitext-2, quantization time, peak memory while quantizing and generating,
+generation speed. Results: ``comparison.csv``/``.md``/``.png`` and ``metrics.json``.
+
+The full profile quantizes ``facebook/opt-2.7b`` on a GPU. The smoke profile builds a tiny OPT,
+trains it for a few seconds on bundled wikitext-style text (so that perplexity means something) and
+runs every step the installed libraries can run on a CPU; the others report ``skipped: needs CUDA``.
+
+    python labs/quantization/run.py --profile smoke [--set gptq.bits=2]
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[2]))
+
+from measure import footprint_bytes, generate, perplexity  # noqa: E402
+from methods import (  # noqa: E402
+    bnb_config,
+    check_on_one_device,
+    cuda_skip,
+    load_model,
+    quantize_awq,
+    quantize_gptq,
+    weights_format,
+)
+from report import plot, write_tables  # noqa: E402
+from texts import calibration_windows, describe, load_texts, token_ids  # noqa: E402
+
+from labkit.device import PeakMemory  # noqa: E402
+from labkit.errors import LabError  # noqa: E402
+from labkit.runner import RunContext, main  # noqa: E402
+from labkit.tiny import build_tiny_opt  # noqa: E402
+
+SAVED_CONFIG_KEYS = ("quant_method", "bits", "group_size", "desc_act", "zero_point", "version", "sym")
+
+
+def prepare_tiny(ctx: RunContext, texts: list[str]) -> tuple[str, dict]:
+    """Smoke only: a tiny OPT trained briefly (``pretrain`` settings, Trainer) on ``texts``."""
+    from datasets import Dataset
+    from transformers import AutoTokenizer, DataCollatorForLanguageModeling, Trainer, TrainingArguments
+
+    from labkit.metrics import JsonlLogger
+
+    cfg, out = ctx.config["pretrain"], ctx.run_dir
+    path = build_tiny_opt(out / "tiny-opt", texts, seed=ctx.config["seed"], **ctx.config["model"]["tiny"])
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    ids, block = token_ids(texts, tokenizer), cfg["block_size"]
+    blocks = Dataset.from_dict({"input_ids": [ids[i : i + block] for i in range(0, len(ids) - block + 1, block)]})
+    model = load_model(path, "cpu", "float32")
+    args = TrainingArguments(
+        output_dir=str(out / "pretrain"),
+        max_steps=cfg["max_steps"],
+        learning_rate=cfg["learning_rate"],
+        per_device_train_batch_size=cfg["per_device_train_batch_size"],
+        logging_steps=10,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        seed=ctx.config["seed"],
+    )
+    collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=blocks,
+        data_collator=collator,
+        callbacks=[JsonlLogger(out / "pretrain_log.jsonl")],
+    )
+    result = trainer.train()
+    model.save_pretrained(path)
+    losses = [json.loads(line)["loss"] for line in open(out / "pretrain_log.jsonl") if '"loss"' in line]
+    return str(path), {"steps": result.global_step, "loss_first": losses[0], "loss_last": losses[-1]}
+
+
+def source_model(ctx: RunContext) -> tuple[str, dict]:
+    """Local path of the model to quantize: the tiny OPT (smoke) or a Hub snapshot at ``revision``."""
+    model_cfg = ctx.config["model"]
+    if model_cfg["build_tiny"]:
+        return prepare_tiny(ctx, load_texts(ctx.config["data"]["wikitext"], ctx.repo_root))
+    from huggingface_hub import snapshot_download
+
+    path = snapshot_download(
+        model_cfg["name_or_path"], revision=model_cfg["revision"], ignore_patterns=["*.h5", "*.msgpack", "*.ot"]
+    )
+    return path, {}
+
+
+def run_step(ctx: RunContext, name: str, step: dict, src: str, tokenizer, windows: dict, eval_ids: list[int]):
+    """Quantize (or load) one model, reload it from disk, measure it; returns the step's metrics."""
+    cfg, device, variant = ctx.config, ctx.device, ctx.config["variant"]
+    method, dtype = step["method"], cfg["model"]["dtype"]
+    row: dict = {"method": method, "status": "ok", "calibration": None}
+    if reason := cuda_skip(variant, method, device):
+        return {**row, "status": "skipped: needs CUDA", "reason": reason}
+    print(f"[{ctx.lab.name}] step {name} ({method})", flush=True)
+    if method in ("gptq", "awq"):
+        model_dir = ctx.run_dir / "models" / name
+        calibration = step["calibration"]
+        row["calibration"] = describe(cfg["data"][calibration])
+        with PeakMemory(device) as peak:
+            start = time.perf_counter()
+            if method == "gptq":
+                quantize_gptq(src, model_dir, windows[calibration], cfg["gptq"], device, dtype)
+            else:
+                quantize_awq(variant, src, model_dir, windows[calibration], cfg["awq"], device, dtype)
+            row["quantize_s"] = round(time.perf_counter() - start, 2)
+        row["quantize_peak_bytes"] = peak.bytes
+        saved = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))["quantization_config"]
+        row["saved_config"] = {k: saved[k] for k in SAVED_CONFIG_KEYS if k in saved}
+        row["weights_format"] = weights_format(model_dir)
+        if reason := cuda_skip(variant, f"{method}-reload", device):
+            return {**row, "status": "saved; reload skipped: needs CUDA", "reason": reason}
+        model = load_model(model_dir, device, dtype, use_safetensors=row["weights_format"] == "safetensors")
+        check_on_one_device(model, device, method)
+    elif method == "bnb":
+        model = load_model(src, device, dtype, quantization_config=bnb_config(step["config"]))
+        row["bnb_config"] = step["config"]
+    elif method == "none":
+        model = load_model(src, device, dtype)
+    else:
+        raise LabError(f"steps.{name}.method={method!r} is not one of none, gptq, awq, bnb")
+    row["footprint_bytes"] = footprint_bytes(model)
+    row["perplexity"] = round(perplexity(model, eval_ids, **cfg["perplexity_window"]), 4)
+    gen = generate(model, tokenizer, cfg["generation"]["prompt"], cfg["generation"]["max_new_tokens"], device)
+    row.update(tokens_per_s=gen["tokens_per_s"], generate_peak_bytes=gen["peak_memory_bytes"], sample=gen["text"])
+    del model
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return row
+
+
+def run(ctx: RunContext) -> dict:
+    from transformers import AutoTokenizer
+
+    cfg = ctx.config
+    if cfg["baseline"] not in cfg["steps"]:
+        raise LabError(f"baseline={cfg['baseline']!r} is not one of the steps: {', '.join(cfg['steps'])}")
+    # 1. The model to quantize, and every text checked before any long work.
+    src, pretrain = source_model(ctx)
+    tokenizer = AutoTokenizer.from_pretrained(src)
+    cal = cfg["calibration"]
+    windows = {
+        key: calibration_windows(
+            load_texts(cfg["data"][key], ctx.repo_root),
+            tokenizer,
+            cal["seq_len"],
+            cal["num_samples"],
+            cfg["seed"],
+            f"{key} ({describe(cfg['data'][key])})",
+        )
+        for key in sorted({s["calibration"] for s in cfg["steps"].values() if s.get("calibration")})
+    }
+    eval_ids = token_ids(load_texts(cfg["data"]["eval"], ctx.repo_root), tokenizer)[: cfg["eval_max_tokens"]]
+
+    # 2. Every step: quantize, save, reload, measure.
+    steps = {name: run_step(ctx, name, step, src, tokenizer, windows, eval_ids) for name, step in cfg["steps"].items()}
+
+    # 3. Compare with the fp16 baseline; write the table and the chart.
+    base = steps[cfg["baseline"]]
+    for row in steps.values():
+        if row.get("footprint_bytes"):
+            row["footprint_vs_fp16"] = round(base["footprint_bytes"] / row["footprint_bytes"], 3)
+            row["perplexity_vs_fp16"] = round(row["perplexity"] / base["perplexity"], 4)
+    rows = write_tables(steps, ctx.run_dir)
+    plot(rows, ctx.run_dir / "comparison.png", f"{ctx.lab.name} / {ctx.profile} ({cfg['variant']} libraries)")
+    return {
+        "variant": cfg["variant"],
+        "pretrain": pretrain,
+        "data": {"eval_tokens": len(eval_ids), "calibration_samples": {k: len(v) for k, v in windows.items()}},
+        "steps": steps,
+        "steps_run": sum(1 for r in steps.values() if r["status"] == "ok"),
+    }
+
+
+if __name__ == "__main__":
+    raise SystemExit(main("quantization", run))

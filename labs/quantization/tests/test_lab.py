@@ -1,0 +1,119 @@
+"""Unit tests of the quantization lab: calibration checks, weight files, device pre-flight,
+perplexity, the comparison table, and the full profile's missing-GPU error."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from measure import footprint_bytes, perplexity
+from methods import check_on_one_device, load_model, weights_format
+from report import write_tables
+from texts import calibration_windows, load_texts, token_ids
+from transformers import AutoTokenizer
+
+from labkit.errors import LabError
+from labkit.tiny import build_tiny_opt
+
+TEXTS = [" = Aldmoor = ", " Aldmoor is a market town on the River Avon .", " The town grew on the wool trade ."] * 20
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    path = build_tiny_opt(tmp_path_factory.mktemp("tiny"), TEXTS, hidden_size=32, num_hidden_layers=1, ffn_dim=64)
+    return path, AutoTokenizer.from_pretrained(path)
+
+
+def test_calibration_windows_have_the_asked_shape(tiny):
+    _, tok = tiny
+    windows = calibration_windows(TEXTS, tok, seq_len=16, num_samples=5, seed=0, label="wikitext")
+    assert len(windows) == 5 and all(len(w) == 16 for w in windows)
+    assert windows == calibration_windows(TEXTS, tok, 16, 5, 0, "wikitext")  # seeded
+
+
+@pytest.mark.parametrize("texts", [[], [" tiny"]])
+def test_too_little_calibration_text_fails_naming_the_source(tiny, texts):
+    _, tok = tiny
+    with pytest.raises(LabError, match=r"custom \(file my\.txt\) has \d+ tokens.*calibration.seq_len=64"):
+        calibration_windows(texts, tok, seq_len=64, num_samples=4, seed=0, label="custom (file my.txt)")
+
+
+def test_missing_text_file_is_named(tmp_path):
+    with pytest.raises(LabError, match="nope.txt not found"):
+        load_texts({"file": "nope.txt", "dataset": None}, tmp_path)
+
+
+def test_blank_lines_are_dropped(tmp_path):
+    (tmp_path / "cal.txt").write_text("first\n\n   \nsecond\n", encoding="utf-8")
+    assert load_texts({"file": "cal.txt", "dataset": None}, tmp_path) == ["first", "second"]
+
+
+def test_reload_works_from_safetensors_and_from_bin(tiny, tmp_path):
+    """Older libraries (AutoAWQ 0.2.5, auto-gptq by default) write pytorch_model.bin, newer ones safetensors."""
+    from safetensors.torch import load_file
+
+    src, _ = tiny
+    model = load_model(src, "cpu", "float32")
+    model.save_pretrained(tmp_path / "safetensors")
+    assert weights_format(tmp_path / "safetensors") == "safetensors"
+    legacy = tmp_path / "bin"
+    model.config.save_pretrained(legacy)
+    torch.save(load_file(tmp_path / "safetensors" / "model.safetensors"), legacy / "pytorch_model.bin")
+    assert weights_format(legacy) == "bin"
+    for folder, safe in ((tmp_path / "safetensors", True), (legacy, False)):
+        again = load_model(folder, "cpu", "float32", use_safetensors=safe)
+        assert torch.equal(again.lm_head.weight, model.lm_head.weight)
+
+
+def test_a_folder_without_weights_is_reported(tmp_path):
+    (tmp_path / "config.json").write_text("{}", encoding="utf-8")
+    with pytest.raises(LabError, match=r"holds no model weights.*it has: config.json"):
+        weights_format(tmp_path)
+
+
+class _Offloaded:
+    hf_device_map = {"model.decoder.embed_tokens": 0, "model.decoder.layers.0": 0, "model.decoder.layers.1": "cpu"}
+
+
+def test_gptq_on_a_partly_offloaded_model_fails_before_evaluation():
+    with pytest.raises(LabError, match=r"GPTQ kernels need every module on the GPU.*model.decoder.layers.1"):
+        check_on_one_device(_Offloaded(), "cuda", "gptq")
+    check_on_one_device(_Offloaded(), "cuda", "bnb")  # bitsandbytes offloads by design
+    check_on_one_device(_Offloaded(), "cpu", "gptq")  # CPU runs use the torch kernels
+
+
+def test_perplexity_of_one_window_is_exp_of_the_loss(tiny):
+    src, tok = tiny
+    model = load_model(src, "cpu", "float32")
+    ids = token_ids(TEXTS[:6], tok)[:40]
+    with torch.no_grad():
+        loss = model(input_ids=torch.tensor([ids]), labels=torch.tensor([ids])).loss.item()
+    assert perplexity(model, ids, max_length=64, stride=64) == pytest.approx(math.exp(loss), rel=1e-5)
+    # Sliding windows that overlap score every token once, with more context: no worse than disjoint ones.
+    assert perplexity(model, ids, max_length=16, stride=8) <= perplexity(model, ids, max_length=16, stride=16) * 1.05
+    assert footprint_bytes(model) == sum(p.numel() * 4 for p in model.parameters()) + sum(
+        b.numel() * b.element_size() for b in model.buffers()
+    )
+
+
+def test_table_keeps_skipped_steps_with_blank_measurements(tmp_path):
+    steps = {
+        "fp16": {"method": "none", "status": "ok", "footprint_bytes": 2**21, "perplexity": 10.0},
+        "gptq_wikitext": {"method": "gptq", "status": "skipped: needs CUDA"},
+    }
+    rows = write_tables(steps, tmp_path)
+    assert rows[0]["footprint_mib"] == 2.0 and rows[1]["footprint_mib"] is None
+    md = (tmp_path / "comparison.md").read_text(encoding="utf-8").splitlines()
+    assert md[3].startswith("| gptq_wikitext | gptq | skipped: needs CUDA |")
+    assert (tmp_path / "comparison.csv").read_text(encoding="utf-8").count("\n") == 3
+
+
+def test_full_profile_without_cuda_stops_with_a_clear_error(tmp_path, capsys):
+    import run
+
+    if torch.cuda.is_available():
+        pytest.skip("this host has a GPU")
+    assert run.main("quantization", run.run, ["--profile", "full", "--output-root", str(tmp_path)]) == 2
+    assert "needs a CUDA device" in capsys.readouterr().err
+    assert not any(tmp_path.rglob("metrics.json"))

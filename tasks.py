@@ -517,7 +517,7 @@ def test(c, lab=None):
     c.run(f"{python} -m ruff check .", echo=True)
     c.run(f"{python} -m ruff format --check .", echo=True)
     dockerfiles = [str(p.relative_to(REPO_ROOT)) for p in sorted(REPO_ROOT.glob("images/*/Dockerfile"))]
-    dockerfiles += [str(p.relative_to(REPO_ROOT)) for p in sorted(LABS_DIR.glob("*/Dockerfile"))]
+    dockerfiles += [str(p.relative_to(REPO_ROOT)) for p in sorted(LABS_DIR.glob("*/Dockerfile*"))]
     c.run(shlex.join(["hadolint", *dockerfiles]), echo=True)
     args = [python, "-m", "pytest", "tests", "-ra"] + (["--lab", lab_or_exit(lab).name] if lab else [])
     c.run(shlex.join(args), echo=True, pty=False)

@@ -108,6 +108,22 @@ def test_smoke_run_in_container_as_non_root_passes_verification(lab, outputs):
 
 
 @needs_engine
+def test_each_variant_image_runs_its_smoke_profile(lab, outputs):
+    """A lab variant (the quantization lab's course libraries) builds its own image and verifies."""
+    variants = lab.meta.get("variants", {})
+    if not variants:
+        pytest.skip(f"{lab.name} has no variants")
+    for name, variant in variants.items():
+        profile = next(p for p in variant["profiles"] if p.endswith("smoke"))
+        tasks.build(Context(), lab=lab.name, profile=profile)
+        code, _ = tasks.run_lab(lab, profile, "docker", [], outputs)
+        assert code == 0, f"{name} variant: smoke run failed"
+        run_dir, checks = verify_latest(outputs, lab, profile)
+        assert all(c.passed for c in checks), [c for c in checks if not c.passed]
+        assert f'"image_id": "sha256:' in (run_dir / "manifest.json").read_text()
+
+
+@needs_engine
 def test_gpu_run_on_engine_without_nvidia_runtime_is_explained(lab, outputs, capsys):
     if tasks.host_accelerator():
         pytest.skip("this host has a GPU")

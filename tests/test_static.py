@@ -64,15 +64,17 @@ def test_shared_images_pin_their_default_base_by_digest(dockerfile):
 
 
 def test_lab_dockerfiles_build_on_the_shared_image_deps_before_code_and_run_as_non_root(lab):
-    text = (lab.dir / "Dockerfile").read_text()
-    assert re.search(rf"^ARG BASE_IMAGE=llm-labs/{lab.image}:dev$", text, re.M)
-    lines = text.splitlines()
-    install = next(i for i, line in enumerate(lines) if "pip-install-locked" in line)
-    first_code = next(i for i, line in enumerate(lines) if line.startswith("COPY labkit"))
-    assert install < first_code, "code is copied before the dependency layer: every edit would reinstall"
-    users = [line.split()[1] for line in lines if line.startswith("USER ")]
-    assert users and users[-1].split(":")[0] not in ("0", "root")
-    assert not re.search(r"^(ENV|ARG)\s+\S*(TOKEN|API_KEY)", text, re.M), "secrets belong to run time"
+    for profile in lab.image_profiles():  # the lab's image and each variant's
+        text = lab.dockerfile(profile).read_text()
+        assert re.search(rf"^ARG BASE_IMAGE=llm-labs/{lab.image}:dev$", text, re.M)
+        lines = text.splitlines()
+        install = next(i for i, line in enumerate(lines) if "pip-install-locked" in line or "pip install" in line)
+        first_code = next(i for i, line in enumerate(lines) if line.startswith("COPY labkit"))
+        assert install < first_code, "code is copied before the dependency layer: every edit would reinstall"
+        assert "--require-hashes" in text or "pip-install-locked" in text, "installs must be hash-checked"
+        users = [line.split()[1] for line in lines if line.startswith("USER ")]
+        assert users and users[-1].split(":")[0] not in ("0", "root")
+        assert not re.search(r"^(ENV|ARG)\s+\S*(TOKEN|API_KEY)", text, re.M), "secrets belong to run time"
 
 
 def test_every_lab_has_a_compose_service_with_a_gpu_and_the_cache(lab):

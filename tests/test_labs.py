@@ -120,7 +120,7 @@ def test_each_variant_image_runs_its_smoke_profile(lab, outputs):
         assert code == 0, f"{name} variant: smoke run failed"
         run_dir, checks = verify_latest(outputs, lab, profile)
         assert all(c.passed for c in checks), [c for c in checks if not c.passed]
-        assert f'"image_id": "sha256:' in (run_dir / "manifest.json").read_text()
+        assert '"image_id": "sha256:' in (run_dir / "manifest.json").read_text()
 
 
 @needs_engine

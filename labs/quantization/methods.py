@@ -54,15 +54,18 @@ def quantize_gptq(src: str, out_dir: Path, windows: list[list[int]], cfg: dict, 
     """GPTQ (Frantar et al. 2022) through ``GPTQConfig``: quantize while loading ``src``, save to ``out_dir``.
 
     ``windows`` are the calibration samples (token ids); ``cfg`` holds ``bits``, ``group_size`` and
-    ``desc_act`` (course: 4, 128, False). The calibration text is dropped from the saved
-    ``quantization_config`` (the course's config.json carried it) and recorded in the metrics instead.
+    ``desc_act`` (course: 4, 128, False). The calibration samples are dropped from the saved
+    ``quantization_config`` (the course's config.json carried its texts) and described in the metrics.
     """
     tokenizer = AutoTokenizer.from_pretrained(src)
-    config = GPTQConfig(
+    samples = [
+        {"input_ids": torch.tensor([w]), "attention_mask": torch.ones(1, len(w), dtype=torch.long)} for w in windows
+    ]
+    config = GPTQConfig(  # tokenized samples: Optimum uses them as given ("appears to be already tokenized")
         bits=cfg["bits"],
         group_size=cfg["group_size"],
         desc_act=cfg["desc_act"],
-        dataset=[tokenizer.decode(w) for w in windows],
+        dataset=samples,
         tokenizer=tokenizer,
         model_seqlen=len(windows[0]),
     )

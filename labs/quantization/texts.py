@@ -6,6 +6,8 @@ A source is a profile entry with either ``file`` (a local text file, one sample 
 
     wikitext: {dataset: Salesforce/wikitext, name: wikitext-2-raw-v1, split: train, column: text}
     custom:   {file: my_calibration.txt}
+
+``max_texts`` keeps only the first N rows (pile-val has 214k documents; a few thousand calibrate).
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ def load_texts(source: dict, repo_root: Path) -> list[str]:
             raise LabError(f"{describe(source)} has no column {column!r}; it has: {', '.join(rows.column_names)}")
     else:
         raise LabError(f"a text source needs `file` or `dataset`; got {source}")
+    if source.get("max_texts"):
+        rows = rows.select(range(min(source["max_texts"], len(rows))))
     return [t for t in rows[column] if t and t.strip()]
 
 

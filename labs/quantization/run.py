@@ -44,6 +44,7 @@ from labkit.errors import LabError  # noqa: E402
 from labkit.runner import RunContext, main  # noqa: E402
 from labkit.tiny import build_tiny_opt  # noqa: E402
 
+METHODS = ("none", "gptq", "awq", "bnb")
 SAVED_CONFIG_KEYS = ("quant_method", "bits", "group_size", "desc_act", "zero_point", "version", "sym")
 
 
@@ -52,7 +53,7 @@ def prepare_tiny(ctx: RunContext, texts: list[str]) -> tuple[str, dict]:
     from datasets import Dataset
     from transformers import AutoTokenizer, DataCollatorForLanguageModeling, Trainer, TrainingArguments
 
-    from labkit.metrics import JsonlLogger
+    from labkit.metrics import JsonlLogger, read_jsonl
 
     cfg, out = ctx.config["pretrain"], ctx.run_dir
     path = build_tiny_opt(out / "tiny-opt", texts, seed=ctx.config["seed"], **ctx.config["model"]["tiny"])
@@ -81,7 +82,7 @@ def prepare_tiny(ctx: RunContext, texts: list[str]) -> tuple[str, dict]:
     )
     result = trainer.train()
     model.save_pretrained(path)
-    losses = [json.loads(line)["loss"] for line in open(out / "pretrain_log.jsonl") if '"loss"' in line]
+    losses = [row["loss"] for row in read_jsonl(out / "pretrain_log.jsonl") if "loss" in row]
     return str(path), {"steps": result.global_step, "loss_first": losses[0], "loss_last": losses[-1]}
 
 
@@ -96,6 +97,19 @@ def source_model(ctx: RunContext) -> tuple[str, dict]:
         model_cfg["name_or_path"], revision=model_cfg["revision"], ignore_patterns=["*.h5", "*.msgpack", "*.ot"]
     )
     return path, {}
+
+
+def check_steps(cfg: dict) -> None:
+    """Fail before any work on a step with an unknown method or calibration source, or a missing baseline."""
+    if cfg["baseline"] not in cfg["steps"]:
+        raise LabError(f"baseline={cfg['baseline']!r} is not one of the steps: {', '.join(cfg['steps'])}")
+    for name, step in cfg["steps"].items():
+        if step.get("method") not in METHODS:
+            raise LabError(f"steps.{name}.method={step.get('method')!r} is not one of {', '.join(METHODS)}")
+        if step["method"] in ("gptq", "awq") and step.get("calibration") not in cfg["data"]:
+            raise LabError(
+                f"steps.{name}.calibration={step.get('calibration')!r} is not a data source: {', '.join(cfg['data'])}"
+            )
 
 
 def run_step(ctx: RunContext, name: str, step: dict, src: str, tokenizer, windows: dict, eval_ids: list[int]):
@@ -128,10 +142,8 @@ def run_step(ctx: RunContext, name: str, step: dict, src: str, tokenizer, window
     elif method == "bnb":
         model = load_model(src, device, dtype, quantization_config=bnb_config(step["config"]))
         row["bnb_config"] = step["config"]
-    elif method == "none":
-        model = load_model(src, device, dtype)
     else:
-        raise LabError(f"steps.{name}.method={method!r} is not one of none, gptq, awq, bnb")
+        model = load_model(src, device, dtype)
     row["footprint_bytes"] = footprint_bytes(model)
     row["perplexity"] = round(perplexity(model, eval_ids, **cfg["perplexity_window"]), 4)
     gen = generate(model, tokenizer, cfg["generation"]["prompt"], cfg["generation"]["max_new_tokens"], device)
@@ -147,8 +159,7 @@ def run(ctx: RunContext) -> dict:
     from transformers import AutoTokenizer
 
     cfg = ctx.config
-    if cfg["baseline"] not in cfg["steps"]:
-        raise LabError(f"baseline={cfg['baseline']!r} is not one of the steps: {', '.join(cfg['steps'])}")
+    check_steps(cfg)
     # 1. The model to quantize, and every text checked before any long work.
     src, pretrain = source_model(ctx)
     tokenizer = AutoTokenizer.from_pretrained(src)

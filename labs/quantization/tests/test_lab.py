@@ -117,3 +117,17 @@ def test_full_profile_without_cuda_stops_with_a_clear_error(tmp_path, capsys):
     assert run.main("quantization", run.run, ["--profile", "full", "--output-root", str(tmp_path)]) == 2
     assert "needs a CUDA device" in capsys.readouterr().err
     assert not any(tmp_path.rglob("metrics.json"))
+
+
+def test_a_misspelt_step_fails_before_any_work():
+    import run
+
+    from labkit.config import get_lab, load_profile
+
+    config, _ = load_profile(get_lab("quantization"), "smoke", ["steps.awq.calibration=pilevall"])
+    with pytest.raises(LabError, match=r"steps.awq.calibration='pilevall' is not a data source: wikitext, custom"):
+        run.check_steps(config)
+    config["steps"]["awq"] = {"method": "awk"}
+    with pytest.raises(LabError, match=r"steps.awq.method='awk' is not one of none, gptq, awq, bnb"):
+        run.check_steps(config)
+    run.check_steps(load_profile(get_lab("quantization"), "full")[0])

@@ -241,7 +241,7 @@ def run_streaming(cmd: list[str], env: dict | None = None) -> tuple[int, str]:
 def run_lab(spec, profile: str, runtime: str, overrides: list[str], root: Path) -> tuple[int, str]:
     """Run one profile of a lab; returns (exit code, output tail)."""
     config, _ = load_profile(spec, profile, overrides)  # unknown keys fail here, before any build
-    offline = {"HF_HUB_OFFLINE": "1"} if profile == "smoke" else {}
+    offline = {"HF_HUB_OFFLINE": "1"} if profile.endswith("smoke") else {}  # smoke, course-smoke: offline
     data = config.get("data", {})
     cv_dir = os.environ.get("CV_DIR")
     if runtime == "native":

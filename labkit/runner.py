@@ -93,7 +93,7 @@ def main(lab_name: str, run: Callable[[RunContext], dict], argv: list[str] | Non
         from labkit.rundir import base_manifest, finish_manifest, new_run_dir, write_json
 
         device = select_device(config["device"])
-        if args.profile == "smoke":
+        if args.profile.endswith("smoke"):
             print(SMOKE_BANNER, flush=True)
         run_dir = new_run_dir(args.output_root, lab.name, args.profile)
         print(f"[{lab.name}] profile={args.profile} device={device} run_dir={run_dir}", flush=True)

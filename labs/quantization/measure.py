@@ -16,7 +16,7 @@ def perplexity(model, ids: list[int], max_length: int, stride: int) -> float:
 
     Windows of ``max_length`` tokens advance by ``stride``; each scores only the tokens not scored
     before (Hugging Face, "Perplexity of fixed-length models"). ``stride == max_length`` gives the
-    non-overlapping 2048-token windows of the GPTQ paper's wikitext-2 numbers.
+    GPTQ paper's wikitext-2 protocol: non-overlapping full windows, the last partial one dropped.
 
     Returns:
         exp(mean negative log-likelihood per scored token); ``inf`` if the loss overflows.
@@ -24,7 +24,10 @@ def perplexity(model, ids: list[int], max_length: int, stride: int) -> float:
     device = next(model.parameters()).device
     data = torch.tensor([ids], device=device)
     nll_sum, scored, prev_end = 0.0, 0, 0
-    for begin in range(0, len(ids) - 1, stride):
+    starts = range(0, len(ids) - 1, stride)
+    if stride == max_length and len(ids) >= max_length:  # GPTQ's eval: only the len(ids) // max_length full windows
+        starts = range(0, len(ids) - max_length + 1, stride)
+    for begin in starts:
         end = min(begin + max_length, len(ids))
         target_len = end - prev_end
         input_ids = data[:, begin:end]

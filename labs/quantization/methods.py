@@ -8,12 +8,12 @@ GPTQ goes through Transformers' ``GPTQConfig`` in both (quantized inside ``from_
 with auto-gptq or GPTQModel underneath), as in the course notebook ``AutoGPTQ_opt-2.7b.ipynb``.
 AWQ uses AutoAWQ in the course variant (``AWQ_opt-2.7b.ipynb``) and GPTQModel in the maintained one;
 both write a ``quantization_config`` that plain ``AutoModelForCausalLM.from_pretrained`` loads.
-bitsandbytes quantizes while loading (``BitsAndBytesConfig``, ``quantization_bnb.ipynb``).
+bitsandbytes quantizes while loading (``BitsAndBytesConfig``, ``bits_and_bytes.ipynb``).
 """
 
 from __future__ import annotations
 
-import os
+import gc
 from pathlib import Path
 
 import torch
@@ -43,11 +43,19 @@ def torch_dtype(name: str) -> torch.dtype:
     return getattr(torch, name)
 
 
-def load_model(path: str | Path, device: str, dtype: str, revision: str | None = None, **kwargs):
-    """``AutoModelForCausalLM.from_pretrained`` on one device (``device_map={"": device}``)."""
+def load_model(path: str | Path, device: str, dtype: str, device_map: str | None = None, **kwargs):
+    """``AutoModelForCausalLM.from_pretrained`` in ``dtype`` (a torch dtype name), the whole model on
+    ``device`` unless ``device_map`` (e.g. ``auto``) lets Accelerate place modules."""
     return AutoModelForCausalLM.from_pretrained(
-        path, revision=revision, device_map={"": device}, **{DTYPE_KW: torch_dtype(dtype)}, **kwargs
+        path, device_map=device_map or {"": device}, **{DTYPE_KW: torch_dtype(dtype)}, **kwargs
     )
+
+
+def free(device: str) -> None:
+    """Collect garbage (quantizers keep reference cycles to the model) and return cached GPU memory."""
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
 
 
 def quantize_gptq(src: str, out_dir: Path, windows: list[list[int]], cfg: dict, device: str, dtype: str) -> None:
@@ -73,6 +81,8 @@ def quantize_gptq(src: str, out_dir: Path, windows: list[list[int]], cfg: dict, 
     model.config.quantization_config.dataset = None
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
+    del model, samples, config
+    free(device)
 
 
 def quantize_awq(
@@ -108,8 +118,6 @@ def quantize_awq(
         }
         model.save_quantized(str(out_dir))
     else:
-        if (os.cpu_count() or 1) < 4:  # GPTQModel 7.6 sizes its CPU pool to 1 worker on 2 cores, then asks for 2
-            os.environ.setdefault("GPTQMODEL_CPU_WORKERS", "2")
         from gptqmodel import BACKEND, AWQConfig, GPTQModel
 
         config = AWQConfig(
@@ -121,6 +129,8 @@ def quantize_awq(
         model.quantize(samples, batch_size=1, backend=BACKEND.AUTO if device == "cuda" else BACKEND.TORCH)
         model.save(str(out_dir))
     tokenizer.save_pretrained(out_dir)
+    del model
+    free(device)  # AutoAWQ's quantizer holds the model and the cached calibration inputs in a cycle
 
 
 def bnb_config(settings: dict) -> BitsAndBytesConfig:

@@ -15,13 +15,15 @@ runs every step the installed libraries can run on a CPU; the others report ``sk
 
 from __future__ import annotations
 
-import gc
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
-import torch
+if (os.cpu_count() or 1) < 4:  # GPTQModel 7.6 gives its CPU pool 1 worker on 2 cores, then asks for 2
+    os.environ.setdefault("GPTQMODEL_CPU_WORKERS", "2")
+
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[2]))
@@ -31,6 +33,7 @@ from methods import (  # noqa: E402
     bnb_config,
     check_on_one_device,
     cuda_skip,
+    free,
     load_model,
     quantize_awq,
     quantize_gptq,
@@ -99,8 +102,16 @@ def source_model(ctx: RunContext) -> tuple[str, dict]:
     return path, {}
 
 
-def check_steps(cfg: dict) -> None:
-    """Fail before any work on a step with an unknown method or calibration source, or a missing baseline."""
+def check_steps(cfg: dict, variant: str) -> None:
+    """Fail before any work on a step with an unknown method or calibration source, a missing baseline,
+    a profile whose ``variant`` is not the one its image installs, or AWQ windows AutoAWQ would drop."""
+    if cfg["variant"] != variant:
+        raise LabError(
+            f"variant={cfg['variant']!r}, but this profile runs in the {variant!r} image/environment; "
+            "choose the variant with VARIANT=course (profiles course-smoke, course-full), not with SET"
+        )
+    if variant == "course" and cfg["awq"]["seq_len"] > 512:
+        raise LabError(f"awq.seq_len={cfg['awq']['seq_len']}: AutoAWQ 0.2.5 drops calibration samples over 512 tokens")
     if cfg["baseline"] not in cfg["steps"]:
         raise LabError(f"baseline={cfg['baseline']!r} is not one of the steps: {', '.join(cfg['steps'])}")
     for name, step in cfg["steps"].items():
@@ -127,9 +138,9 @@ def run_step(ctx: RunContext, name: str, step: dict, src: str, tokenizer, window
         with PeakMemory(device) as peak:
             start = time.perf_counter()
             if method == "gptq":
-                quantize_gptq(src, model_dir, windows[calibration], cfg["gptq"], device, dtype)
+                quantize_gptq(src, model_dir, windows[name], cfg["gptq"], device, dtype)
             else:
-                quantize_awq(variant, src, model_dir, windows[calibration], cfg["awq"], device, dtype)
+                quantize_awq(variant, src, model_dir, windows[name], cfg["awq"], device, dtype)
             row["quantize_s"] = round(time.perf_counter() - start, 2)
         row["quantize_peak_bytes"] = peak.bytes
         saved = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))["quantization_config"]
@@ -137,21 +148,22 @@ def run_step(ctx: RunContext, name: str, step: dict, src: str, tokenizer, window
         row["weights_format"] = weights_format(model_dir)
         if reason := cuda_skip(variant, f"{method}-reload", device):
             return {**row, "status": "saved; reload skipped: needs CUDA", "reason": reason}
-        model = load_model(model_dir, device, dtype, use_safetensors=row["weights_format"] == "safetensors")
+        model = load_model(
+            model_dir, device, dtype, cfg["model"]["device_map"], use_safetensors=row["weights_format"] == "safetensors"
+        )
         check_on_one_device(model, device, method)
     elif method == "bnb":
-        model = load_model(src, device, dtype, quantization_config=bnb_config(step["config"]))
+        config = bnb_config(step["config"])
+        model = load_model(src, device, dtype, cfg["model"]["device_map"], quantization_config=config)
         row["bnb_config"] = step["config"]
     else:
-        model = load_model(src, device, dtype)
+        model = load_model(src, device, dtype, cfg["model"]["device_map"])
     row["footprint_bytes"] = footprint_bytes(model)
     row["perplexity"] = round(perplexity(model, eval_ids, **cfg["perplexity_window"]), 4)
     gen = generate(model, tokenizer, cfg["generation"]["prompt"], cfg["generation"]["max_new_tokens"], device)
     row.update(tokens_per_s=gen["tokens_per_s"], generate_peak_bytes=gen["peak_memory_bytes"], sample=gen["text"])
     del model
-    gc.collect()
-    if device == "cuda":
-        torch.cuda.empty_cache()
+    free(device)
     return row
 
 
@@ -159,21 +171,24 @@ def run(ctx: RunContext) -> dict:
     from transformers import AutoTokenizer
 
     cfg = ctx.config
-    check_steps(cfg)
+    check_steps(cfg, ctx.lab.variant_of(ctx.profile) or "maintained")
     # 1. The model to quantize, and every text checked before any long work.
     src, pretrain = source_model(ctx)
     tokenizer = AutoTokenizer.from_pretrained(src)
-    cal = cfg["calibration"]
-    windows = {
-        key: calibration_windows(
-            load_texts(cfg["data"][key], ctx.repo_root),
+    sources = {s["calibration"] for s in cfg["steps"].values() if s.get("calibration")}
+    texts = {key: load_texts(cfg["data"][key], ctx.repo_root) for key in sources}
+    windows = {  # per step: GPTQ and AWQ sample different lengths (gptq/awq.seq_len, num_samples)
+        name: calibration_windows(
+            texts[step["calibration"]],
             tokenizer,
-            cal["seq_len"],
-            cal["num_samples"],
+            cfg[step["method"]]["seq_len"],
+            cfg[step["method"]]["num_samples"],
             cfg["seed"],
-            f"{key} ({describe(cfg['data'][key])})",
+            f"{step['calibration']} ({describe(cfg['data'][step['calibration']])})",
+            setting=f"{step['method']}.seq_len",
         )
-        for key in sorted({s["calibration"] for s in cfg["steps"].values() if s.get("calibration")})
+        for name, step in cfg["steps"].items()
+        if step.get("calibration")
     }
     eval_ids = token_ids(load_texts(cfg["data"]["eval"], ctx.repo_root), tokenizer)[: cfg["eval_max_tokens"]]
 

@@ -1,8 +1,9 @@
 """Text sources of the quantization lab: calibration sets, the perplexity slice, pre-flight checks.
 
-A source is a profile entry with either ``file`` (a local text file, one sample per line, read with
-``datasets``' ``text`` loader) or ``dataset`` (a Hub dataset id, with ``name``, ``split``, ``column`` and
-``revision``; the Hub honours ``HF_ENDPOINT`` and ``HF_TOKEN``), e.g. wikitext-2 as in the course:
+A source is a profile entry with either ``file`` (a local text file read with ``datasets``' ``text``
+loader; its lines are joined, and calibration windows are drawn across them) or ``dataset`` (a Hub
+dataset id, with ``name``, ``split``, ``column`` and ``revision``; the Hub honours ``HF_ENDPOINT`` and
+``HF_TOKEN``), e.g. wikitext-2 as in the course:
 
     wikitext: {dataset: Salesforce/wikitext, name: wikitext-2-raw-v1, split: train, column: text}
     custom:   {file: my_calibration.txt}
@@ -51,6 +52,8 @@ def load_texts(source: dict, repo_root: Path) -> list[str]:
         raise LabError(f"a text source needs `file` or `dataset`; got {source}")
     if source.get("max_texts"):
         rows = rows.select(range(min(source["max_texts"], len(rows))))
+    if source.get("keep_blank"):  # wikitext perplexity joins every row, blank ones included
+        return list(rows[column])
     return [t for t in rows[column] if t and t.strip()]
 
 
@@ -61,7 +64,7 @@ def token_ids(texts: list[str], tokenizer) -> list[int]:
 
 
 def calibration_windows(
-    texts: list[str], tokenizer, seq_len: int, num_samples: int, seed: int, label: str
+    texts: list[str], tokenizer, seq_len: int, num_samples: int, seed: int, label: str, setting: str = "seq_len"
 ) -> list[list[int]]:
     """``num_samples`` random windows of ``seq_len`` tokens from the joined ``texts`` (GPTQ's sampling:
     Frantar et al. 2022, "128 random 2048 token segments"), as lists of token ids.
@@ -74,7 +77,7 @@ def calibration_windows(
     if len(ids) < seq_len:
         raise LabError(
             f"calibration data {label} has {len(ids)} tokens, fewer than one calibration sample needs "
-            f"(calibration.seq_len={seq_len}). Give a longer text (one sample per line) or lower calibration.seq_len."
+            f"({setting}={seq_len}). Give a longer text or lower {setting}."
         )
     rng = random.Random(seed)
     starts = [rng.randint(0, len(ids) - seq_len) for _ in range(num_samples)]

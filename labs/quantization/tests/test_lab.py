@@ -35,7 +35,7 @@ def test_calibration_windows_have_the_asked_shape(tiny):
 @pytest.mark.parametrize("texts", [[], [" tiny"]])
 def test_too_little_calibration_text_fails_naming_the_source(tiny, texts):
     _, tok = tiny
-    with pytest.raises(LabError, match=r"custom \(file my\.txt\) has \d+ tokens.*calibration.seq_len=64"):
+    with pytest.raises(LabError, match=r"custom \(file my\.txt\) has \d+ tokens.*\(seq_len=64\)"):
         calibration_windows(texts, tok, seq_len=64, num_samples=4, seed=0, label="custom (file my.txt)")
 
 
@@ -50,7 +50,7 @@ def test_blank_lines_are_dropped(tmp_path):
 
 
 def test_reload_works_from_safetensors_and_from_bin(tiny, tmp_path):
-    """Older libraries (AutoAWQ 0.2.5, auto-gptq by default) write pytorch_model.bin, newer ones safetensors."""
+    """Older checkpoints and libraries write pytorch_model.bin, newer ones model.safetensors."""
     from safetensors.torch import load_file
 
     src, _ = tiny
@@ -126,8 +126,22 @@ def test_a_misspelt_step_fails_before_any_work():
 
     config, _ = load_profile(get_lab("quantization"), "smoke", ["steps.awq.calibration=pilevall"])
     with pytest.raises(LabError, match=r"steps.awq.calibration='pilevall' is not a data source: wikitext, custom"):
-        run.check_steps(config)
+        run.check_steps(config, "maintained")
     config["steps"]["awq"] = {"method": "awk"}
     with pytest.raises(LabError, match=r"steps.awq.method='awk' is not one of none, gptq, awq, bnb"):
-        run.check_steps(config)
-    run.check_steps(load_profile(get_lab("quantization"), "full")[0])
+        run.check_steps(config, "maintained")
+    for profile in ("full", "course-full", "course-smoke"):  # every shipped profile passes
+        variant = "course" if "course" in profile else "maintained"
+        run.check_steps(load_profile(get_lab("quantization"), profile)[0], variant)
+
+
+def test_variant_set_by_hand_and_long_autoawq_windows_are_refused():
+    import run
+
+    from labkit.config import get_lab, load_profile
+
+    lab = get_lab("quantization")
+    with pytest.raises(LabError, match="choose the variant with VARIANT=course"):
+        run.check_steps(load_profile(lab, "smoke", ["variant=course"])[0], "maintained")
+    with pytest.raises(LabError, match="AutoAWQ 0.2.5 drops calibration samples over 512 tokens"):
+        run.check_steps(load_profile(lab, "course-full", ["awq.seq_len=2048"])[0], "course")

@@ -13,6 +13,7 @@ bitsandbytes quantizes while loading (``BitsAndBytesConfig``, ``bits_and_bytes.i
 
 from __future__ import annotations
 
+import contextlib
 import gc
 from pathlib import Path
 
@@ -77,7 +78,10 @@ def quantize_gptq(src: str, out_dir: Path, windows: list[list[int]], cfg: dict, 
         tokenizer=tokenizer,
         model_seqlen=len(windows[0]),
     )
-    model = load_model(src, device, dtype, quantization_config=config)
+    out_dir = Path(out_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with contextlib.chdir(out_dir):  # GPTQModel writes its per-layer log to ./logs
+        model = load_model(src, device, dtype, quantization_config=config)
     model.config.quantization_config.dataset = None
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
@@ -125,8 +129,11 @@ def quantize_awq(
         )
         model = GPTQModel.load(src, config, device=device)
         samples = [{"input_ids": w, "attention_mask": [1] * len(w)} for w in windows]
-        # AWQ's GEMM packer is CUDA code; on CPU GPTQModel packs with its portable torch kernel.
-        model.quantize(samples, batch_size=1, backend=BACKEND.AUTO if device == "cuda" else BACKEND.TORCH)
+        out_dir = Path(out_dir).resolve()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with contextlib.chdir(out_dir):  # its per-layer log (loss, time per module) goes to ./logs
+            # AWQ's GEMM packer is CUDA code; on CPU GPTQModel packs with its portable torch kernel.
+            model.quantize(samples, batch_size=1, backend=BACKEND.AUTO if device == "cuda" else BACKEND.TORCH)
         model.save(str(out_dir))
     tokenizer.save_pretrained(out_dir)
     del model

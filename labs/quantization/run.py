@@ -174,6 +174,7 @@ def run(ctx: RunContext) -> dict:
     check_steps(cfg, ctx.lab.variant_of(ctx.profile) or "maintained")
     # 1. The model to quantize, and every text checked before any long work.
     src, pretrain = source_model(ctx)
+    src = str(Path(src).resolve())  # quantizers run in the step's folder (their logs land there)
     tokenizer = AutoTokenizer.from_pretrained(src)
     sources = {s["calibration"] for s in cfg["steps"].values() if s.get("calibration")}
     texts = {key: load_texts(cfg["data"][key], ctx.repo_root) for key in sources}

@@ -22,9 +22,10 @@ from labkit.errors import LabError
 
 SMOKE_BANNER = """\
 ================================================================================
- SMOKE PROFILE: a tiny random model of the same architecture, bundled data, CPU,
- offline. It checks the mechanics (data, training, saving, reloading, metrics),
- not the course's results. For the real run use PROFILE=full on a GPU host.
+ SMOKE PROFILE: a tiny model of the same architecture built here (random or
+ briefly trained), bundled data, CPU, offline. It checks the mechanics (data,
+ training, quantizing, saving, reloading, metrics), not the course's results.
+ For the real run use PROFILE=full on a GPU host.
 ================================================================================"""
 
 

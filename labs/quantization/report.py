@@ -43,7 +43,13 @@ def _cell(value) -> str:
     return str(value)
 
 
-def write_tables(steps: dict[str, dict], out_dir: Path) -> list[dict]:
+PEAK_NOTE = (
+    "on CPU, the whole process's resident set size (Python and libraries included), sampled every 10 ms",
+    "torch.cuda.max_memory_allocated() after a reset at the start of the phase",
+)
+
+
+def write_tables(steps: dict[str, dict], out_dir: Path, device: str = "cpu") -> list[dict]:
     """Write ``comparison.csv`` and ``comparison.md`` into ``out_dir``; returns the rows."""
     rows = table_rows(steps)
     with open(out_dir / "comparison.csv", "w", newline="", encoding="utf-8") as f:
@@ -52,6 +58,7 @@ def write_tables(steps: dict[str, dict], out_dir: Path) -> list[dict]:
         writer.writerows(rows)
     lines = ["| " + " | ".join(h for _, h in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(_cell(r.get(k)) for k, _ in COLUMNS) + " |" for r in rows]
+    lines += ["", f"Peak MiB: {PEAK_NOTE[device != 'cpu']}. Sizes in MiB (2**20 bytes)."]
     (out_dir / "comparison.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return rows
 
@@ -68,13 +75,20 @@ def plot(rows: list[dict], png: Path, title: str) -> None:
     names = [r["step"] for r in ran]
     ax1.bar(names, [r["footprint_mib"] for r in ran], color="tab:blue")
     ax1.set_ylabel("weight footprint (MiB)")
-    ax2.bar(names, [r["perplexity"] for r in ran], color="tab:orange")
+    ppl = [r["perplexity"] for r in ran]
+    ax2.bar(names, ppl, color="tab:orange")
     ax2.set_ylabel("perplexity (held-out text)")
+    finite = [v for v in ppl if math.isfinite(v)]
+    if finite:  # zoom in: the differences between methods are a few percent
+        ax2.set_ylim(min(finite) * 0.98, max(finite) * 1.02)
+    not_run = [f"{r['step']} ({r['status']})" for r in rows if r.get("footprint_mib") is None]
+    if not_run:
+        fig.text(0.01, 0.01, "not measured here: " + "; ".join(not_run), fontsize=7, wrap=True)
     for ax in (ax1, ax2):
         ax.tick_params(axis="x", rotation=45)
         for label in ax.get_xticklabels():
             label.set_horizontalalignment("right")
     fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.1 if not_run else 0, 1, 1))  # room for the "not measured" note
     fig.savefig(png, dpi=100)
     plt.close(fig)

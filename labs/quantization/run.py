@@ -51,16 +51,15 @@ METHODS = ("none", "gptq", "awq", "bnb")
 SAVED_CONFIG_KEYS = ("quant_method", "bits", "group_size", "desc_act", "zero_point", "version", "sym")
 
 
-def prepare_tiny(ctx: RunContext, texts: list[str]) -> tuple[str, dict]:
-    """Smoke only: a tiny OPT trained briefly (``pretrain`` settings, Trainer) on ``texts``."""
+def pretrain_tiny(ctx: RunContext, path: str, tokenizer, texts: list[str]) -> dict:
+    """Smoke only: train the tiny OPT at ``path`` briefly (``pretrain`` settings, Trainer) on ``texts``,
+    so that perplexity means something; saves it in place and returns the first and last logged loss."""
     from datasets import Dataset
-    from transformers import AutoTokenizer, DataCollatorForLanguageModeling, Trainer, TrainingArguments
+    from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
 
     from labkit.metrics import JsonlLogger, read_jsonl
 
     cfg, out = ctx.config["pretrain"], ctx.run_dir
-    path = build_tiny_opt(out / "tiny-opt", texts, seed=ctx.config["seed"], **ctx.config["model"]["tiny"])
-    tokenizer = AutoTokenizer.from_pretrained(path)
     ids, block = token_ids(texts, tokenizer), cfg["block_size"]
     blocks = Dataset.from_dict({"input_ids": [ids[i : i + block] for i in range(0, len(ids) - block + 1, block)]})
     model = load_model(path, "cpu", "float32")
@@ -86,20 +85,25 @@ def prepare_tiny(ctx: RunContext, texts: list[str]) -> tuple[str, dict]:
     result = trainer.train()
     model.save_pretrained(path)
     losses = [row["loss"] for row in read_jsonl(out / "pretrain_log.jsonl") if "loss" in row]
-    return str(path), {"steps": result.global_step, "loss_first": losses[0], "loss_last": losses[-1]}
+    return {"steps": result.global_step, "loss_first": losses[0], "loss_last": losses[-1]}
 
 
-def source_model(ctx: RunContext) -> tuple[str, dict]:
-    """Local path of the model to quantize: the tiny OPT (smoke) or a Hub snapshot at ``revision``."""
+def source_model(ctx: RunContext, texts: list[str], weights: bool) -> str:
+    """Local path of the model to quantize: the tiny OPT built on ``texts`` (smoke, untrained) or a Hub
+    snapshot at ``revision``: with ``weights=False`` only its config and tokenizer files (megabytes,
+    enough to check the texts), with ``weights=True`` everything (opt-2.7b: 5.3 GB)."""
     model_cfg = ctx.config["model"]
     if model_cfg["build_tiny"]:
-        return prepare_tiny(ctx, load_texts(ctx.config["data"]["wikitext"], ctx.repo_root))
+        path = build_tiny_opt(ctx.run_dir / "tiny-opt", texts, seed=ctx.config["seed"], **model_cfg["tiny"])
+        return str(Path(path).resolve())
     from huggingface_hub import snapshot_download
 
+    patterns = None if weights else ["*.json", "*.txt", "*.model"]
+    ignore = ["*.h5", "*.msgpack", "*.ot"]
     path = snapshot_download(
-        model_cfg["name_or_path"], revision=model_cfg["revision"], ignore_patterns=["*.h5", "*.msgpack", "*.ot"]
+        model_cfg["name_or_path"], revision=model_cfg["revision"], allow_patterns=patterns, ignore_patterns=ignore
     )
-    return path, {}
+    return str(Path(path).resolve())  # quantizers run in the step's folder (their logs land there)
 
 
 def check_steps(cfg: dict, variant: str) -> None:
@@ -129,6 +133,7 @@ def run_step(ctx: RunContext, name: str, step: dict, src: str, tokenizer, window
     method, dtype = step["method"], cfg["model"]["dtype"]
     row: dict = {"method": method, "status": "ok", "calibration": None}
     if reason := cuda_skip(variant, method, device):
+        print(f"[{ctx.lab.name}] step {name} ({method}): skipped: needs CUDA ({reason})", flush=True)
         return {**row, "status": "skipped: needs CUDA", "reason": reason}
     print(f"[{ctx.lab.name}] step {name} ({method})", flush=True)
     if method in ("gptq", "awq"):
@@ -147,6 +152,7 @@ def run_step(ctx: RunContext, name: str, step: dict, src: str, tokenizer, window
         row["saved_config"] = {k: saved[k] for k in SAVED_CONFIG_KEYS if k in saved}
         row["weights_format"] = weights_format(model_dir)
         if reason := cuda_skip(variant, f"{method}-reload", device):
+            print(f"[{ctx.lab.name}] step {name}: saved; reload skipped: needs CUDA ({reason})", flush=True)
             return {**row, "status": "saved; reload skipped: needs CUDA", "reason": reason}
         model = load_model(
             model_dir, device, dtype, cfg["model"]["device_map"], use_safetensors=row["weights_format"] == "safetensors"
@@ -172,12 +178,11 @@ def run(ctx: RunContext) -> dict:
 
     cfg = ctx.config
     check_steps(cfg, ctx.lab.variant_of(ctx.profile) or "maintained")
-    # 1. The model to quantize, and every text checked before any long work.
-    src, pretrain = source_model(ctx)
-    src = str(Path(src).resolve())  # quantizers run in the step's folder (their logs land there)
+    # 1. Every text, checked with the model's tokenizer before any long work (download, training).
+    sources = {s["calibration"] for s in cfg["steps"].values() if s.get("calibration")} | {"eval", "wikitext"}
+    texts = {key: load_texts(cfg["data"][key], ctx.repo_root) for key in sorted(sources)}
+    src = source_model(ctx, texts["wikitext"], weights=False)
     tokenizer = AutoTokenizer.from_pretrained(src)
-    sources = {s["calibration"] for s in cfg["steps"].values() if s.get("calibration")}
-    texts = {key: load_texts(cfg["data"][key], ctx.repo_root) for key in sources}
     windows = {  # per step: GPTQ and AWQ sample different lengths (gptq/awq.seq_len, num_samples)
         name: calibration_windows(
             texts[step["calibration"]],
@@ -191,18 +196,24 @@ def run(ctx: RunContext) -> dict:
         for name, step in cfg["steps"].items()
         if step.get("calibration")
     }
-    eval_ids = token_ids(load_texts(cfg["data"]["eval"], ctx.repo_root), tokenizer)[: cfg["eval_max_tokens"]]
+    eval_ids = token_ids(texts["eval"], tokenizer)[: cfg["eval_max_tokens"]]
 
-    # 2. Every step: quantize, save, reload, measure.
+    # 2. The model: the tiny one trained briefly (smoke), or the Hub checkpoint's weights.
+    if cfg["model"]["build_tiny"]:
+        pretrain = pretrain_tiny(ctx, src, tokenizer, texts["wikitext"])
+    else:
+        src, pretrain = source_model(ctx, [], weights=True), {}
+
+    # 3. Every step: quantize, save, reload, measure.
     steps = {name: run_step(ctx, name, step, src, tokenizer, windows, eval_ids) for name, step in cfg["steps"].items()}
 
-    # 3. Compare with the fp16 baseline; write the table and the chart.
+    # 4. Compare with the fp16 baseline; write the table and the chart.
     base = steps[cfg["baseline"]]
     for row in steps.values():
         if row.get("footprint_bytes"):
             row["footprint_vs_fp16"] = round(base["footprint_bytes"] / row["footprint_bytes"], 3)
             row["perplexity_vs_fp16"] = round(row["perplexity"] / base["perplexity"], 4)
-    rows = write_tables(steps, ctx.run_dir)
+    rows = write_tables(steps, ctx.run_dir, ctx.device)
     plot(rows, ctx.run_dir / "comparison.png", f"{ctx.lab.name} / {ctx.profile} ({cfg['variant']} libraries)")
     return {
         "variant": cfg["variant"],

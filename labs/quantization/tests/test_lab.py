@@ -145,3 +145,15 @@ def test_variant_set_by_hand_and_long_autoawq_windows_are_refused():
         run.check_steps(load_profile(lab, "smoke", ["variant=course"])[0], "maintained")
     with pytest.raises(LabError, match="AutoAWQ 0.2.5 drops calibration samples over 512 tokens"):
         run.check_steps(load_profile(lab, "course-full", ["awq.seq_len=2048"])[0], "course")
+
+
+def test_short_custom_calibration_stops_the_run_before_training(tmp_path, capsys):
+    import run
+
+    short = tmp_path / "short.txt"
+    short.write_text("three short words\n", encoding="utf-8")
+    argv = ["--profile", "smoke", "--output-root", str(tmp_path / "out"), "--set", f"data.custom.file={short}"]
+    assert run.main("quantization", run.run, argv) == 2
+    assert "custom (file " in capsys.readouterr().err
+    run_dir = next((tmp_path / "out" / "quantization" / "smoke").glob("2*"))
+    assert not (run_dir / "pretrain_log.jsonl").exists() and not (run_dir / "models").exists()

@@ -12,7 +12,6 @@ Environment: DOCKER (the docker CLI, default `docker`; it must build with BuildK
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -20,13 +19,13 @@ import shlex
 import shutil
 import subprocess
 import sys
-import venv
 from pathlib import Path
 
 from invoke import Exit, task
 
 from labkit.config import LABS_DIR, REPO_ROOT, get_lab, list_labs, load_profile
 from labkit.errors import LabError
+from labkit.native import ensure_env
 from labkit.rundir import check_writable, latest_run
 from labkit.verify import format_table, verify_run
 
@@ -185,43 +184,6 @@ def build(c, lab, profile=None):
     build_image(c, spec.dockerfile(profile), image_tag(spec.image_name(profile)), image_tag(spec.image))
 
 
-# --- native virtualenvs ---------------------------------------------------------------------------
-
-
-def torch_pin(image: str) -> str:
-    text = (SHARED_IMAGES[image] / "requirements.in").read_text(encoding="utf-8")
-    match = re.search(r"^torch==\S+", text, re.MULTILINE)
-    if not match:
-        raise fail(f"images/{image}/requirements.in pins no torch version")
-    return match.group(0)
-
-
-def lab_python(spec, profile: str | None = None) -> Path:
-    """The native virtualenv (.venvs/<lab>[-<variant>]) that runs ``profile``, refreshed when its locks changed.
-
-    torch comes first at the shared image's version (pip takes a CPU or CUDA wheel, whichever the
-    host's index offers) with the image lock's versions as constraints; then the lab's lock with
-    --require-hashes. A variant's lock that pins its own torch (the course's) is installed alone.
-    Needs Python 3.11 (the images' version).
-    """
-    env_dir = REPO_ROOT / ".venvs" / spec.image_name(profile)
-    locks = [SHARED_IMAGES[spec.image] / "constraints.txt", spec.requirements(profile)]
-    stamp = hashlib.sha256(b"".join(p.read_bytes() for p in locks)).hexdigest()
-    python = env_dir / "bin" / "python"
-    if python.exists() and (env_dir / ".lock-hash").read_text(encoding="utf-8", errors="ignore") == stamp:
-        return python
-    if sys.version_info[:2] != (3, 11):
-        raise fail(f"native runs need Python 3.11 (the locks are for 3.11); this is {sys.version.split()[0]}")
-    print(f"Creating the native environment {env_dir} (once per lock change)...", flush=True)
-    venv.EnvBuilder(with_pip=True, clear=True).create(env_dir)
-    pip = [str(python), "-m", "pip", "install", "--disable-pip-version-check"]
-    if not re.search(r"^torch==", locks[1].read_text(encoding="utf-8"), re.MULTILINE):
-        subprocess.run([*pip, "-c", str(locks[0]), torch_pin(spec.image)], check=True)
-    subprocess.run([*pip, "--require-hashes", "-r", str(locks[1])], check=True)
-    (env_dir / ".lock-hash").write_text(stamp, encoding="utf-8")
-    return python
-
-
 # --- running ----------------------------------------------------------------------------------------
 
 
@@ -258,7 +220,7 @@ def run_lab(spec, profile: str, runtime: str, overrides: list[str], root: Path) 
         ):
             overrides = [*overrides, f"data.path={cv_dir}"]
         cmd = [
-            str(lab_python(spec, profile)),
+            str(ensure_env(spec, profile)),
             str(spec.dir / spec.entrypoint),
             "--profile",
             profile,

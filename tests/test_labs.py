@@ -14,6 +14,7 @@ from invoke import Context
 
 import tasks
 from labkit.errors import LabError
+from labkit.native import ensure_env
 from labkit.rundir import latest_run
 from labkit.verify import format_table, verify_run
 
@@ -36,7 +37,7 @@ def verify_latest(outputs: Path, lab, profile: str = "smoke"):
 
 
 def test_lab_unit_tests_pass_in_its_environment(lab):
-    python = tasks.lab_python(lab)
+    python = ensure_env(lab)
     result = subprocess.run(
         [str(python), "-m", "pytest", str(lab.dir / "tests"), "-q", "-p", "no:cacheprovider"],
         cwd=tasks.REPO_ROOT,

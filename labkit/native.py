@@ -1,0 +1,160 @@
+"""Native runtimes: one virtualenv per lab image (``.venvs/<lab>[-<variant>]``), built with uv.
+
+Host tooling only (no torch): ``tasks.py`` calls :func:`ensure_env` before a native run.
+
+How an environment is made, from wheels alone (no compiler, no system libraries):
+
+1. ``uv venv --python 3.11`` (the locks are resolved for CPython 3.11 on Linux x86_64).
+2. torch at the shared image's pin (``images/<image>/requirements.in``) with the image lock as
+   constraints, *without* hash checking: the host's index decides the build (PyPI's CUDA 13 wheel,
+   or a CPU wheel a machine offers through ``UV_FIND_LINKS``), and the two builds hash differently.
+   A variant whose lock pins its own torch (the quantization lab's course stack) skips this step.
+3. The lab's lock, hash-checked (``--require-hashes --no-deps``: the lock is complete), minus the
+   packages ``lab.yaml`` ``native.replace`` swaps for a local project (with the reason there).
+4. ``uv pip check``.
+
+Every environment shares uv's cache (``UV_CACHE_DIR``, default ``~/.cache/uv``), so a package
+downloads once and later environments link it from the cache: a second lab's environment takes
+seconds. An environment is rebuilt from scratch (``--clear``) whenever its inputs change, which makes
+it an exact copy of the locks, as ``uv pip sync`` would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+from labkit.config import REPO_ROOT, Lab
+from labkit.errors import LabError
+
+IMAGES_DIR = REPO_ROOT / "images"
+VENVS_DIR = REPO_ROOT / ".venvs"
+PYTHON_VERSION = "3.11"
+
+
+def uv_command() -> list[str]:
+    """uv from the tooling virtualenv (``requirements-dev.txt`` pins it)."""
+    return [sys.executable, "-m", "uv"]
+
+
+def torch_pin(image: str) -> str:
+    """``torch==X`` from ``images/<image>/requirements.in``.
+
+    Raises:
+        LabError: the file pins no torch.
+    """
+    path = IMAGES_DIR / image / "requirements.in"
+    match = re.search(r"^torch==\S+", path.read_text(encoding="utf-8"), re.MULTILINE)
+    if not match:
+        raise LabError(f"{path} pins no torch version")
+    return match.group(0)
+
+
+def replacements(lab: Lab, profile: str | None) -> dict[str, Path]:
+    """``lab.yaml`` ``native.replace``: locked package -> local project installed in its place.
+
+    Only for the lab's default image (a variant brings its own lock). Each entry is
+    ``{package: {path: <folder relative to the lab>, why: <reason>}}``.
+
+    Raises:
+        LabError: an entry without ``path``/``why`` or a folder that does not exist.
+    """
+    if lab.variant_of(profile) if profile else None:
+        return {}
+    found = {}
+    for package, entry in (lab.meta.get("native", {}).get("replace") or {}).items():
+        if not isinstance(entry, dict) or not entry.get("path") or not entry.get("why"):
+            raise LabError(f"{lab.dir / 'lab.yaml'}: native.replace.{package} needs `path` and `why`")
+        folder = lab.dir / entry["path"]
+        if not (folder / "pyproject.toml").is_file():
+            raise LabError(f"{lab.dir / 'lab.yaml'}: native.replace.{package}: {folder} holds no pyproject.toml")
+        found[package.lower()] = folder
+    return found
+
+
+def without_packages(lock_text: str, names: set[str]) -> str:
+    """``lock_text`` (a uv/pip-compile lock) without the entries (and hash lines) of ``names``."""
+    out, skipping = [], False
+    for line in lock_text.splitlines():
+        if m := re.match(r"^([A-Za-z0-9_.\-]+)==", line):
+            skipping = m.group(1).lower() in names
+        elif line and not line.startswith((" ", "#")):
+            skipping = False
+        if not skipping:
+            out.append(line)
+    return "\n".join(out) + "\n"
+
+
+def env_inputs(lab: Lab, profile: str | None) -> list[Path]:
+    """Files whose content defines the environment: the image constraints, the lab lock, replacements."""
+    files = [IMAGES_DIR / lab.image / "constraints.txt", IMAGES_DIR / lab.image / "requirements.in"]
+    files.append(lab.requirements(profile))
+    for folder in replacements(lab, profile).values():
+        files += sorted(p for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    return files + [Path(__file__)]
+
+
+def env_stamp(lab: Lab, profile: str | None) -> str:
+    """SHA-256 over :func:`env_inputs` (paths and contents): a changed input means a rebuild."""
+    digest = hashlib.sha256()
+    for path in env_inputs(lab, profile):
+        digest.update(str(path.relative_to(REPO_ROOT)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def env_dir(lab: Lab, profile: str | None = None) -> Path:
+    return VENVS_DIR / lab.image_name(profile)
+
+
+def _uv(args: list[str], what: str) -> None:
+    cmd = [*uv_command(), *args]
+    print("+ uv " + shlex.join(args), flush=True)
+    result = subprocess.run(cmd, cwd=REPO_ROOT, check=False)
+    if result.returncode != 0:
+        raise LabError(f"{what} failed (uv exit {result.returncode}); see uv's message above")
+
+
+def ensure_env(lab: Lab, profile: str | None = None) -> Path:
+    """The Python of the native environment that runs ``profile``, (re)built if its inputs changed.
+
+    Raises:
+        LabError: uv finds no Python 3.11, or an install step fails (uv's own message is printed above).
+    """
+    target = env_dir(lab, profile)
+    python = target / "bin" / "python"
+    stamp = env_stamp(lab, profile)
+    stamp_file = target / ".lock-hash"
+    if python.exists() and stamp_file.is_file() and stamp_file.read_text(encoding="utf-8") == stamp:
+        return python
+    print(f"Creating the native environment {target} (once per lock change; uv's cache is shared)...", flush=True)
+    probe = subprocess.run(
+        [*uv_command(), "python", "find", PYTHON_VERSION], capture_output=True, text=True, check=False
+    )
+    if probe.returncode != 0:
+        raise LabError(
+            f"native runs need Python {PYTHON_VERSION} (the locks are resolved for it) and uv finds none: "
+            f"install it (Debian/Ubuntu: apt-get install python{PYTHON_VERSION}; or `uv python install "
+            f"{PYTHON_VERSION}`), or use RUNTIME=docker"
+        )
+    _uv(["venv", "--quiet", "--clear", "--python", probe.stdout.strip(), str(target)], "creating the virtualenv")
+    lock = lab.requirements(profile)
+    on_python = ["--python", str(python)]
+    if not re.search(r"^torch==", lock.read_text(encoding="utf-8"), re.MULTILINE):
+        constraints = IMAGES_DIR / lab.image / "constraints.txt"
+        _uv(["pip", "install", *on_python, "-c", str(constraints), torch_pin(lab.image)], "installing torch")
+    replace = replacements(lab, profile)
+    if replace:
+        trimmed = target / "requirements-native.txt"
+        trimmed.write_text(without_packages(lock.read_text(encoding="utf-8"), set(replace)), encoding="utf-8")
+        lock = trimmed
+    _uv(["pip", "install", *on_python, "--require-hashes", "--no-deps", "-r", str(lock)], f"installing {lock.name}")
+    for folder in replace.values():
+        _uv(["pip", "install", *on_python, "--no-deps", str(folder)], f"installing {folder.name}")
+    _uv(["pip", "check", *on_python], "checking the environment's dependencies")
+    stamp_file.write_text(stamp, encoding="utf-8")
+    return python
+

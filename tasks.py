@@ -390,6 +390,7 @@ def lock(c, lab=None):
         for folder in SHARED_IMAGES.values():
             uv_compile(c, folder / "requirements.in", folder / "requirements.txt", *LINUX, "--generate-hashes")
             uv_compile(c, folder / "requirements.in", folder / "constraints.txt", *LINUX, "--no-annotate")
+            uv_compile(c, folder / "uv.in", folder / "uv.txt", "--universal", "--generate-hashes")
         uv_compile(
             c, REPO_ROOT / "requirements-dev.in", REPO_ROOT / "requirements-dev.txt", "--universal", "--generate-hashes"
         )

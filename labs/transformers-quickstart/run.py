@@ -24,7 +24,6 @@ from pathlib import Path
 
 import torch
 import yaml
-from datasets import Audio, Dataset
 from transformers import (
     AutoModelForQuestionAnswering,
     AutoModelForSequenceClassification,
@@ -38,6 +37,7 @@ from transformers import (
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from labkit.audio import WHISPER_RATE, decode  # noqa: E402
 from labkit.device import accelerator_info  # noqa: E402
 from labkit.runner import RunContext, main  # noqa: E402
 from labkit.tiny import build_tiny_encoder, build_tiny_gpt2, build_tiny_whisper  # noqa: E402
@@ -107,12 +107,9 @@ def run_pipelines(cfg: dict, inputs: dict, out: Path, device: str) -> dict:
                 feature_extractor=tok.feature_extractor,
                 device=device,
             )
-            clip = Dataset.from_dict({"audio": [str(DATA / inputs["asr"])]}).cast_column(
-                "audio", Audio(sampling_rate=16000)
-            )
-            audio = clip[0]["audio"]
+            clip = decode(DATA / inputs["asr"], WHISPER_RATE)  # soundfile + soxr (labkit.audio)
             results[name] = pipe(
-                {"raw": audio["array"], "sampling_rate": audio["sampling_rate"]},
+                {"raw": clip.array, "sampling_rate": clip.sampling_rate},
                 generate_kwargs={"max_new_tokens": cfg["max_new_tokens"]},
             )
             continue

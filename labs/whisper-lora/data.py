@@ -9,8 +9,10 @@ Two sources, chosen by the profile's ``data.source``:
 * ``hub``: a Hub dataset with an audio column and a transcript column (``data.hub_dataset``).
 
 As in the course: train on train + validation, evaluate on test, sub-sample for the demo
-(``train_samples``/``eval_samples`` after a shuffle with ``shuffle_seed``), resample to 16 kHz with
-``cast_column("audio", Audio(sampling_rate=16000))``, drop unused columns.
+(``train_samples``/``eval_samples`` after a shuffle with ``shuffle_seed``), resample to 16 kHz, drop
+unused columns. The course decodes with ``cast_column("audio", Audio(sampling_rate=16000))``, which in
+``datasets`` >= 4 needs torchcodec and FFmpeg's system libraries; here ``labkit.audio`` decodes
+(soundfile + soxr, wheels only) and the ``audio`` column holds the file (path or bytes) until then.
 """
 
 from __future__ import annotations
@@ -23,25 +25,12 @@ from typing import Any
 import torch
 from datasets import Audio, Dataset, DatasetDict, Features, Value, concatenate_datasets, load_dataset
 
+from labkit.audio import decode
+
 from labkit import LabError
 from labkit.data import require_columns, subsample
 
 CV_REQUIRED = ("path", "sentence")
-
-
-def require_audio_decoder() -> None:
-    """Fail early, with what to install, if ``datasets`` cannot decode audio here.
-
-    ``datasets`` >= 4 decodes audio with torchcodec, which loads FFmpeg's shared libraries (4 to 7).
-    """
-    try:
-        from torchcodec.decoders import AudioDecoder  # noqa: F401
-    except (ImportError, OSError, RuntimeError) as exc:
-        raise LabError(
-            "audio decoding is unavailable: torchcodec could not load FFmpeg's shared libraries "
-            f"({str(exc).splitlines()[0]}). Install FFmpeg (Debian/Ubuntu: apt-get install ffmpeg) "
-            "or run the lab in its container (RUNTIME=docker)."
-        ) from exc
 
 
 def tsv_columns(tsv: Path) -> list[str]:
@@ -99,13 +88,11 @@ def load_hub(dataset_id: str, config: str | None, splits: list[str], revision: s
 
 
 def load_splits(cfg: dict, repo_root: Path) -> DatasetDict:
-    """``DatasetDict(train=..., test=...)`` with ``audio`` (decoded at ``cfg["sampling_rate"]``) and ``sentence``.
+    """``DatasetDict(train=..., test=...)`` with ``audio`` (the clip's path, or ``{"path", "bytes"}``) and ``sentence``.
 
     Raises:
-        LabError: unknown source, no audio decoder, or the dataset lacks the audio or text column
-            (lists its columns).
+        LabError: unknown source, or the dataset lacks the audio or text column (lists its columns).
     """
-    require_audio_decoder()
     if cfg["source"] == "common_voice_dir":
         root = Path(cfg["path"]) if Path(cfg["path"]).is_absolute() else repo_root / cfg["path"]
         load = lambda splits: load_common_voice_dir(root, splits)  # noqa: E731
@@ -121,22 +108,29 @@ def load_splits(cfg: dict, repo_root: Path) -> DatasetDict:
     dsd = subsample(dsd, {"train": cfg["train_samples"], "test": cfg["eval_samples"]}, cfg["shuffle_seed"])
     keep = {"audio", "sentence", "path"}
     dsd = dsd.remove_columns([c for c in dsd["train"].column_names if c not in keep])
-    return dsd.cast_column("audio", Audio(sampling_rate=cfg["sampling_rate"]))
+    if cfg["source"] == "hub":  # keep the encoded file; labkit.audio decodes it
+        dsd = dsd.cast_column("audio", Audio(decode=False))
+        if "path" not in dsd["train"].column_names:  # name clips in errors and predictions
+            dsd = dsd.map(lambda row, i: {"path": (row["audio"] or {}).get("path") or f"row {i}"}, with_indices=True)
+    return dsd
 
 
-def prepare_example(example: dict, processor: Any) -> dict:
+def prepare_example(example: dict, processor: Any, sampling_rate: int) -> dict:
     """Course ``prepare_dataset``: log-mel ``input_features`` (80 x 3000 float32) and token ``labels``.
 
+    Also returns the clip's ``source_rate`` (Hz) and ``duration_s`` for the data report.
+
     Raises:
-        LabError: the audio cannot be decoded (names the file).
+        LabError: the audio cannot be decoded (names the file and why).
     """
-    try:
-        audio = example["audio"]
-        array, rate = audio["array"], audio["sampling_rate"]
-    except Exception as exc:  # decoder errors come in many types (torchcodec, soundfile, OSError)
-        raise LabError(f"cannot decode audio file {example.get('path') or '?'}: {exc}") from exc
-    features = processor.feature_extractor(array, sampling_rate=rate).input_features[0]
-    return {"input_features": features, "labels": processor.tokenizer(example["sentence"]).input_ids}
+    clip = decode(example["audio"], sampling_rate)
+    features = processor.feature_extractor(clip.array, sampling_rate=clip.sampling_rate).input_features[0]
+    return {
+        "input_features": features,
+        "labels": processor.tokenizer(example["sentence"]).input_ids,
+        "source_rate": clip.source_rate,
+        "duration_s": clip.duration_s,
+    }
 
 
 @dataclass

@@ -18,12 +18,12 @@ def normalize(text: str) -> str:
     return "".join(WhisperTokenizer.basic_normalize(text).split())
 
 
-def transcribe(model, processor, audio: list[dict], generate_kwargs: dict, batch_size: int = 8) -> list[str]:
-    """Transcripts of decoded audio (``{"array", "sampling_rate"}`` dicts) with the ASR pipeline."""
+def transcribe(model, processor, audio: list, generate_kwargs: dict, batch_size: int = 8) -> list[str]:
+    """Transcripts of decoded clips (``labkit.audio.Decoded``) with the ASR pipeline."""
     asr = AutomaticSpeechRecognitionPipeline(
         model=model, tokenizer=processor.tokenizer, feature_extractor=processor.feature_extractor
     )
-    inputs = [{"raw": a["array"], "sampling_rate": a["sampling_rate"]} for a in audio]
+    inputs = [{"raw": a.array, "sampling_rate": a.sampling_rate} for a in audio]
     return [out["text"] for out in asr(inputs, batch_size=batch_size, generate_kwargs=generate_kwargs)]
 
 

@@ -19,7 +19,6 @@ import sys
 from pathlib import Path
 
 import torch
-from datasets import Audio
 from peft import PeftModel
 from transformers import WhisperProcessor
 
@@ -30,6 +29,7 @@ from data import DataCollatorSpeechSeq2SeqWithPadding, load_splits, prepare_exam
 from evaluate_asr import cer, transcribe  # noqa: E402
 from train import add_lora, build_trainer, load_base_model, logits_on  # noqa: E402
 
+from labkit.audio import decode  # noqa: E402
 from labkit.device import peak_memory_bytes  # noqa: E402
 from labkit.metrics import JsonlLogger, plot_loss, training_summary  # noqa: E402
 from labkit.rundir import remove_if_empty  # noqa: E402
@@ -42,12 +42,7 @@ def run(ctx: RunContext) -> dict:
 
     # 1. Data: Common Voice zh-CN (train+dev to train, test to evaluate), resampled to 16 kHz.
     dsd = load_splits(cfg["data"], ctx.repo_root)
-    source_rate = dsd["train"].cast_column("audio", Audio())[0]["audio"]["sampling_rate"]
-    print(
-        f"data: {len(dsd['train'])} train / {len(dsd['test'])} test clips, {source_rate} Hz -> "
-        f"{cfg['data']['sampling_rate']} Hz",
-        flush=True,
-    )
+    rate = cfg["data"]["sampling_rate"]
 
     # The smoke profile builds a tiny Whisper whose vocabulary covers the bundled transcripts.
     model_path = cfg["model"]["name_or_path"]
@@ -58,7 +53,17 @@ def run(ctx: RunContext) -> dict:
     processor = WhisperProcessor.from_pretrained(
         model_path, revision=cfg["model"]["revision"], language=cfg["language"], task=cfg["task"]
     )
-    tokenized = dsd.map(prepare_example, fn_kwargs={"processor": processor}, remove_columns=dsd["train"].column_names)
+    tokenized = dsd.map(
+        prepare_example, fn_kwargs={"processor": processor, "sampling_rate": rate}, remove_columns=["audio", "sentence"]
+    )
+    source_rates = sorted({r for split in tokenized.values() for r in split["source_rate"]})
+    hours = sum(sum(split["duration_s"]) for split in tokenized.values()) / 3600
+    print(
+        f"data: {len(dsd['train'])} train / {len(dsd['test'])} test clips, {hours:.2f} h, "
+        f"{', '.join(map(str, source_rates))} Hz -> {rate} Hz",
+        flush=True,
+    )
+    tokenized = tokenized.select_columns(["input_features", "labels"])
 
     # 2. Model: int8 Whisper + LoRA adapter.
     model = load_base_model(model_path, cfg["model"]["load_in_8bit"], ctx.device, cfg["model"]["revision"])
@@ -104,7 +109,7 @@ def run(ctx: RunContext) -> dict:
     reloaded = PeftModel.from_pretrained(base, adapter_dir)
     max_diff = float((logits_on(reloaded, probe) - trained_logits).abs().max())
     generate_kwargs = {"language": cfg["language"], "task": cfg["task"], **cfg["generation"]}
-    audio = list(dsd["test"]["audio"])
+    audio = [decode(a, rate, name=p) for a, p in zip(dsd["test"]["audio"], dsd["test"]["path"])]
     with reloaded.disable_adapter():
         before = transcribe(reloaded, processor, audio, generate_kwargs, cfg["eval_batch_size"])
     after = transcribe(reloaded, processor, audio, generate_kwargs, cfg["eval_batch_size"])
@@ -118,7 +123,8 @@ def run(ctx: RunContext) -> dict:
         "data": {
             "train_examples": len(dsd["train"]),
             "eval_examples": len(dsd["test"]),
-            "source_sampling_rate": source_rate,
+            "source_sampling_rates": source_rates,
+            "audio_hours": round(hours, 4),
             "sampling_rate": cfg["data"]["sampling_rate"],
             "input_features_shape": list(probe["input_features"].shape[1:]),
         },

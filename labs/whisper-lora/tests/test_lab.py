@@ -16,6 +16,7 @@ import torch
 from data import DataCollatorSpeechSeq2SeqWithPadding, load_common_voice_dir, load_splits, prepare_example
 from evaluate_asr import cer, normalize
 
+from labkit.audio import decode
 from labkit.config import get_lab, load_profile
 from labkit.device import select_device
 from labkit.errors import LabError
@@ -52,11 +53,13 @@ def test_loader_reads_the_release_layout_and_resamples_to_16k(cv_copy):
     assert len(dsd["train"]) == 9 and len(dsd["test"]) == 3  # train+dev / test
     assert set(dsd["train"].column_names) == {"audio", "sentence", "path"}  # unused columns dropped
     row = dsd["test"][0]
-    native, rate = sf.read(cv_copy / "clips" / row["path"])
+    assert row["audio"] == str(cv_copy / "clips" / row["path"])  # decoded later, by labkit.audio
+    native, rate = sf.read(row["audio"])
     assert rate == 22050
-    audio = row["audio"]
-    assert audio["sampling_rate"] == 16000
-    assert len(audio["array"]) == pytest.approx(len(native) * 16000 / 22050, rel=0.02)
+    clip = decode(row["audio"], 16000)
+    assert clip.sampling_rate == 16000 and clip.source_rate == 22050 and clip.array.dtype == np.float32
+    assert len(clip.array) == pytest.approx(len(native) * 16000 / 22050, rel=0.001)
+    assert clip.duration_s == pytest.approx(len(native) / 22050, abs=0.001)
 
 
 def test_sub_sampling_is_a_seeded_shuffle(cv_copy):
@@ -93,15 +96,16 @@ def test_missing_tsv_and_folder_say_what_to_do(tmp_path, cv_copy):
 def test_unreadable_audio_file_is_named(cv_copy, tiny):
     (cv_copy / "clips" / "common_voice_zh-CN_smoke_012.mp3").write_bytes(b"not an mp3 at all" * 10)
     dsd = load_splits(smoke_data_cfg(cv_copy), LAB.dir)
-    with pytest.raises(LabError, match="cannot decode audio file common_voice_zh-CN_smoke_012.mp3"):
-        dsd["test"].map(prepare_example, fn_kwargs={"processor": tiny[1]})
+    with pytest.raises(LabError, match="clips/common_voice_zh-CN_smoke_012.mp3 is not an audio file libsndfile can"):
+        dsd["test"].map(prepare_example, fn_kwargs={"processor": tiny[1], "sampling_rate": 16000})
 
 
 def test_prepare_gives_80x3000_features_and_prefixed_labels(cv_copy, tiny):
     _, processor = tiny
     dsd = load_splits(smoke_data_cfg(cv_copy), LAB.dir)
-    row = prepare_example(dsd["test"][2], processor)
+    row = prepare_example(dsd["test"][2], processor, 16000)
     assert np.asarray(row["input_features"]).shape == (80, 3000)
+    assert row["source_rate"] == 22050 and 0.5 < row["duration_s"] < 10
     tokens = processor.tokenizer.convert_ids_to_tokens(row["labels"])
     assert tokens[:4] == ["<|startoftranscript|>", "<|zh|>", "<|transcribe|>", "<|notimestamps|>"]
     assert tokens[-1] == "<|endoftext|>"
@@ -203,26 +207,103 @@ def test_gpu_memory_benchmark_runs_at_tiny_scale(tmp_path):
     assert report["peak_memory_bytes"] > 0 and math.isfinite(report["final_loss"])
 
 
-def test_infer_transcribes_with_a_saved_adapter_and_names_bad_files(tiny, tmp_path):
-    from infer import transcribe_files
+@pytest.fixture(scope="module")
+def adapter_run(tiny, tmp_path_factory):
+    """A run folder holding an (untrained) LoRA adapter on the tiny Whisper, as run.py saves it."""
     from peft import LoraConfig, get_peft_model
     from transformers import WhisperForConditionalGeneration
 
     path, processor = tiny
-    run = tmp_path / "run"
+    run = tmp_path_factory.mktemp("run")
     model = get_peft_model(
         WhisperForConditionalGeneration.from_pretrained(path), LoraConfig(r=4, target_modules=["q_proj"])
     )
     model.save_pretrained(run / "adapter")
     processor.save_pretrained(run / "adapter")
+    return run
+
+
+def speech_of_length(seconds: float, path, rate: int = 22050):
+    """The bundled clip repeated (with short silences) to ``seconds``, written as WAV at ``rate`` Hz."""
+    clip = decode(SMOKE_CV / "clips" / "common_voice_zh-CN_smoke_012.mp3", rate).array
+    unit = np.concatenate([clip, np.zeros(rate // 2, np.float32)])
+    sf.write(path, np.resize(unit, int(seconds * rate)), rate)
+    return path
+
+
+def test_infer_transcribes_short_and_long_recordings_in_one_process(adapter_run, tmp_path, capsys):
+    import infer
+
+    files = [speech_of_length(s, tmp_path / f"speech_{s}s.wav") for s in (29, 31, 185)]
+    code = infer.main(["--run", str(adapter_run), "--device", "cpu", "--max-new-tokens", "4", *map(str, files)])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    lines = out.strip().splitlines()
+    assert [line.split("\t")[0] for line in lines] == [str(f) for f in files]
+    assert all(len(line.split("\t")) == 2 for line in lines)
+    for seconds, f in zip((29, 31, 185), files):
+        assert f"{f}: 22050 Hz, {seconds:.1f} s, transcribed in" in err
+    assert err.count("model loaded in") == 1
+
+
+def test_infer_chunks_only_recordings_longer_than_the_window(adapter_run, tmp_path, monkeypatch):
+    import infer
+
+    transcriber = infer.Transcriber(adapter_run, "cpu")
+    seen = []
+    real = transcriber.pipeline
+    monkeypatch.setattr(transcriber, "pipeline", lambda audio, **kw: seen.append(kw) or real(audio, **kw))
+    for seconds in (29, 31):
+        transcriber(decode(speech_of_length(seconds, tmp_path / f"s{seconds}.wav"), 16000), max_new_tokens=2)
+    assert "chunk_length_s" not in seen[0]
+    assert seen[1]["chunk_length_s"] == 30.0 and seen[1]["stride_length_s"] == 5.0
+
+
+def test_infer_reports_bad_files_and_still_transcribes_the_others(adapter_run, tmp_path, capsys):
+    import infer
+
+    good = SMOKE_CV / "clips" / "common_voice_zh-CN_smoke_012.mp3"
+    text_as_flac = tmp_path / "notes.flac"
+    text_as_flac.write_text("this is a text file, not a recording\n" * 20)
+    m4a = tmp_path / "voice.m4a"
+    m4a.write_bytes(b"\x00\x00\x00\x20ftypM4A " + bytes(200))
+    missing = tmp_path / "missing.mp3"
+    code = infer.main(["--run", str(adapter_run), "--device", "cpu", "--max-new-tokens", "2", *map(str, [text_as_flac, good, missing, m4a, good])])
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert [line.split("\t")[0] for line in out.strip().splitlines()] == [str(good), str(good)]
+    assert "3 of 5 file(s) failed" in err
+    assert f"{text_as_flac} is not an audio file libsndfile can read" in err
+    assert f"audio file {missing} not found" in err
+    assert f"{m4a}: M4A/AAC is not a format libsndfile reads; convert it first, e.g. `ffmpeg -i {m4a}" in err
+
+
+def test_infer_without_an_adapter_exits_2(tmp_path, capsys):
+    import infer
+
     clip = SMOKE_CV / "clips" / "common_voice_zh-CN_smoke_012.mp3"
-    texts = transcribe_files(run, [clip, clip], device="cpu", max_new_tokens=4)
-    assert len(texts) == 2 and all(isinstance(t, str) for t in texts) and texts[0] == texts[1]
-    bad = tmp_path / "bad.mp3"
-    bad.write_bytes(b"not audio" * 20)
-    with pytest.raises(LabError, match=f"cannot decode audio file {bad}"):
-        transcribe_files(run, [bad], device="cpu")
-    with pytest.raises(LabError, match="audio file .*missing.mp3 not found"):
-        transcribe_files(run, [tmp_path / "missing.mp3"], device="cpu")
-    with pytest.raises(LabError, match="holds no adapter_config.json"):
-        transcribe_files(tmp_path, [clip], device="cpu")
+    assert infer.main(["--run", str(tmp_path), "--device", "cpu", str(clip)]) == 2
+    assert "holds no adapter_config.json" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fmt", ["WAV", "FLAC", "OGG", "MP3"])
+def test_audio_decodes_common_formats_to_mono_at_the_requested_rate(tmp_path, fmt):
+    rate = 22050
+    t = np.arange(rate) / rate
+    stereo = np.stack([np.sin(2 * np.pi * 440 * t), np.zeros_like(t)], axis=1).astype(np.float32) * 0.5
+    path = tmp_path / f"tone.{fmt.lower()}"
+    sf.write(path, stereo, rate, format=fmt)
+    clip = decode(path, 16000)
+    assert clip.array.ndim == 1 and clip.sampling_rate == 16000 and clip.source_rate == rate
+    assert clip.duration_s == pytest.approx(1.0, abs=0.06)  # MP3 adds encoder padding
+    assert np.abs(clip.array).max() == pytest.approx(0.25, abs=0.03)  # the two channels averaged
+    assert decode(path.read_bytes(), None, name=str(path)).sampling_rate == rate  # bytes, native rate
+
+
+def test_audio_errors_name_the_file(tmp_path):
+    empty = tmp_path / "empty.wav"
+    sf.write(empty, np.zeros((0, 1), np.float32), 16000)
+    with pytest.raises(LabError, match="empty.wav holds no audio samples"):
+        decode(empty)
+    with pytest.raises(LabError, match="audio file .*nope.wav not found"):
+        decode(tmp_path / "nope.wav")

@@ -12,7 +12,7 @@ SET ?=
 VARIANT ?=
 LAB ?=
 
-.PHONY: help list images smoke test doctor venv
+.PHONY: help list images smoke test doctor venv report
 
 help: ## Show the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 22
@@ -21,6 +21,7 @@ help: ## Show the targets
 
 $(VENV)/.installed: requirements-dev.txt
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "error: the tooling needs Python >= 3.11 ($(PYTHON) is older): set PYTHON=/path/to/python3.11" >&2; exit 2; }
+	@$(PYTHON) -c 'import ensurepip' 2>/dev/null || { echo "error: $(PYTHON) cannot create virtualenvs (no ensurepip). Debian/Ubuntu: sudo apt-get install python3.11-venv" >&2; exit 2; }
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --disable-pip-version-check -q --require-hashes -r requirements-dev.txt
 	@touch $@
@@ -41,6 +42,9 @@ smoke: $(VENV)/.installed ## Run every lab's smoke profile natively and verify i
 
 test: $(VENV)/.installed ## The whole test suite (LAB=<name> for one lab)
 	$(INVOKE) test $(if $(LAB),--lab $(LAB))
+
+report: $(VENV)/.installed ## Write outputs/report.html: every lab's newest runs, checks, plots, manifests
+	$(INVOKE) report
 
 doctor: $(VENV)/.installed ## Check Docker, the NVIDIA runtime and the GPU
 	$(INVOKE) doctor $(if $(LAB),--lab $(LAB))

@@ -26,7 +26,7 @@ from invoke import Exit, task
 from labkit.config import LABS_DIR, REPO_ROOT, get_lab, list_labs, load_profile
 from labkit.errors import LabError
 from labkit.native import ensure_env
-from labkit.rundir import check_writable, latest_run
+from labkit.rundir import check_writable, newest_completed_run, run_status
 from labkit.verify import format_table, verify_run
 
 IMAGE_PREFIX = "llm-labs"
@@ -339,7 +339,18 @@ def verify(c, lab=None, profile=None, run=None):
         targets.append((manifest_profile, Path(run)))
     else:
         for name in [profile] if profile else spec.profiles:
-            found = latest_run(output_root(), spec.name, name)
+            found, newer_failure = newest_completed_run(output_root(), spec.name, name)
+            if newer_failure:
+                print(
+                    f"note: {spec.name} / {name}: the newest run {newer_failure} did not complete "
+                    f"({run_status(newer_failure)}); "
+                    + (
+                        f"checking the newest completed run instead (--run {newer_failure} checks that one)"
+                        if found
+                        else "checking it"
+                    )
+                )
+            found = found or newer_failure
             if found:
                 targets.append((name, found))
             elif profile:
@@ -361,11 +372,27 @@ def verify(c, lab=None, profile=None, run=None):
         raise Exit(code=1)
 
 
+@task(positional=[], help={"out": "where to write the page (default: <outputs>/report.html)"})
+def report(c, out=None):
+    """One static HTML page of every lab's newest completed runs: checks, plots, metrics, manifest."""
+    from labkit.report import write_report
+
+    path, cards = write_report(output_root(), Path(out) if out else None)
+    for card in cards:
+        verdict = "no completed run" if card.passed is None else ("PASS" if card.passed else "FAIL")
+        print(f"{card.lab:<24} {card.profile:<14} {verdict}")
+    print(f"wrote {path} ({len(cards)} lab profile(s)); open it in a browser")
+
+
 @task(name="list")
 def list_(c):
     """List the labs with their course chapter and profiles."""
-    for spec in list_labs():
-        print(f"{spec.name:<20} ch.{spec.chapter:<3} {'/'.join(spec.profiles):<12} {spec.title}")
+    labs = list_labs()
+    rows = [("lab", "chapter", "profiles", "title")]
+    rows += [(s.name, str(s.chapter), " ".join(s.profiles), s.title) for s in labs]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[3])
 
 
 LINUX = ("--python-platform", "x86_64-manylinux_2_28")
@@ -469,11 +496,16 @@ def doctor(c, lab=None):
     positional=[],
     help={
         "lab": "only this lab (its unit tests, smoke run, broken-pipeline check, container path, and "
-        "verification of its latest runs under outputs/)"
+        "verification of its latest runs under outputs/)",
+        "jobs": "parallel test workers (pytest-xdist; default: 2, or 1 on a one-core machine); a lab's tests "
+        "stay on one worker",
     },
 )
-def test(c, lab=None):
-    """The whole suite: lint, static checks, unit tests, smoke runs, broken-pipeline checks, containers."""
+def test(c, lab=None, jobs=None):
+    """The whole suite: lint, static checks, unit tests, smoke runs, broken-pipeline checks, containers.
+
+    Ends with a table of test time per lab (also in outputs/test-times.json).
+    """
     python = sys.executable
     # The tooling venv's executables (hadolint, docker-compose) for this task and the tests it runs.
     os.environ["PATH"] = f"{Path(python).parent}{os.pathsep}{os.environ.get('PATH', '')}"
@@ -481,6 +513,15 @@ def test(c, lab=None):
     c.run(f"{python} -m ruff format --check .", echo=True)
     dockerfiles = [str(p.relative_to(REPO_ROOT)) for p in sorted(REPO_ROOT.glob("images/*/Dockerfile"))]
     dockerfiles += [str(p.relative_to(REPO_ROOT)) for p in sorted(LABS_DIR.glob("*/Dockerfile*"))]
+    dockerfiles += [str(p.relative_to(REPO_ROOT)) for p in sorted(REPO_ROOT.glob("tests/*/Dockerfile"))]
     c.run(shlex.join(["hadolint", *dockerfiles]), echo=True)
-    args = [python, "-m", "pytest", "tests", "-ra"] + (["--lab", lab_or_exit(lab).name] if lab else [])
+    if not docker_error():  # build the shared images once, before parallel workers need them
+        for name in SHARED_IMAGES:
+            images(c, name=name)
+    jobs = int(jobs) if jobs else min(2, os.cpu_count() or 1)
+    times = output_root() / "test-times.json"
+    times.parent.mkdir(parents=True, exist_ok=True)
+    args = [python, "-m", "pytest", "tests", "-ra", "--times-json", str(times)]
+    args += ["-n", str(jobs), "--dist", "loadgroup"] if jobs > 1 else []
+    args += ["--lab", lab_or_exit(lab).name] if lab else []
     c.run(shlex.join(args), echo=True, pty=False)

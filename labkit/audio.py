@@ -47,7 +47,7 @@ class Decoded:
 
 
 def decode(source: str | Path | bytes | dict, sampling_rate: int | None = WHISPER_RATE, name: str = "") -> Decoded:
-    """Decode an audio file (a path, its bytes, or a ``{"path", "bytes"}`` dict from ``datasets``' ``Audio(decode=False)``).
+    """Decode an audio file: a path, its bytes, or ``datasets``' ``Audio(decode=False)`` dict (``path``, ``bytes``).
 
     Channels are averaged to mono; ``sampling_rate`` (Hz) resamples with soxr's high-quality filter,
     ``None`` keeps the file's rate.

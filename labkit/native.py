@@ -157,4 +157,3 @@ def ensure_env(lab: Lab, profile: str | None = None) -> Path:
     _uv(["pip", "check", *on_python], "checking the environment's dependencies")
     stamp_file.write_text(stamp, encoding="utf-8")
     return python
-

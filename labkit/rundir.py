@@ -72,6 +72,35 @@ def latest_run(output_root: Path, lab: str, profile: str) -> Path | None:
     return link.resolve() if link.exists() else None
 
 
+def run_status(run_dir: Path) -> str:
+    """``status`` from a run's ``manifest.json`` (``completed``, ``failed``, ``running``), or ``missing``."""
+    try:
+        return str(json.loads((Path(run_dir) / "manifest.json").read_text(encoding="utf-8")).get("status"))
+    except (OSError, ValueError, AttributeError):
+        return "missing"
+
+
+def newest_completed_run(output_root: Path, lab: str, profile: str) -> tuple[Path | None, Path | None]:
+    """``(newest completed run, newer run that did not complete)`` of a lab's profile.
+
+    Run folders are UTC timestamps, so name order is time order. ``latest`` may point at a failed
+    or interrupted run; verification and the report use the newest *completed* one and name the
+    newer failure. Either element is ``None`` when there is no such run.
+    """
+    parent = Path(output_root) / lab / profile
+    runs = (
+        sorted((p for p in parent.iterdir() if p.is_dir() and not p.is_symlink()), reverse=True)
+        if parent.is_dir()
+        else []
+    )
+    newer_failure = None
+    for run_dir in runs:
+        if run_status(run_dir) == "completed":
+            return run_dir.resolve(), newer_failure
+        newer_failure = newer_failure or run_dir.resolve()
+    return None, newer_failure
+
+
 def remove_if_empty(directory: Path) -> None:
     """Remove ``directory`` if it exists and is empty (a Trainer ``output_dir`` nothing was saved to)."""
     if directory.is_dir() and not any(directory.iterdir()):

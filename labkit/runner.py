@@ -104,6 +104,8 @@ def main(lab_name: str, run: Callable[[RunContext], dict], argv: list[str] | Non
         set_seed(config["seed"])
         manifest = base_manifest(lab.name, args.profile, config["seed"], config, applied)
         write_json(run_dir / "manifest.json", {k: v for k, v in manifest.items() if k != "_t0"})
+        # Trainer's TensorBoardCallback (report_to: tensorboard) writes its event files here.
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "tensorboard")
         reset_peak_memory(device)
         metrics = run(RunContext(lab, args.profile, config, device, run_dir))
         from labkit.metrics import write_metrics

@@ -3,14 +3,15 @@
 An expected file (``labs/<lab>/expected/<profile>.yaml``) lists files the run must leave and bounds
 on values in its ``metrics.json``::
 
-    files: [manifest.json, metrics.json, adapter/adapter_config.json]
+    files: [manifest.json, metrics.json, adapter/adapter_config.json, tensorboard/events.out.tfevents.*]
     metrics:
       train.loss_drop_ratio: {min: 0.05, source: "measured: 5 smoke runs, 0.31-0.33; margin x6"}
       lora.r: {equals: 4, source: "course chapter 7 LoraConfig"}
       reload.max_abs_logit_diff: {max: 1.0e-4, source: "..."}
       eval.cer_after: {equals: 0.32, tolerance: 0.05, source: "..."}
 
-Checks: ``min`` and ``max`` (inclusive), ``equals`` (exact, or within ``tolerance`` for numbers).
+A file entry may be a glob pattern; one non-empty match satisfies it. Checks: ``min`` and ``max``
+(inclusive), ``equals`` (exact, or within ``tolerance`` for numbers).
 Every metric check names its ``source``: the paper, course notebook or measured runs its number comes
 from. The run's ``manifest.json`` must also say ``status: completed``.
 """
@@ -115,9 +116,9 @@ def verify_run(run_dir: Path, expected_path: Path) -> list[Check]:
     if not run_dir.is_dir():
         raise LabError(f"run directory {run_dir} does not exist")
     checks = [_manifest_check(run_dir)]
-    for rel in expected["files"]:
-        path = run_dir / rel
-        present = path.is_file() and path.stat().st_size > 0
+    for rel in expected["files"]:  # a glob pattern (tensorboard/events.out.tfevents.*) needs one match
+        paths = sorted(run_dir.glob(rel)) if any(ch in rel for ch in "*?[") else [run_dir / rel]
+        present = any(p.is_file() and p.stat().st_size > 0 for p in paths)
         checks.append(Check(f"file {rel}", "exists, non-empty", "yes" if present else "missing", present))
     try:
         metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))

@@ -1,12 +1,30 @@
-"""Shared fixtures: which labs the suite covers (``--lab``), and helpers to run them."""
+"""Shared fixtures: which labs the suite covers (``--lab``), parallel grouping, and the per-lab time table.
+
+With pytest-xdist (``invoke test`` passes ``-n``), every test of one lab goes to the same worker
+(``xdist_group``), in file order: the lab's environment is built once and its smoke run precedes its
+broken-pipeline run. At the end a table gives each lab's test time (setup + call + teardown, summed
+over its tests), so CI growth per lab is visible; ``--times-json FILE`` also writes it as JSON.
+"""
 
 from __future__ import annotations
 
+import json
+import re
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
 from labkit.config import list_labs
+
+SHARED = "(shared: static, tasks, fresh machine)"
+_times: dict[str, float] = defaultdict(float)
+_counts: dict[str, int] = defaultdict(int)
 
 
 def pytest_addoption(parser):
     parser.addoption("--lab", default=None, help="only test this lab")
+    parser.addoption("--times-json", default=None, help="write the per-lab time table here (JSON)")
 
 
 def pytest_generate_tests(metafunc):
@@ -14,3 +32,36 @@ def pytest_generate_tests(metafunc):
         only = metafunc.config.getoption("--lab")
         labs = [lab for lab in list_labs() if only in (None, lab.name)]
         metafunc.parametrize("lab", labs, ids=[lab.name for lab in labs])
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        lab = getattr(getattr(item, "callspec", None), "params", {}).get("lab")
+        if lab is not None:
+            item.add_marker(pytest.mark.xdist_group(lab.name))
+
+
+def lab_of(nodeid: str) -> str:
+    """The lab a test id belongs to (``...[whisper-lora]``), else the shared bucket."""
+    known = {lab.name for lab in list_labs()}
+    match = re.search(r"\[([^\]]+)\]$", nodeid)
+    return match.group(1) if match and match.group(1) in known else SHARED
+
+
+def pytest_runtest_logreport(report):
+    _times[lab_of(report.nodeid)] += report.duration
+    if report.when == "call":
+        _counts[lab_of(report.nodeid)] += 1
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    if not _times:
+        return
+    rows = sorted(_times.items(), key=lambda kv: -kv[1])
+    terminalreporter.section("time per lab (test time summed; parallel workers overlap)")
+    for name, seconds in rows:
+        terminalreporter.write_line(f"{name:<40} {_counts[name]:>4} tests {seconds / 60:7.1f} min")
+    terminalreporter.write_line(f"{'total':<40} {sum(_counts.values()):>4} tests {sum(_times.values()) / 60:7.1f} min")
+    if path := config.getoption("--times-json"):
+        table = {name: {"tests": _counts[name], "seconds": round(s, 1)} for name, s in rows}
+        Path(path).write_text(json.dumps(table, indent=2) + "\n", encoding="utf-8")

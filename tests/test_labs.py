@@ -75,7 +75,7 @@ def test_full_profile_without_accelerator_fails_clearly(lab, outputs):
         pytest.skip("this host has an accelerator")
     with pytest.raises(LabError, match="PROFILE=full needs a CUDA GPU or an Ascend NPU.*Use PROFILE=smoke"):
         tasks.run_lab(lab, "full", "native", [], outputs)
-    assert tasks.latest_run(outputs, lab.name, "full") is None  # failed before writing anything
+    assert latest_run(outputs, lab.name, "full") is None  # failed before writing anything
 
 
 def test_unknown_override_and_unwritable_outputs_fail_before_training(lab, tmp_path):

@@ -25,9 +25,8 @@ from typing import Any
 import torch
 from datasets import Audio, Dataset, DatasetDict, Features, Value, concatenate_datasets, load_dataset
 
-from labkit.audio import decode
-
 from labkit import LabError
+from labkit.audio import decode
 from labkit.data import require_columns, subsample
 
 CV_REQUIRED = ("path", "sentence")

@@ -132,7 +132,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{path}\t{out['text'].strip()}", flush=True)
         for chunk in out.get("chunks", []) if args.timestamps else []:
             start, end = chunk["timestamp"]
-            print(f"  [{start or 0:7.2f} -> {end if end is not None else clip.duration_s:7.2f}] {chunk['text'].strip()}")
+            print(
+                f"  [{start or 0:7.2f} -> {end if end is not None else clip.duration_s:7.2f}] {chunk['text'].strip()}"
+            )
     if failures:
         print(f"{len(failures)} of {len(args.files)} file(s) failed:", file=sys.stderr)
         for path, why in failures:

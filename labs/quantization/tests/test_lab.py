@@ -157,3 +157,27 @@ def test_short_custom_calibration_stops_the_run_before_training(tmp_path, capsys
     assert "custom (file " in capsys.readouterr().err
     run_dir = next((tmp_path / "out" / "quantization" / "smoke").glob("2*"))
     assert not (run_dir / "pretrain_log.jsonl").exists() and not (run_dir / "models").exists()
+
+
+def test_pcre_module_matches_what_gptqmodel_uses():
+    """Natively `pcre` is native/pypcre-stdlib (re-backed); in the image it is the real pypcre. Both
+    must handle GPTQModel 7.6's own patterns and flags the same way."""
+    import pcre
+
+    shard = pcre.compile(rf"{pcre.escape('model')}-\d{{5}}-of-\d{{5}}\.safetensors")
+    assert shard.fullmatch("model-00001-of-00002.safetensors")
+    assert not shard.fullmatch("modelX00001-of-00002.safetensors")
+    size = pcre.compile(r"^(\d+)\s*([KMGT]?B)$", flags=pcre.Flag.CASELESS)
+    assert size.match("5gb").groups() == ("5", "gb")
+    assert pcre.compile(r"^#define X (\d+)$", flags=pcre.Flag.MULTILINE).findall("a\n#define X 3\n") == ["3"]
+    assert pcre.split(r"[;\s,]+", "a; b,c") == ["a", "b", "c"]
+    assert isinstance(pcre.compile(r"x"), pcre.Pattern)
+
+
+def test_pcre_stdlib_refuses_flags_re_cannot_honour():
+    import pcre
+
+    if not pcre.__version__.endswith("+stdlib"):
+        pytest.skip("the real pypcre (container image)")
+    with pytest.raises(NotImplementedError, match="no Python re equivalent"):
+        pcre.compile("x", flags=0x80000000)  # PCRE2_ANCHORED

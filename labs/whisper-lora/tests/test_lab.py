@@ -268,7 +268,17 @@ def test_infer_reports_bad_files_and_still_transcribes_the_others(adapter_run, t
     m4a = tmp_path / "voice.m4a"
     m4a.write_bytes(b"\x00\x00\x00\x20ftypM4A " + bytes(200))
     missing = tmp_path / "missing.mp3"
-    code = infer.main(["--run", str(adapter_run), "--device", "cpu", "--max-new-tokens", "2", *map(str, [text_as_flac, good, missing, m4a, good])])
+    code = infer.main(
+        [
+            "--run",
+            str(adapter_run),
+            "--device",
+            "cpu",
+            "--max-new-tokens",
+            "2",
+            *map(str, [text_as_flac, good, missing, m4a, good]),
+        ]
+    )
     out, err = capsys.readouterr()
     assert code == 1
     assert [line.split("\t")[0] for line in out.strip().splitlines()] == [str(good), str(good)]

@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import re
 from enum import IntFlag
-
-from re import Match, Pattern, escape, error, findall, finditer, fullmatch, match, search, split, sub, subn
+from re import Match, Pattern, error, escape, findall, finditer, fullmatch, match, search, split, sub, subn
 
 __all__ = [
     "Flag",

@@ -1,0 +1,65 @@
+"""labkit.native: how native environments are defined, rebuilt and explained when they cannot be."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from labkit import native
+from labkit.config import get_lab
+from labkit.errors import LabError
+
+LOCK = """\
+# header
+gptqmodel==7.6.0 \\
+    --hash=sha256:aaa
+    # via -r in
+pypcre==0.6.4 \\
+    --hash=sha256:bbb \\
+    --hash=sha256:ccc
+    # via
+    #   defuser
+torchao==0.18.0 \\
+    --hash=sha256:ddd
+"""
+
+
+def test_without_packages_drops_the_entry_and_its_hashes_only():
+    out = native.without_packages(LOCK, {"pypcre"})
+    assert "pypcre" not in out and "bbb" not in out and "ccc" not in out
+    assert "gptqmodel==7.6.0 \\\n    --hash=sha256:aaa" in out and "torchao==0.18.0 \\\n    --hash=sha256:ddd" in out
+
+
+def test_quantization_replaces_pypcre_natively_but_not_in_its_course_variant():
+    lab = get_lab("quantization")
+    found = native.replacements(lab, "smoke")
+    assert set(found) == {"pypcre"} and (found["pypcre"] / "pcre" / "__init__.py").is_file()
+    assert native.replacements(lab, "course-smoke") == {}
+    assert native.replacements(get_lab("whisper-lora"), "smoke") == {}
+
+
+def test_replacement_without_a_reason_is_refused():
+    lab = get_lab("quantization")
+    meta = {**lab.meta, "native": {"replace": {"pypcre": {"path": "native/pypcre-stdlib"}}}}
+    with pytest.raises(LabError, match="native.replace.pypcre needs `path` and `why`"):
+        native.replacements(replace(lab, meta=meta), "smoke")
+
+
+def test_stamp_follows_the_lock_and_the_replacement_sources(tmp_path, monkeypatch):
+    lab = get_lab("quantization")
+    before = native.env_stamp(lab, "smoke")
+    assert before == native.env_stamp(lab, "smoke")
+    assert before != native.env_stamp(lab, "course-smoke")  # its own lock, own environment
+    assert native.env_dir(lab, "course-smoke").name == "quantization-course"
+    source = native.replacements(lab, "smoke")["pypcre"] / "pcre" / "__init__.py"
+    real_read = type(source).read_bytes
+    monkeypatch.setattr(type(source), "read_bytes", lambda p: real_read(p) + (b"#" if p == source else b""))
+    assert native.env_stamp(lab, "smoke") != before
+
+
+def test_no_python_311_is_explained(monkeypatch, tmp_path):
+    monkeypatch.setattr(native, "VENVS_DIR", tmp_path)
+    monkeypatch.setattr(native, "uv_command", lambda: ["false"])  # `uv python find 3.11` finds nothing
+    with pytest.raises(LabError, match=r"native runs need Python 3.11 .*apt-get install python3.11.*RUNTIME=docker"):
+        native.ensure_env(get_lab("whisper-lora"))

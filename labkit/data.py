@@ -1,15 +1,112 @@
-"""Dataset loading the labs share: a Hub dataset or local JSON lines, column checks, sub-sampling.
+"""Dataset loading the labs share: a Hub dataset or local JSON lines, column and text checks, sub-sampling.
 
 Imported by lab code only (it needs ``datasets``); the host tooling never imports it.
+
+Text columns (reviews, questions, contexts, transcripts, instructions, responses) are checked as
+one kind, in every lab, before anything else sees them: a row whose text is null, empty (or only
+whitespace) or not a string is either an error naming the file, the line and the column
+(``bad_text: fail``, every lab's default) or dropped and counted (``bad_text: drop``; the counts go to
+``metrics.json``). CSV/TSV readers keep words such as ``null``, ``NA`` or ``None`` as text.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from datasets import DatasetDict, load_dataset
+import pyarrow as pa
+import pyarrow.compute as pc
+from datasets import Dataset, DatasetDict, load_dataset
 
 from labkit.errors import LabError
+from labkit.verify import fingerprint
+
+BAD_TEXT_POLICIES = ("fail", "drop")
+#: CSV/TSV options for ``load_dataset("csv", ...)``: no value is read as missing (pandas would
+#: otherwise turn "NA", "null", "None", "nan" and empty fields into NaN), so a transcript that is
+#: exactly such a word stays text and an empty field stays "" (which the text check then reports).
+CSV_KEEP_TEXT = {"keep_default_na": False, "na_filter": False}
+
+
+def bad_text_rows(ds: Dataset, column: str) -> dict[str, list[int]]:
+    """Row indices (0-based, in ``ds``' order) whose ``column`` is not usable text, by kind.
+
+    Kinds: ``"missing (null)"``, ``"empty"`` (empty or whitespace only), ``"not text (<arrow type>)"``
+    (the whole column when its type is not a string).
+    """
+    values = ds.with_format("arrow")[column]
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
+        if pa.types.is_null(values.type):
+            return {"missing (null)": list(range(len(values)))}
+        return {f"not text ({values.type})": list(range(len(values)))}
+    found = {}
+    nulls = pc.is_null(values)
+    empty = pc.and_(pc.invert(nulls), pc.equal(pc.utf8_trim_whitespace(values.fill_null("")), ""))
+    for kind, mask in (("missing (null)", nulls), ("empty", empty)):
+        rows = pc.indices_nonzero(mask).to_pylist()
+        if rows:
+            found[kind] = rows
+    return found
+
+
+def check_texts(
+    ds: Dataset, columns: tuple[str, ...] | list[str], policy: str, where: str, first_line: int | None = None
+) -> tuple[Dataset, dict[str, int]]:
+    """Check ``columns`` of ``ds`` for null, empty and non-string values (see the module docstring).
+
+    Args:
+        ds: rows in the order of their source (before shuffling or sub-sampling).
+        columns: the text columns this lab reads.
+        policy: ``"fail"`` or ``"drop"`` (a profile's ``data.bad_text``).
+        where: the source, for messages: a file path, or ``"<hub id> split <name>"``.
+        first_line: the file line of row 0 (1 for JSON lines, 2 for a CSV/TSV with a header);
+            ``None`` numbers rows from 0 instead.
+
+    Returns:
+        ``(ds without the bad rows, {column: rows dropped})`` (nothing dropped under ``fail``).
+
+    Raises:
+        LabError: ``policy`` is ``fail`` and a row is bad (names the source, line/row, column and the
+            way to drop such rows), or ``policy`` is unknown.
+    """
+    if policy not in BAD_TEXT_POLICIES:
+        raise LabError(f"data.bad_text={policy!r}: use one of {', '.join(BAD_TEXT_POLICIES)}")
+
+    def place(row: int) -> str:
+        return f"line {row + first_line}" if first_line is not None else f"row {row}"
+
+    bad_rows: set[int] = set()
+    counts: dict[str, int] = {}
+    for column in columns:
+        found = bad_text_rows(ds, column)
+        rows = sorted({r for rs in found.values() for r in rs})
+        if not rows:
+            continue
+        if policy == "fail":
+            kind, first = min(((k, rs[0]) for k, rs in found.items()), key=lambda kr: kr[1])
+            more = (
+                f" (and {len(rows) - 1} more row(s): {', '.join(place(r) for r in rows[1:6])}" if len(rows) > 1 else ""
+            )
+            more += ", ...)" if len(rows) > 6 else (")" if more else "")
+            raise LabError(
+                f"{where}: column {column!r} is {kind} at {place(first)}{more}. Fix the data, or set "
+                "data.bad_text=drop to drop such rows (they are counted in metrics.json)."
+            )
+        counts[column] = len(rows)
+        bad_rows.update(rows)
+    if bad_rows:
+        keep = [i for i in range(len(ds)) if i not in bad_rows]
+        ds = ds.select(keep)
+        print(f"{where}: dropped {len(bad_rows)} row(s) with missing or empty text ({counts})", flush=True)
+    return ds, counts
+
+
+def hub_or_json_fingerprint(cfg: dict, repo_root: Path, splits: tuple[str, ...]) -> str:
+    """``labkit.verify.fingerprint`` of what :func:`load_hub_or_json` reads for ``cfg`` (a profile's ``data``)."""
+    if cfg["source"] == "json":
+        return fingerprint({split: repo_root / cfg["files"][split] for split in splits})
+    return fingerprint({split: f"hub:{cfg['hub_dataset']}@{cfg['hub_revision']}" for split in splits})
 
 
 def require_columns(dsd: DatasetDict, columns: tuple[str, ...] | list[str], hint: str = "") -> None:
@@ -23,14 +120,25 @@ def require_columns(dsd: DatasetDict, columns: tuple[str, ...] | list[str], hint
             )
 
 
-def load_hub_or_json(cfg: dict, repo_root: Path, splits: tuple[str, ...], columns: tuple[str, ...]) -> DatasetDict:
+def load_hub_or_json(
+    cfg: dict,
+    repo_root: Path,
+    splits: tuple[str, ...],
+    columns: tuple[str, ...],
+    text_columns: tuple[str, ...] = (),
+) -> tuple[DatasetDict, dict]:
     """``splits`` of ``cfg["hub_dataset"]`` (``source: hub``) or of local JSON-lines files (``source: json``).
 
-    ``cfg`` is a profile's ``data`` section: ``source``, ``hub_dataset``, ``hub_revision`` and
-    ``files`` (split name -> path relative to ``repo_root``). The Hub honours ``HF_ENDPOINT`` and ``HF_TOKEN``.
+    ``cfg`` is a profile's ``data`` section: ``source``, ``hub_dataset``, ``hub_revision``, ``files``
+    (split name -> path relative to ``repo_root``) and ``bad_text`` (``fail``/``drop``, for
+    ``text_columns``; see :func:`check_texts`). The Hub honours ``HF_ENDPOINT`` and ``HF_TOKEN``.
+
+    Returns:
+        ``(dataset dict, {split: {column: rows dropped}})``.
 
     Raises:
-        LabError: unknown source, a missing file, or a split without ``columns`` (lists what is there).
+        LabError: unknown source, a missing file, a split without ``columns`` (lists what is there),
+            or bad text under ``bad_text: fail`` (names file, line and column).
     """
     if cfg["source"] == "hub":
         dsd = load_dataset(cfg["hub_dataset"], revision=cfg["hub_revision"])
@@ -39,11 +147,28 @@ def load_hub_or_json(cfg: dict, repo_root: Path, splits: tuple[str, ...], column
         for path in files.values():
             if not path.is_file():
                 raise LabError(f"data file {path} not found")
-        dsd = load_dataset("json", data_files={k: str(v) for k, v in files.items()})
+        try:
+            dsd = load_dataset("json", data_files={k: str(v) for k, v in files.items()})
+        except Exception as exc:  # datasets wraps pyarrow's JSON errors in several types
+            cause = exc.__cause__ or exc
+            raise LabError(
+                f"cannot read {', '.join(map(str, files.values()))} as JSON lines (one object per line, "
+                f"each column of one type): {type(cause).__name__}: {str(cause).splitlines()[0][:300]}"
+            ) from exc
     else:
         raise LabError(f"data.source {cfg['source']!r} is not one of hub, json")
     require_columns(dsd, columns)
-    return DatasetDict({split: dsd[split] for split in splits})
+    dsd = DatasetDict({split: dsd[split] for split in splits})
+    dropped = {}
+    for split in splits:
+        if cfg["source"] == "json":
+            where, first = str(repo_root / cfg["files"][split]), 1
+        else:
+            where, first = f"{cfg['hub_dataset']} split {split}", None
+        dsd[split], counts = check_texts(dsd[split], text_columns, cfg.get("bad_text", "fail"), where, first)
+        if counts:
+            dropped[split] = counts
+    return dsd, dropped
 
 
 def subsample(dsd: DatasetDict, sizes: dict[str, int | None], seed: int) -> DatasetDict:

@@ -23,8 +23,10 @@ from labkit.errors import LabError
 SMOKE_BANNER = """\
 ================================================================================
  SMOKE PROFILE: a tiny model of the same architecture built here (random or
- briefly trained), bundled data, CPU, offline. It checks the mechanics (data,
- training, quantizing, saving, reloading, metrics), not the course's results.
+ briefly trained), CPU, offline, on the bundled data unless you point the
+ profile's data settings at yours (then the checks that count the bundled data
+ are skipped, the others still apply). It checks the mechanics (data, training,
+ quantizing, saving, reloading, metrics), not the course's results.
  For the real run use PROFILE=full on a GPU host.
 ================================================================================"""
 

@@ -14,10 +14,23 @@ A file entry may be a glob pattern; one non-empty match satisfies it. Checks: ``
 (inclusive), ``equals`` (exact, or within ``tolerance`` for numbers).
 Every metric check names its ``source``: the paper, course notebook or measured runs its number comes
 from. The run's ``manifest.json`` must also say ``status: completed``.
+
+Checks that only hold for the data the expectations were set on (the bundled smoke data, the
+course's dataset) say ``depends_on_data: true``, and the file names that data::
+
+    data:
+      fingerprint: "sha256:..."        # labkit.data.fingerprint of the bundled files (or hub:<id>@<rev>)
+      about: "the 12 bundled clips"
+    metrics:
+      data.train_examples: {equals: 9, depends_on_data: true, source: "..."}
+
+A run on other data (its ``metrics.json`` ``data.fingerprint`` differs) keeps every other check
+(files, loss falls, reload matches ...) and reports those as SKIP, with the reason.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -28,6 +41,7 @@ from labkit.config import read_yaml
 from labkit.errors import LabError
 
 BOUND_KEYS = {"min", "max", "equals", "tolerance"}
+OTHER_DATA = "skipped: the run used other data than these values were set on"
 
 
 @dataclass(frozen=True)
@@ -38,6 +52,12 @@ class Check:
     expected: str
     got: str
     passed: bool
+    skipped: bool = False
+
+    @property
+    def result(self) -> str:
+        """``PASS``, ``FAIL`` or ``SKIP`` (a data-dependent check on other data)."""
+        return "SKIP" if self.skipped else ("PASS" if self.passed else "FAIL")
 
 
 def load_expected(path: Path) -> dict:
@@ -48,8 +68,11 @@ def load_expected(path: Path) -> dict:
             bound, missing ``source``).
     """
     data = read_yaml(path)
-    if not isinstance(data, dict) or not set(data) <= {"description", "files", "metrics"}:
-        raise LabError(f"{path}: expected a mapping with keys files, metrics (and description)")
+    if not isinstance(data, dict) or not set(data) <= {"description", "files", "metrics", "data"}:
+        raise LabError(f"{path}: expected a mapping with keys files, metrics (and description, data)")
+    about = data.get("data") or {}
+    if not isinstance(about, dict) or (about and not isinstance(about.get("fingerprint"), str)):
+        raise LabError(f"{path}: 'data' must be a mapping with a 'fingerprint' string (and 'about')")
     files = data.get("files") or []
     if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
         raise LabError(f"{path}: 'files' must be a list of paths relative to the run directory")
@@ -60,9 +83,13 @@ def load_expected(path: Path) -> dict:
         where = f"{path}: metric {name!r}"
         if not isinstance(spec, dict):
             raise LabError(f"{where} must be a mapping like {{min: 0.1, source: ...}}")
-        unknown = set(spec) - BOUND_KEYS - {"source"}
+        unknown = set(spec) - BOUND_KEYS - {"source", "depends_on_data"}
         if unknown:
-            raise LabError(f"{where} has unknown keys {sorted(unknown)}; use min, max, equals, tolerance, source")
+            raise LabError(
+                f"{where} has unknown keys {sorted(unknown)}; use min, max, equals, tolerance, source, depends_on_data"
+            )
+        if spec.get("depends_on_data") and not about:
+            raise LabError(f"{where} depends_on_data, but the file has no data.fingerprint to compare with")
         if not set(spec) & {"min", "max", "equals"}:
             raise LabError(f"{where} has no bound: give min, max or equals")
         if not spec.get("source"):
@@ -72,7 +99,24 @@ def load_expected(path: Path) -> dict:
                 raise LabError(f"{where}: {key} must be a number, got {spec[key]!r}")
         if "tolerance" in spec and not _is_number(spec.get("equals")):
             raise LabError(f"{where}: tolerance needs a numeric equals")
-    return {"files": files, "metrics": metrics}
+    return {"files": files, "metrics": metrics, "data": about}
+
+
+def fingerprint(parts: dict[str, Path | str]) -> str:
+    """``sha256:<hex>`` naming a run's data: for each part (sorted by name) a local file's content,
+    or a string such as ``hub:<dataset>@<revision>`` for remote data.
+
+    Labs put it in ``metrics.json`` as ``data.fingerprint``; expected files that hold data-dependent
+    values carry the fingerprint of the data they were set on (``labkit.verify``), so a run on your
+    own data skips those checks instead of failing them. Names are split names or paths inside the
+    data folder (never absolute paths): the same files copied elsewhere give the same fingerprint.
+    """
+    digest = hashlib.sha256()
+    for name in sorted(parts):
+        value = parts[name]
+        content = Path(value).read_bytes() if isinstance(value, Path) else str(value).encode()
+        digest.update(name.encode() + b"\0" + hashlib.sha256(content).digest())
+    return "sha256:" + digest.hexdigest()
 
 
 def lookup(metrics: dict, dotted: str) -> Any:
@@ -124,7 +168,11 @@ def verify_run(run_dir: Path, expected_path: Path) -> list[Check]:
         metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         metrics = None
+    other_data = same_data(expected, metrics) is False
     for name, spec in expected["metrics"].items():
+        if other_data and spec.get("depends_on_data"):
+            checks.append(Check(name, check_metric(name, spec, None).expected, OTHER_DATA, True, skipped=True))
+            continue
         try:
             value = lookup(metrics, name) if metrics is not None else None
         except KeyError:
@@ -136,11 +184,20 @@ def verify_run(run_dir: Path, expected_path: Path) -> list[Check]:
     return checks
 
 
+def same_data(expected: dict, metrics: dict | None) -> bool | None:
+    """Whether the run used the data the expectations were set on: ``None`` if the expected file
+    names no data; ``False`` if the run's ``data.fingerprint`` is missing or differs."""
+    if not expected.get("data"):
+        return None
+    try:
+        return lookup(metrics or {}, "data.fingerprint") == expected["data"]["fingerprint"]
+    except KeyError:
+        return False
+
+
 def format_table(checks: list[Check]) -> str:
     """The check / expected / got / result table printed by ``invoke test`` and ``invoke verify``."""
-    rows = [("check", "expected", "got", "result")] + [
-        (c.name, c.expected, c.got, "PASS" if c.passed else "FAIL") for c in checks
-    ]
+    rows = [("check", "expected", "got", "result")] + [(c.name, c.expected, c.got, c.result) for c in checks]
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))

@@ -6,6 +6,7 @@ These tests run the labs the way `make lab-<name>` does (tasks.run_lab), in thro
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -52,6 +53,7 @@ def test_smoke_run_passes_verification(lab, outputs, monkeypatch):
     assert code == 0
     run_dir, checks = verify_latest(outputs, lab)
     assert all(c.passed for c in checks), [c for c in checks if not c.passed]
+    assert not any(c.skipped for c in checks), "the bundled data must match expected/smoke.yaml's data.fingerprint"
     for path in run_dir.rglob("*"):  # secrets are passed at run time and never written
         if path.is_file():
             assert SECRET.encode() not in path.read_bytes(), f"HF_TOKEN leaked into {path}"
@@ -68,6 +70,37 @@ def test_broken_pipeline_fails_verification(lab, outputs):
         assert "train.loss_drop_ratio" in failed
     earlier = sorted(p for p in run_dir.parent.iterdir() if p.name != "latest")
     assert len(earlier) >= 2 and all((p / "manifest.json").exists() for p in earlier)  # nothing overwritten
+
+
+def test_smoke_on_your_own_data_skips_only_the_data_dependent_checks(tmp_path):
+    """The issue's case: whisper-lora's smoke profile pointed at other clips (CV_DIR / data.path)
+    verifies: counts of the bundled clips are skipped (SKIP), the mechanics checks still apply."""
+    import csv
+
+    from labkit.config import get_lab
+
+    lab = get_lab("whisper-lora")
+    own = tmp_path / "zh-CN"
+    shutil.copytree(lab.dir / "data" / "smoke" / "cv-corpus-smoke" / "zh-CN", own)
+    rows = list(csv.reader((own / "test.tsv").open(encoding="utf-8"), delimiter="\t"))
+    with (own / "test.tsv").open("w", encoding="utf-8", newline="") as f:
+        csv.writer(f, delimiter="\t").writerows(rows[:-1])  # 2 test clips instead of 3
+    code, _ = tasks.run_lab(lab, "smoke", "native", [f"data.path={own}"], tmp_path / "outputs")
+    assert code == 0
+    _, checks = verify_latest(tmp_path / "outputs", lab)
+    skipped = {c.name for c in checks if c.skipped}
+    assert skipped == {
+        "data.train_examples",
+        "data.eval_examples",
+        "data.source_sampling_rates",
+        "train.steps",
+        "train.loss_after",
+        "eval.transcripts",
+    }
+    assert all(c.passed for c in checks)
+    assert {"train.loss_drop_ratio", "reload.max_abs_logit_diff", "file adapter/adapter_config.json"} <= {
+        c.name for c in checks if not c.skipped
+    }
 
 
 def test_full_profile_without_accelerator_fails_clearly(lab, outputs):

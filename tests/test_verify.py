@@ -114,3 +114,52 @@ def test_every_lab_expected_file_is_valid_and_cites_sources(lab):
     for profile in lab.profiles:
         expected = load_expected(lab.expected_path(profile))
         assert expected["files"] and expected["metrics"], f"{lab.name}/{profile} checks nothing"
+
+
+DATA_EXPECTED = """
+data: {fingerprint: "sha256:bundled", about: "the bundled clips"}
+files: [adapter/adapter_config.json, "tensorboard/events.out.tfevents.*"]
+metrics:
+  data.train_examples: {equals: 9, depends_on_data: true, source: bundled clips}
+  train.loss_drop_ratio: {min: 0.05, source: measured}
+"""
+
+
+@pytest.mark.parametrize(("fingerprint", "skipped"), [("sha256:bundled", False), ("sha256:yours", True), (None, True)])
+def test_data_dependent_checks_are_skipped_on_other_data_only(tmp_path, fingerprint, skipped):
+    metrics = {"data": {"train_examples": 40}, "train": {"loss_drop_ratio": 0.2}}
+    if fingerprint:
+        metrics["data"]["fingerprint"] = fingerprint
+    run = write_run(tmp_path, metrics)
+    (run / "tensorboard").mkdir()
+    (run / "tensorboard" / "events.out.tfevents.1.host.1.0").write_bytes(b"x")
+    checks = {c.name: c for c in verify_run(run, write_expected(tmp_path, DATA_EXPECTED))}
+    count = checks["data.train_examples"]
+    assert count.skipped is skipped and count.passed is skipped  # 40 != 9 fails on the bundled data
+    assert ("SKIP" if skipped else "FAIL") == count.result
+    assert checks["train.loss_drop_ratio"].passed and not checks["train.loss_drop_ratio"].skipped
+    assert checks["file tensorboard/events.out.tfevents.*"].passed
+    assert "SKIP" in format_table(list(checks.values())) or not skipped
+
+
+def test_a_glob_file_pattern_needs_one_non_empty_match(tmp_path):
+    run = write_run(
+        tmp_path, {"data": {"fingerprint": "sha256:bundled", "train_examples": 9}, "train": {"loss_drop_ratio": 0.2}}
+    )
+    checks = {c.name: c for c in verify_run(run, write_expected(tmp_path, DATA_EXPECTED))}
+    assert not checks["file tensorboard/events.out.tfevents.*"].passed
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("data: {about: x}\nmetrics: {}", "'data' must be a mapping with a 'fingerprint'"),
+        (
+            "metrics:\n  a: {min: 1, depends_on_data: true, source: s}",
+            "depends_on_data, but the file has no data.fingerprint",
+        ),
+    ],
+)
+def test_malformed_data_sections_are_named(tmp_path, text, message):
+    with pytest.raises(LabError, match=message):
+        load_expected(write_expected(tmp_path, text))

@@ -16,19 +16,23 @@ from labkit import LabError
 from labkit.data import load_hub_or_json, subsample
 
 
-def load_reviews(cfg: dict, repo_root: Path) -> DatasetDict:
-    """``DatasetDict(train, test)`` with ``text`` and an integer ``label`` (a ``ClassLabel``).
+def load_reviews(cfg: dict, repo_root: Path) -> tuple[DatasetDict, dict]:
+    """``(DatasetDict(train, test), rows dropped)``: ``text`` and an integer ``label`` (a ``ClassLabel``).
 
     ``cfg["source"]`` is ``hub`` (``load_dataset(hub_dataset)``) or ``json`` (local JSON lines, one
     file per split). Sub-samples with ``shuffle(seed).select(range(n))`` as the course does.
 
+    A review whose ``text`` is null, empty or not a string stops the run naming file, line and
+    column, or is dropped and counted with ``bad_text: drop`` (``labkit.data.check_texts``).
+
     Raises:
-        LabError: a missing file, a missing column (lists the columns there), or a label that is not
-            one of ``label_names`` (names it).
+        LabError: a missing file, a missing column (lists the columns there), bad text, or a label
+            that is not one of ``label_names`` (names it).
     """
-    dsd = load_hub_or_json(cfg, repo_root, ("train", "test"), ("text", "label"))
+    dsd, dropped = load_hub_or_json(cfg, repo_root, ("train", "test"), ("text", "label"), text_columns=("text",))
     dsd = encode_labels(dsd, cfg["label_names"])
-    return subsample(dsd, {"train": cfg["train_samples"], "test": cfg["eval_samples"]}, cfg["shuffle_seed"])
+    sizes = {"train": cfg["train_samples"], "test": cfg["eval_samples"]}
+    return subsample(dsd, sizes, cfg["shuffle_seed"]), dropped
 
 
 def encode_labels(dsd: DatasetDict, label_names: list[str]) -> DatasetDict:

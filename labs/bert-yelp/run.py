@@ -24,6 +24,7 @@ sys.path.insert(1, str(Path(__file__).resolve().parents[2]))
 
 from data import load_reviews, tokenize  # noqa: E402
 
+from labkit.data import hub_or_json_fingerprint  # noqa: E402
 from labkit.metrics import JsonlLogger, plot_loss, training_summary  # noqa: E402
 from labkit.rundir import remove_if_empty  # noqa: E402
 from labkit.runner import RunContext, main  # noqa: E402
@@ -40,7 +41,7 @@ def run(ctx: RunContext) -> dict:
     cfg, out = ctx.config, ctx.run_dir
 
     # 1. Data: reviews with 5 class ids; the smoke profile's labels arrive as strings.
-    dsd = load_reviews(cfg["data"], ctx.repo_root)
+    dsd, dropped = load_reviews(cfg["data"], ctx.repo_root)
     names = dsd["train"].features["label"].names
     model_path = cfg["model"]["name_or_path"]
     if cfg["model"]["build_tiny"]:
@@ -100,6 +101,8 @@ def run(ctx: RunContext) -> dict:
             "eval_examples": len(dsd["test"]),
             "num_labels": len(names),
             "label_names": names,
+            "dropped_rows": dropped,
+            "fingerprint": hub_or_json_fingerprint(cfg["data"], ctx.repo_root, ("train", "test")),
         },
         "model": {
             "num_labels": reloaded.config.num_labels,

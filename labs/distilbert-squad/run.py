@@ -29,7 +29,7 @@ from qa import (  # noqa: E402
     truncate_questions,
 )
 
-from labkit.data import load_hub_or_json, subsample  # noqa: E402
+from labkit.data import hub_or_json_fingerprint, load_hub_or_json, subsample  # noqa: E402
 from labkit.metrics import JsonlLogger, plot_loss, training_summary  # noqa: E402
 from labkit.rundir import remove_if_empty  # noqa: E402
 from labkit.runner import RunContext, main  # noqa: E402
@@ -38,14 +38,18 @@ from labkit.tiny import build_tiny_encoder  # noqa: E402
 COLUMNS = ("id", "context", "question", "answers")
 
 
-def load_squad(cfg: dict, repo_root: Path) -> DatasetDict:
-    """SQuAD-format ``train`` and ``validation`` splits from the Hub or local JSON lines.
+def load_squad(cfg: dict, repo_root: Path) -> tuple[DatasetDict, dict]:
+    """SQuAD-format ``train`` and ``validation`` splits from the Hub or local JSON lines, and rows dropped.
+
+    A null, empty or non-string ``question`` or ``context`` stops the run naming file, line and
+    column, or is dropped and counted with ``bad_text: drop`` (``labkit.data.check_texts``).
 
     Raises:
-        LabError: a missing file or column (lists the columns there).
+        LabError: a missing file or column (lists the columns there), or bad text.
     """
-    dsd = load_hub_or_json(cfg, repo_root, ("train", "validation"), COLUMNS)
-    return subsample(dsd, {"train": cfg["train_samples"], "validation": cfg["eval_samples"]}, cfg["shuffle_seed"])
+    dsd, dropped = load_hub_or_json(cfg, repo_root, ("train", "validation"), COLUMNS, ("question", "context"))
+    sizes = {"train": cfg["train_samples"], "validation": cfg["eval_samples"]}
+    return subsample(dsd, sizes, cfg["shuffle_seed"]), dropped
 
 
 def run(ctx: RunContext) -> dict:
@@ -54,7 +58,7 @@ def run(ctx: RunContext) -> dict:
     check_window(qa["max_length"], qa["doc_stride"], qa["max_question_tokens"])
 
     # 1. Data and tokenizer; questions longer than max_question_tokens are cut (and counted).
-    dsd = load_squad(cfg["data"], ctx.repo_root)
+    dsd, dropped = load_squad(cfg["data"], ctx.repo_root)
     model_path = cfg["model"]["name_or_path"]
     if cfg["model"]["build_tiny"]:
         texts = [t for split in dsd.values() for t in list(split["context"]) + list(split["question"])]
@@ -129,6 +133,8 @@ def run(ctx: RunContext) -> dict:
             "eval_examples": len(dsd["validation"]),
             "eval_features": len(eval_features["validation"]),
             "questions_truncated": cut["n"],
+            "dropped_rows": dropped,
+            "fingerprint": hub_or_json_fingerprint(cfg["data"], ctx.repo_root, ("train", "validation")),
         },
         "train": training_summary(loss_before, loss_after, result),
         "eval": {

@@ -40,7 +40,7 @@ from methods import (  # noqa: E402
     weights_format,
 )
 from report import plot, write_tables  # noqa: E402
-from texts import calibration_windows, describe, load_texts, token_ids  # noqa: E402
+from texts import calibration_windows, describe, load_texts, sources_fingerprint, token_ids  # noqa: E402
 
 from labkit.device import PeakMemory  # noqa: E402
 from labkit.errors import LabError  # noqa: E402
@@ -218,7 +218,11 @@ def run(ctx: RunContext) -> dict:
     return {
         "variant": cfg["variant"],
         "pretrain": pretrain,
-        "data": {"eval_tokens": len(eval_ids), "calibration_samples": {k: len(v) for k, v in windows.items()}},
+        "data": {
+            "eval_tokens": len(eval_ids),
+            "calibration_samples": {k: len(v) for k, v in windows.items()},
+            "fingerprint": sources_fingerprint(cfg["data"], ctx.repo_root),
+        },
         "steps": steps,
         "steps_run": sum(1 for r in steps.values() if r["status"] == "ok"),
     }

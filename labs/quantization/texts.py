@@ -19,6 +19,7 @@ from pathlib import Path
 from datasets import load_dataset
 
 from labkit.errors import LabError
+from labkit.verify import fingerprint
 
 
 def describe(source: dict) -> str:
@@ -26,6 +27,20 @@ def describe(source: dict) -> str:
     if source.get("file"):
         return f"file {source['file']}"
     return f"dataset {source['dataset']} ({source.get('name') or 'default'}, {source.get('split', 'train')})"
+
+
+def sources_fingerprint(sources: dict[str, dict], repo_root: Path) -> str:
+    """``labkit.data.fingerprint`` of the profile's text sources (file contents, or dataset ids with
+    name, split, column, revision and max_texts)."""
+    parts = {}
+    for name, source in sources.items():
+        if source.get("file"):
+            path = Path(source["file"])
+            parts[name] = path if path.is_absolute() else repo_root / path
+        else:
+            keys = ("dataset", "name", "split", "column", "revision", "max_texts")
+            parts[name] = "hub:" + "|".join(str(source.get(k)) for k in keys)
+    return fingerprint(parts)
 
 
 def load_texts(source: dict, repo_root: Path) -> list[str]:

@@ -27,7 +27,8 @@ from datasets import Audio, Dataset, DatasetDict, Features, Value, concatenate_d
 
 from labkit import LabError
 from labkit.audio import decode
-from labkit.data import require_columns, subsample
+from labkit.data import CSV_KEEP_TEXT, check_texts, require_columns, subsample
+from labkit.verify import fingerprint
 
 CV_REQUIRED = ("path", "sentence")
 
@@ -44,12 +45,19 @@ def tsv_columns(tsv: Path) -> list[str]:
         return next(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), [])
 
 
-def load_common_voice_dir(root: Path, splits: list[str]) -> Dataset:
+def load_common_voice_dir(root: Path, splits: list[str], bad_text: str = "fail") -> tuple[Dataset, int]:
     """Rows of ``<root>/<split>.tsv`` for each split, with ``audio`` = absolute path of the clip.
 
+    Every field is read as text (a sentence that is literally "NA" or "null" stays one); a row whose
+    ``sentence`` is empty fails naming the TSV and its line, or is dropped with ``bad_text: drop``.
+
+    Returns:
+        ``(rows, number of rows dropped for bad text)``.
+
     Raises:
-        LabError: a TSV is missing or lacks ``path``/``sentence`` (lists its columns), or a clip
-            named in it does not exist (names the first missing files).
+        LabError: a TSV is missing or lacks ``path``/``sentence`` (lists its columns), a sentence is
+            empty (under ``bad_text: fail``), or a clip named in it does not exist (names the first
+            missing files).
     """
     root = Path(root)
     if not root.is_dir():
@@ -58,7 +66,7 @@ def load_common_voice_dir(root: Path, splits: list[str]) -> Dataset:
             "Data Collective, unpack it, and pass its locale folder: CV_DIR=/path/to/cv-corpus-*/zh-CN "
             "(or SET=data.path=...), or use SET=data.source=hub."
         )
-    parts = []
+    parts, dropped = [], 0
     for split in splits:
         tsv = root / f"{split}.tsv"
         columns = tsv_columns(tsv)
@@ -67,8 +75,16 @@ def load_common_voice_dir(root: Path, splits: list[str]) -> Dataset:
             raise LabError(f"{tsv} lacks column(s) {', '.join(missing)}; it has: {', '.join(columns)}")
         features = Features({c: Value("string") for c in columns})
         ds = load_dataset(
-            "csv", data_files=str(tsv), delimiter="\t", quoting=csv.QUOTE_NONE, features=features, split="train"
+            "csv",
+            data_files=str(tsv),
+            delimiter="\t",
+            quoting=csv.QUOTE_NONE,
+            features=features,
+            split="train",
+            **CSV_KEEP_TEXT,
         )
+        ds, counts = check_texts(ds, ("sentence",), bad_text, str(tsv), first_line=2)
+        dropped += sum(counts.values())
         parts.append(ds)
     ds = concatenate_datasets(parts)
     clips = root / "clips"
@@ -78,7 +94,7 @@ def load_common_voice_dir(root: Path, splits: list[str]) -> Dataset:
             f"{len(absent)} audio file(s) named in {root}/*.tsv are missing from {clips}: "
             f"{', '.join(absent[:5])}. Re-download or re-extract the release."
         )
-    return ds.map(lambda row: {"audio": str(clips / row["path"])})
+    return ds.map(lambda row: {"audio": str(clips / row["path"])}), dropped
 
 
 def load_hub(dataset_id: str, config: str | None, splits: list[str], revision: str | None) -> Dataset:
@@ -86,22 +102,34 @@ def load_hub(dataset_id: str, config: str | None, splits: list[str], revision: s
     return concatenate_datasets([load_dataset(dataset_id, config, split=s, revision=revision) for s in splits])
 
 
-def load_splits(cfg: dict, repo_root: Path) -> DatasetDict:
-    """``DatasetDict(train=..., test=...)`` with ``audio`` (the clip's path, or ``{"path", "bytes"}``) and ``sentence``.
+def load_splits(cfg: dict, repo_root: Path) -> tuple[DatasetDict, dict]:
+    """``DatasetDict(train=..., test=...)`` with ``audio`` (the clip's path, or ``{"path", "bytes"}``),
+    ``sentence`` and ``path``, and ``{split: rows dropped for bad text}``.
 
     Raises:
-        LabError: unknown source, or the dataset lacks the audio or text column (lists its columns).
+        LabError: unknown source, the dataset lacks the audio or text column (lists its columns), or
+            a transcript is null/empty under ``bad_text: fail`` (names the file and line).
     """
+    policy = cfg.get("bad_text", "fail")
     if cfg["source"] == "common_voice_dir":
         root = Path(cfg["path"]) if Path(cfg["path"]).is_absolute() else repo_root / cfg["path"]
-        load = lambda splits: load_common_voice_dir(root, splits)  # noqa: E731
+        load = lambda splits: load_common_voice_dir(root, splits, policy)  # noqa: E731
         audio_col, text_col = "audio", "sentence"
     elif cfg["source"] == "hub":
-        load = lambda splits: load_hub(cfg["hub_dataset"], cfg["hub_config"], splits, cfg["hub_revision"])  # noqa: E731
         audio_col, text_col = cfg["audio_column"], cfg["text_column"]
+
+        def load(splits):
+            ds = load_hub(cfg["hub_dataset"], cfg["hub_config"], splits, cfg["hub_revision"])
+            require_columns(DatasetDict(data=ds), (audio_col, text_col), "Set data.audio_column / data.text_column")
+            where = f"{cfg['hub_dataset']} ({cfg['hub_config']}) splits {'+'.join(splits)}"
+            ds, counts = check_texts(ds, (text_col,), policy, where)
+            return ds, sum(counts.values())
+
     else:
         raise LabError(f"data.source {cfg['source']!r} is not one of common_voice_dir, hub")
-    dsd = DatasetDict(train=load(cfg["train_splits"]), test=load(cfg["eval_splits"]))
+    (train, train_dropped), (test, test_dropped) = load(cfg["train_splits"]), load(cfg["eval_splits"])
+    dsd = DatasetDict(train=train, test=test)
+    dropped = {split: n for split, n in (("train", train_dropped), ("test", test_dropped)) if n}
     require_columns(dsd, (audio_col, text_col), "Set data.audio_column / data.text_column to the right names")
     dsd = dsd.rename_columns({old: new for old, new in ((audio_col, "audio"), (text_col, "sentence")) if old != new})
     dsd = subsample(dsd, {"train": cfg["train_samples"], "test": cfg["eval_samples"]}, cfg["shuffle_seed"])
@@ -111,7 +139,43 @@ def load_splits(cfg: dict, repo_root: Path) -> DatasetDict:
         dsd = dsd.cast_column("audio", Audio(decode=False))
         if "path" not in dsd["train"].column_names:  # name clips in errors and predictions
             dsd = dsd.map(lambda row, i: {"path": (row["audio"] or {}).get("path") or f"row {i}"}, with_indices=True)
-    return dsd
+    return dsd, dropped
+
+
+def data_fingerprint(cfg: dict, repo_root: Path) -> str:
+    """``labkit.data.fingerprint`` of the data ``cfg`` names: a Common Voice folder's TSVs of the
+    used splits (they name every clip; clips are not hashed: a release holds gigabytes), or the Hub
+    dataset's id, config and revision."""
+    if cfg["source"] == "common_voice_dir":
+        root = Path(cfg["path"]) if Path(cfg["path"]).is_absolute() else repo_root / cfg["path"]
+        splits = sorted(set(cfg["train_splits"]) | set(cfg["eval_splits"]))
+        return fingerprint({f"{s}.tsv": root / f"{s}.tsv" for s in splits})
+    return fingerprint({"hub": f"hub:{cfg['hub_dataset']}/{cfg['hub_config']}@{cfg['hub_revision']}"})
+
+
+def check_label_lengths(ds: Dataset, max_tokens: int, policy: str) -> tuple[Dataset, int]:
+    """Keep clips whose token ``labels`` fit Whisper's decoder (``max_target_positions``: 448 in
+    every released Whisper config).
+
+    Returns:
+        ``(dataset, clips dropped)``; under ``bad_text: drop`` over-long transcripts are dropped.
+
+    Raises:
+        LabError: under ``bad_text: fail``, naming the first clip, its token count and the limit.
+    """
+    lengths = [len(labels) for labels in ds["labels"]]
+    too_long = [i for i, n in enumerate(lengths) if n > max_tokens]
+    if not too_long:
+        return ds, 0
+    first = too_long[0]
+    if policy == "fail":
+        raise LabError(
+            f"the transcript of {ds[first]['path']} is {lengths[first]} tokens; Whisper's decoder holds "
+            f"{max_tokens} (config max_target_positions). {len(too_long)} clip(s) are too long: shorten "
+            "them, or set data.bad_text=drop to drop them (counted in metrics.json)."
+        )
+    print(f"dropped {len(too_long)} clip(s) whose transcript exceeds {max_tokens} tokens", flush=True)
+    return ds.select([i for i in range(len(ds)) if i not in set(too_long)]), len(too_long)
 
 
 def prepare_example(example: dict, processor: Any, sampling_rate: int) -> dict:

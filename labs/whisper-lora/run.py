@@ -20,12 +20,18 @@ from pathlib import Path
 
 import torch
 from peft import PeftModel
-from transformers import WhisperProcessor
+from transformers import WhisperConfig, WhisperProcessor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # this lab's modules
 sys.path.insert(1, str(Path(__file__).resolve().parents[2]))  # labkit, when run as a script
 
-from data import DataCollatorSpeechSeq2SeqWithPadding, load_splits, prepare_example  # noqa: E402
+from data import (  # noqa: E402
+    DataCollatorSpeechSeq2SeqWithPadding,
+    check_label_lengths,
+    data_fingerprint,
+    load_splits,
+    prepare_example,
+)
 from evaluate_asr import cer, transcribe  # noqa: E402
 from train import add_lora, build_trainer, load_base_model, logits_on  # noqa: E402
 
@@ -41,7 +47,7 @@ def run(ctx: RunContext) -> dict:
     cfg, out = ctx.config, ctx.run_dir
 
     # 1. Data: Common Voice zh-CN (train+dev to train, test to evaluate), resampled to 16 kHz.
-    dsd = load_splits(cfg["data"], ctx.repo_root)
+    dsd, dropped = load_splits(cfg["data"], ctx.repo_root)
     rate = cfg["data"]["sampling_rate"]
 
     # The smoke profile builds a tiny Whisper whose vocabulary covers the bundled transcripts.
@@ -63,6 +69,11 @@ def run(ctx: RunContext) -> dict:
         f"{', '.join(map(str, source_rates))} Hz -> {rate} Hz",
         flush=True,
     )
+    max_tokens = WhisperConfig.from_pretrained(model_path, revision=cfg["model"]["revision"]).max_target_positions
+    too_long = {}
+    for split in tokenized:
+        tokenized[split], n = check_label_lengths(tokenized[split], max_tokens, cfg["data"]["bad_text"])
+        too_long.update({split: n} if n else {})
     tokenized = tokenized.select_columns(["input_features", "labels"])
 
     # 2. Model: int8 Whisper + LoRA adapter.
@@ -125,6 +136,8 @@ def run(ctx: RunContext) -> dict:
             "eval_examples": len(dsd["test"]),
             "source_sampling_rates": source_rates,
             "audio_hours": round(hours, 4),
+            "dropped_rows": {"bad_text": dropped, "labels_too_long": too_long},
+            "fingerprint": data_fingerprint(cfg["data"], ctx.repo_root),
             "sampling_rate": cfg["data"]["sampling_rate"],
             "input_features_shape": list(probe["input_features"].shape[1:]),
         },

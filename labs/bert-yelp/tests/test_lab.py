@@ -22,7 +22,8 @@ def smoke_data_cfg(**changes) -> dict:
 
 
 def test_string_labels_are_mapped_through_label2id():
-    dsd = load_reviews(smoke_data_cfg(), LAB.dir.parents[1])
+    dsd, dropped = load_reviews(smoke_data_cfg(), LAB.dir.parents[1])
+    assert dropped == {}
     feature = dsd["train"].features["label"]
     assert isinstance(feature, ClassLabel) and feature.names == NAMES
     raw = [json.loads(line) for line in (LAB.dir / "data/smoke/train.jsonl").read_text().splitlines()]
@@ -63,6 +64,38 @@ def test_missing_column_and_file_are_named(tmp_path):
         load_reviews(smoke_data_cfg(files={"train": str(bad), "test": str(bad)}), tmp_path)
     with pytest.raises(LabError, match="data file .*nope.jsonl not found"):
         load_reviews(smoke_data_cfg(files={"train": str(tmp_path / "nope.jsonl"), "test": str(bad)}), tmp_path)
+
+
+def write_reviews(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("bad", "kind"),
+    [({"text": None, "label": "1 star"}, "missing \\(null\\)"), ({"text": "  ", "label": "1 star"}, "empty")],
+)
+def test_missing_or_empty_review_text_is_named_or_dropped(tmp_path, bad, kind):
+    good = {"text": "Great tacos, friendly staff.", "label": "5 stars"}
+    train = write_reviews(tmp_path / "train.jsonl", [good, good, bad, good])
+    test = write_reviews(tmp_path / "test.jsonl", [good])
+    cfg = smoke_data_cfg(files={"train": train, "test": test})
+    with pytest.raises(LabError, match=rf"train.jsonl: column 'text' is {kind} at line 3\. .*bad_text=drop"):
+        load_reviews(cfg, tmp_path)
+    dsd, dropped = load_reviews({**cfg, "bad_text": "drop"}, tmp_path)
+    assert dropped == {"train": {"text": 1}} and len(dsd["train"]) == 3
+
+
+def test_text_of_the_wrong_type_is_named(tmp_path):
+    rows = [{"text": "fine", "label": "1 star"}, {"text": 3, "label": "2 star"}]
+    cfg = smoke_data_cfg(
+        files={
+            "train": write_reviews(tmp_path / "train.jsonl", rows),
+            "test": write_reviews(tmp_path / "test.jsonl", rows[:1]),
+        }
+    )
+    with pytest.raises(LabError, match=r"(not text|cannot read .*train.jsonl as JSON lines)"):
+        load_reviews(cfg, tmp_path)
 
 
 def test_tokenize_pads_and_truncates_to_max_length(tmp_path):

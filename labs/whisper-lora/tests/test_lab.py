@@ -49,7 +49,8 @@ def smoke_data_cfg(path) -> dict:
 
 
 def test_loader_reads_the_release_layout_and_resamples_to_16k(cv_copy):
-    dsd = load_splits(smoke_data_cfg(cv_copy), LAB.dir)
+    dsd, dropped = load_splits(smoke_data_cfg(cv_copy), LAB.dir)
+    assert dropped == {}
     assert len(dsd["train"]) == 9 and len(dsd["test"]) == 3  # train+dev / test
     assert set(dsd["train"].column_names) == {"audio", "sentence", "path"}  # unused columns dropped
     row = dsd["test"][0]
@@ -64,7 +65,7 @@ def test_loader_reads_the_release_layout_and_resamples_to_16k(cv_copy):
 
 def test_sub_sampling_is_a_seeded_shuffle(cv_copy):
     cfg = {**smoke_data_cfg(cv_copy), "train_samples": 4, "eval_samples": 2}
-    first, second = load_splits(cfg, LAB.dir), load_splits(cfg, LAB.dir)
+    first, second = load_splits(cfg, LAB.dir)[0], load_splits(cfg, LAB.dir)[0]
     assert len(first["train"]) == 4 and len(first["test"]) == 2
     assert list(first["train"]["path"]) == list(second["train"]["path"])
 
@@ -85,6 +86,41 @@ def test_missing_audio_file_is_named(cv_copy):
         load_common_voice_dir(cv_copy, ["test"])
 
 
+def rewrite_sentences(tsv, sentences: dict[int, str]) -> None:
+    """Replace the ``sentence`` of data rows (0-based) of a Common Voice TSV."""
+    rows = list(csv.reader(tsv.open(encoding="utf-8"), delimiter="\t"))
+    col = rows[0].index("sentence")
+    for i, text in sentences.items():
+        rows[i + 1][col] = text
+    with tsv.open("w", encoding="utf-8", newline="") as f:
+        csv.writer(f, delimiter="\t").writerows(rows)
+
+
+def test_empty_transcript_is_named_by_file_line_and_column_or_dropped(cv_copy):
+    rewrite_sentences(cv_copy / "dev.tsv", {1: ""})
+    with pytest.raises(LabError, match=r"dev.tsv: column 'sentence' is empty at line 3\. .*data.bad_text=drop"):
+        load_splits(smoke_data_cfg(cv_copy), LAB.dir)
+    dsd, dropped = load_splits({**smoke_data_cfg(cv_copy), "bad_text": "drop"}, LAB.dir)
+    assert dropped == {"train": 1} and len(dsd["train"]) == 8 and len(dsd["test"]) == 3
+
+
+def test_transcripts_that_are_words_like_null_stay_text(cv_copy):
+    rewrite_sentences(cv_copy / "train.tsv", {0: "NA", 1: "null", 2: "None"})
+    dsd, dropped = load_splits(smoke_data_cfg(cv_copy), LAB.dir)
+    assert dropped == {} and {"NA", "null", "None"} <= set(dsd["train"]["sentence"])
+
+
+def test_transcripts_longer_than_the_decoder_fail_or_are_dropped():
+    from data import check_label_lengths
+    from datasets import Dataset
+
+    ds = Dataset.from_dict({"path": ["a.mp3", "b.mp3", "c.mp3"], "labels": [[1] * 10, [1] * 449, [1] * 448]})
+    with pytest.raises(LabError, match=r"transcript of b.mp3 is 449 tokens; Whisper's decoder holds 448.*1 clip"):
+        check_label_lengths(ds, 448, "fail")
+    kept, dropped = check_label_lengths(ds, 448, "drop")
+    assert dropped == 1 and kept["path"] == ["a.mp3", "c.mp3"]
+
+
 def test_missing_tsv_and_folder_say_what_to_do(tmp_path, cv_copy):
     with pytest.raises(LabError, match="does not exist. Download the zh-CN release"):
         load_common_voice_dir(tmp_path / "nowhere", ["train"])
@@ -95,14 +131,14 @@ def test_missing_tsv_and_folder_say_what_to_do(tmp_path, cv_copy):
 
 def test_unreadable_audio_file_is_named(cv_copy, tiny):
     (cv_copy / "clips" / "common_voice_zh-CN_smoke_012.mp3").write_bytes(b"not an mp3 at all" * 10)
-    dsd = load_splits(smoke_data_cfg(cv_copy), LAB.dir)
+    dsd, _ = load_splits(smoke_data_cfg(cv_copy), LAB.dir)
     with pytest.raises(LabError, match="clips/common_voice_zh-CN_smoke_012.mp3 is not an audio file libsndfile can"):
         dsd["test"].map(prepare_example, fn_kwargs={"processor": tiny[1], "sampling_rate": 16000})
 
 
 def test_prepare_gives_80x3000_features_and_prefixed_labels(cv_copy, tiny):
     _, processor = tiny
-    dsd = load_splits(smoke_data_cfg(cv_copy), LAB.dir)
+    dsd, _ = load_splits(smoke_data_cfg(cv_copy), LAB.dir)
     row = prepare_example(dsd["test"][2], processor, 16000)
     assert np.asarray(row["input_features"]).shape == (80, 3000)
     assert row["source_rate"] == 22050 and 0.5 < row["duration_s"] < 10

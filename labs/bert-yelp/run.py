@@ -14,21 +14,24 @@ import json
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[2]))
+import labkit  # noqa: F401  (first: it quiets a bitsandbytes start-up message)
+
+# isort: split
+
 import numpy as np
 import torch
 from sklearn.metrics import accuracy_score
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trainer, TrainingArguments
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(1, str(Path(__file__).resolve().parents[2]))
+from labkit.data import hub_or_json_fingerprint
+from labkit.metrics import JsonlLogger, plot_loss, training_summary
+from labkit.rundir import remove_if_empty
+from labkit.runner import RunContext, main
+from labkit.tiny import build_tiny_encoder
 
-from data import load_reviews, tokenize  # noqa: E402
-
-from labkit.data import hub_or_json_fingerprint  # noqa: E402
-from labkit.metrics import JsonlLogger, plot_loss, training_summary  # noqa: E402
-from labkit.rundir import remove_if_empty  # noqa: E402
-from labkit.runner import RunContext, main  # noqa: E402
-from labkit.tiny import build_tiny_encoder  # noqa: E402
+from data import load_reviews, tokenize
 
 
 def compute_metrics(eval_pred) -> dict:

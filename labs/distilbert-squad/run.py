@@ -14,26 +14,29 @@ import json
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[2]))
+import labkit  # noqa: F401  (first: it quiets a bitsandbytes start-up message)
+
+# isort: split
+
 from datasets import DatasetDict
 from torchmetrics.text import SQuAD
 from transformers import AutoModelForQuestionAnswering, AutoTokenizer, Trainer, TrainingArguments
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(1, str(Path(__file__).resolve().parents[2]))
+from labkit.data import hub_or_json_fingerprint, load_hub_or_json, subsample
+from labkit.metrics import JsonlLogger, plot_loss, training_summary
+from labkit.rundir import remove_if_empty
+from labkit.runner import RunContext, main
+from labkit.tiny import build_tiny_encoder
 
-from qa import (  # noqa: E402
+from qa import (
     check_window,
     postprocess_predictions,
     prepare_train_features,
     prepare_validation_features,
     truncate_questions,
 )
-
-from labkit.data import hub_or_json_fingerprint, load_hub_or_json, subsample  # noqa: E402
-from labkit.metrics import JsonlLogger, plot_loss, training_summary  # noqa: E402
-from labkit.rundir import remove_if_empty  # noqa: E402
-from labkit.runner import RunContext, main  # noqa: E402
-from labkit.tiny import build_tiny_encoder  # noqa: E402
 
 COLUMNS = ("id", "context", "question", "answers")
 

@@ -21,15 +21,22 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[2]))
+import labkit  # noqa: F401  (first: it quiets a bitsandbytes start-up message)
+
+# isort: split
+
 if (os.cpu_count() or 1) < 4:  # GPTQModel 7.6 gives its CPU pool 1 worker on 2 cores, then asks for 2
     os.environ.setdefault("GPTQMODEL_CPU_WORKERS", "2")
 
+from labkit.device import PeakMemory
+from labkit.errors import LabError
+from labkit.runner import RunContext, main
+from labkit.tiny import build_tiny_opt
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(1, str(Path(__file__).resolve().parents[2]))
-
-from measure import footprint_bytes, generate, perplexity  # noqa: E402
-from methods import (  # noqa: E402
+from measure import footprint_bytes, generate, perplexity
+from methods import (
     bnb_config,
     check_on_one_device,
     cuda_skip,
@@ -39,13 +46,8 @@ from methods import (  # noqa: E402
     quantize_gptq,
     weights_format,
 )
-from report import plot, write_tables  # noqa: E402
-from texts import calibration_windows, describe, load_texts, sources_fingerprint, token_ids  # noqa: E402
-
-from labkit.device import PeakMemory  # noqa: E402
-from labkit.errors import LabError  # noqa: E402
-from labkit.runner import RunContext, main  # noqa: E402
-from labkit.tiny import build_tiny_opt  # noqa: E402
+from report import plot, write_tables
+from texts import calibration_windows, describe, load_texts, sources_fingerprint, token_ids
 
 METHODS = ("none", "gptq", "awq", "bnb")
 SAVED_CONFIG_KEYS = ("quant_method", "bits", "group_size", "desc_act", "zero_point", "version", "sym")

@@ -22,6 +22,11 @@ import json
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+import labkit  # noqa: F401  (first: it quiets a bitsandbytes start-up message)
+
+# isort: split
+
 import torch
 import yaml
 from transformers import (
@@ -35,12 +40,10 @@ from transformers import (
     pipeline,
 )
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from labkit.audio import WHISPER_RATE, decode  # noqa: E402
-from labkit.device import accelerator_info  # noqa: E402
-from labkit.runner import RunContext, main  # noqa: E402
-from labkit.tiny import build_tiny_encoder, build_tiny_gpt2, build_tiny_whisper  # noqa: E402
+from labkit.audio import WHISPER_RATE, decode
+from labkit.device import accelerator_info
+from labkit.runner import RunContext, main
+from labkit.tiny import build_tiny_encoder, build_tiny_gpt2, build_tiny_whisper
 
 DATA = Path(__file__).resolve().parent / "data"
 MODEL_CLASSES = {

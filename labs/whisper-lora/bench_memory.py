@@ -27,10 +27,10 @@ from transformers import WhisperConfig, WhisperForConditionalGeneration
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[2]))
 
-from train import add_lora, build_trainer, load_base_model  # noqa: E402
-
 from labkit.config import get_lab, load_profile  # noqa: E402
 from labkit.device import accelerator_info, peak_memory_bytes, reset_peak_memory, select_device  # noqa: E402
+
+from train import add_lora, build_trainer, load_base_model  # noqa: E402
 
 ARCHS = {
     "large-v2": dict(

@@ -54,10 +54,11 @@ class Transcriber:
 
     def __init__(self, run_dir: Path, device: str = "auto", language: str = "chinese", task: str = "transcribe"):
         from peft import PeftConfig, PeftModel
-        from train import load_base_model
         from transformers import AutomaticSpeechRecognitionPipeline, WhisperProcessor
 
         from labkit.device import select_device
+
+        from train import load_base_model
 
         adapter_dir = Path(run_dir) / "adapter"
         if not (adapter_dir / "adapter_config.json").is_file():

@@ -18,29 +18,32 @@ import json
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # this lab's modules
+sys.path.insert(1, str(Path(__file__).resolve().parents[2]))  # labkit, when run as a script
+import labkit  # noqa: F401  (first: it quiets a bitsandbytes start-up message)
+
+# isort: split
+
 import torch
 from peft import PeftModel
 from transformers import WhisperConfig, WhisperProcessor
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # this lab's modules
-sys.path.insert(1, str(Path(__file__).resolve().parents[2]))  # labkit, when run as a script
+from labkit.audio import decode
+from labkit.device import peak_memory_bytes
+from labkit.metrics import JsonlLogger, plot_loss, training_summary
+from labkit.rundir import remove_if_empty
+from labkit.runner import RunContext, main
+from labkit.tiny import build_tiny_whisper
 
-from data import (  # noqa: E402
+from data import (
     DataCollatorSpeechSeq2SeqWithPadding,
     check_label_lengths,
     data_fingerprint,
     load_splits,
     prepare_example,
 )
-from evaluate_asr import cer, transcribe  # noqa: E402
-from train import add_lora, build_trainer, load_base_model, logits_on  # noqa: E402
-
-from labkit.audio import decode  # noqa: E402
-from labkit.device import peak_memory_bytes  # noqa: E402
-from labkit.metrics import JsonlLogger, plot_loss, training_summary  # noqa: E402
-from labkit.rundir import remove_if_empty  # noqa: E402
-from labkit.runner import RunContext, main  # noqa: E402
-from labkit.tiny import build_tiny_whisper  # noqa: E402
+from evaluate_asr import cer, transcribe
+from train import add_lora, build_trainer, load_base_model, logits_on
 
 
 def run(ctx: RunContext) -> dict:

@@ -6,12 +6,13 @@ import json
 
 import pytest
 import torch
-from data import encode_labels, load_reviews, tokenize
 from datasets import ClassLabel, Dataset, DatasetDict
 
 from labkit.config import get_lab, load_profile
 from labkit.errors import LabError
 from labkit.verify import load_expected
+
+from data import encode_labels, load_reviews, tokenize
 
 LAB = get_lab("bert-yelp")
 NAMES = ["1 star", "2 star", "3 stars", "4 stars", "5 stars"]

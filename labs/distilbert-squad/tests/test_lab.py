@@ -5,6 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from datasets import Dataset
+
+from labkit.errors import LabError
+
 from qa import (
     check_window,
     postprocess_predictions,
@@ -12,8 +15,6 @@ from qa import (
     prepare_validation_features,
     truncate_questions,
 )
-
-from labkit.errors import LabError
 
 FILLER = " ".join(f"word{i} is here." for i in range(40))
 CHINESE = "北京是中国的首都，也是一座历史悠久的城市。长城位于北京的北部。故宫在城市的中心。"

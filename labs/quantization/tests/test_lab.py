@@ -7,14 +7,15 @@ import math
 
 import pytest
 import torch
-from measure import footprint_bytes, perplexity
-from methods import check_on_one_device, load_model, weights_format
-from report import write_tables
-from texts import calibration_windows, load_texts, token_ids
 from transformers import AutoTokenizer
 
 from labkit.errors import LabError
 from labkit.tiny import build_tiny_opt
+
+from measure import footprint_bytes, perplexity
+from methods import check_on_one_device, load_model, weights_format
+from report import write_tables
+from texts import calibration_windows, load_texts, token_ids
 
 TEXTS = [" = Aldmoor = ", " Aldmoor is a market town on the River Avon .", " The town grew on the wool trade ."] * 20
 

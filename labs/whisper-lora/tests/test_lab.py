@@ -13,14 +13,15 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from data import DataCollatorSpeechSeq2SeqWithPadding, load_common_voice_dir, load_splits, prepare_example
-from evaluate_asr import cer, normalize
 
 from labkit.audio import decode
 from labkit.config import get_lab, load_profile
 from labkit.device import select_device
 from labkit.errors import LabError
 from labkit.verify import load_expected
+
+from data import DataCollatorSpeechSeq2SeqWithPadding, load_common_voice_dir, load_splits, prepare_example
+from evaluate_asr import cer, normalize
 
 LAB = get_lab("whisper-lora")
 SMOKE_CV = LAB.dir / "data" / "smoke" / "cv-corpus-smoke" / "zh-CN"
@@ -111,8 +112,9 @@ def test_transcripts_that_are_words_like_null_stay_text(cv_copy):
 
 
 def test_transcripts_longer_than_the_decoder_fail_or_are_dropped():
-    from data import check_label_lengths
     from datasets import Dataset
+
+    from data import check_label_lengths
 
     ds = Dataset.from_dict({"path": ["a.mp3", "b.mp3", "c.mp3"], "labels": [[1] * 10, [1] * 449, [1] * 448]})
     with pytest.raises(LabError, match=r"transcript of b.mp3 is 449 tokens; Whisper's decoder holds 448.*1 clip"):

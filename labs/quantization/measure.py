@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import math
-import time
 
 import torch
 
 from labkit.device import PeakMemory
+from labkit.timing import median_seconds
 
 
 @torch.no_grad()
@@ -44,26 +44,29 @@ def perplexity(model, ids: list[int], max_length: int, stride: int) -> float:
 
 
 @torch.no_grad()
-def generate(model, tokenizer, prompt: str, max_new_tokens: int, device: str) -> dict:
-    """Greedy generation of exactly ``max_new_tokens`` tokens after one short warm-up call.
+def generate(model, tokenizer, prompt: str, max_new_tokens: int, device: str, repeats: int = 3) -> dict:
+    """Greedy generation of exactly ``max_new_tokens`` tokens: one untimed full-length warm-up, then
+    the median of ``repeats`` timed runs (``labkit.timing``: the first call pays CUDA start-up).
 
     Returns:
-        ``text`` (str), ``tokens_per_s`` (new tokens / wall seconds), ``peak_memory_bytes`` (bytes,
-        :class:`labkit.device.PeakMemory`: ``max_memory_allocated`` on a GPU, sampled RSS on CPU).
+        ``text`` (str), ``tokens_per_s`` (new tokens / median wall seconds), ``tokens_per_s_runs``
+        (each timed run), ``peak_memory_bytes`` (bytes, :class:`labkit.device.PeakMemory`:
+        ``max_memory_allocated`` on a GPU, sampled RSS on CPU, over the timed runs).
     """
     inputs = tokenizer(prompt, return_tensors="pt").to(next(model.parameters()).device)
     fixed = {"do_sample": False, "pad_token_id": tokenizer.pad_token_id}
-    model.generate(**inputs, max_new_tokens=2, **fixed)
+    out = []
+
+    def run():
+        out[:] = [model.generate(**inputs, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, **fixed)]
+
     with PeakMemory(device) as peak:
-        start = time.perf_counter()
-        out = model.generate(**inputs, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, **fixed)
-        if device == "cuda":
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - start
-    new = out.shape[1] - inputs["input_ids"].shape[1]
+        seconds, runs = median_seconds(run, device, repeats=repeats, warmup=1)
+    new = out[0].shape[1] - inputs["input_ids"].shape[1]
     return {
-        "text": tokenizer.decode(out[0], skip_special_tokens=True),
+        "text": tokenizer.decode(out[0][0], skip_special_tokens=True),
         "tokens_per_s": round(new / seconds, 2),
+        "tokens_per_s_runs": [round(new / s, 2) for s in runs],
         "peak_memory_bytes": peak.bytes,
     }
 

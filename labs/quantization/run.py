@@ -168,8 +168,14 @@ def run_step(ctx: RunContext, name: str, step: dict, src: str, tokenizer, window
         model = load_model(src, device, dtype, cfg["model"]["device_map"])
     row["footprint_bytes"] = footprint_bytes(model)
     row["perplexity"] = round(perplexity(model, eval_ids, **cfg["perplexity_window"]), 4)
-    gen = generate(model, tokenizer, cfg["generation"]["prompt"], cfg["generation"]["max_new_tokens"], device)
-    row.update(tokens_per_s=gen["tokens_per_s"], generate_peak_bytes=gen["peak_memory_bytes"], sample=gen["text"])
+    g = cfg["generation"]
+    gen = generate(model, tokenizer, g["prompt"], g["max_new_tokens"], device, g["repeats"])
+    row.update(
+        tokens_per_s=gen["tokens_per_s"],
+        tokens_per_s_runs=gen["tokens_per_s_runs"],
+        generate_peak_bytes=gen["peak_memory_bytes"],
+        sample=gen["text"],
+    )
     del model
     free(device)
     return row

@@ -533,6 +533,6 @@ def test(c, lab=None, jobs=None):
     times = output_root() / "test-times.json"
     times.parent.mkdir(parents=True, exist_ok=True)
     args = [python, "-m", "pytest", "tests", "-ra", "--times-json", str(times)]
-    args += ["-n", str(jobs), "--dist", "loadgroup"] if jobs > 1 else []
+    args += ["-n", str(jobs)] if jobs > 1 else []  # tests/conftest.py schedules by lab
     args += ["--lab", lab_or_exit(lab).name] if lab else []
     c.run(shlex.join(args), echo=True, pty=False)

@@ -1,7 +1,7 @@
 """Shared fixtures: which labs the suite covers (``--lab``), parallel grouping, and the per-lab time table.
 
 With pytest-xdist (``invoke test`` passes ``-n``), every test of one lab goes to the same worker
-(``xdist_group``), in file order: the lab's environment is built once and its smoke run precedes its
+(a scheduler keyed on the lab parameter), in file order: the lab's environment is built once and its smoke run precedes its
 broken-pipeline run. At the end a table gives each lab's test time (setup + call + teardown, summed
 over its tests), so CI growth per lab is visible; ``--times-json FILE`` also writes it as JSON.
 """
@@ -34,11 +34,16 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("lab", labs, ids=[lab.name for lab in labs])
 
 
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        lab = getattr(getattr(item, "callspec", None), "params", {}).get("lab")
-        if lab is not None:
-            item.add_marker(pytest.mark.xdist_group(lab.name))
+def pytest_xdist_make_scheduler(config, log):
+    """Schedule by lab: every test of one lab (``...[<lab>]``) on the same worker, in file order."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByLab(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            lab = lab_of(nodeid)
+            return lab if lab != SHARED else nodeid
+
+    return ByLab(config, log)
 
 
 def lab_of(nodeid: str) -> str:

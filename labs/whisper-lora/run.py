@@ -151,7 +151,12 @@ def run(ctx: RunContext) -> dict:
             "lora_dropout": saved["lora_dropout"],
             "target_modules": sorted(saved["target_modules"]),
         },
-        "train": {**training_summary(loss_before, loss_after, result), "peak_memory_bytes": train_peak},
+        "train": {
+            **training_summary(loss_before, loss_after, result),
+            "peak_memory_bytes": train_peak,
+            "effective_batch": cfg["training"]["per_device_train_batch_size"]
+            * cfg["training"]["gradient_accumulation_steps"],
+        },
         "eval": {
             "eval_loss": eval_loss,
             "cer_before": cer(refs, before),

@@ -1,8 +1,8 @@
 """Shared fixtures: which labs the suite covers (``--lab``), parallel grouping, and the per-lab time table.
 
 With pytest-xdist (``invoke test`` passes ``-n``), every test of one lab goes to the same worker
-(a scheduler keyed on the lab parameter), in file order: the lab's environment is built once and its smoke run precedes its
-broken-pipeline run. At the end a table gives each lab's test time (setup + call + teardown, summed
+(a scheduler keyed on the lab parameter), in file order: the lab's environment is built once and
+its smoke run precedes its broken-pipeline run. At the end a table gives each lab's test time (setup + call + teardown, summed
 over its tests), so CI growth per lab is visible; ``--times-json FILE`` also writes it as JSON.
 """
 
@@ -12,8 +12,6 @@ import json
 import re
 from collections import defaultdict
 from pathlib import Path
-
-import pytest
 
 from labkit.config import list_labs
 

@@ -2,8 +2,9 @@
 
 With pytest-xdist (``invoke test`` passes ``-n``), every test of one lab goes to the same worker
 (a scheduler keyed on the lab parameter), in file order: the lab's environment is built once and
-its smoke run precedes its broken-pipeline run. At the end a table gives each lab's test time (setup + call + teardown, summed
-over its tests), so CI growth per lab is visible; ``--times-json FILE`` also writes it as JSON.
+its smoke run precedes its broken-pipeline run. At the end a table gives each lab's test time
+(setup + call + teardown, summed over its tests), so CI growth per lab is visible;
+``--times-json FILE`` also writes it as JSON.
 """
 
 from __future__ import annotations

@@ -452,53 +452,60 @@ def lock(c, lab=None):
             uv_compile(c, lock_file.with_suffix(".in"), lock_file, *LINUX, "--generate-hashes")
 
 
-@task(positional=[], help={"lab": "check this lab's accelerator-memory need too"})
+@task(positional=[], help={"lab": "also check whether this lab's full profile fits the GPU (measured table)"})
 def doctor(c, lab=None):
-    """Check the host: Docker engine, BuildKit, NVIDIA runtime, GPU and its memory against the lab's need."""
+    """Check the host: runtimes (Docker, native), the GPU and driver, and whether a lab's full profile fits.
+
+    Exit status 1 when no runtime is usable, the GPU is unusable (old driver, lost NVML), or the
+    lab's full profile does not fit the GPU.
+    """
+    from labkit import benchtable, hostcheck
+    from labkit.native import PYTHON_VERSION, VENVS_DIR, uv_command
+
     problems = []
-    why = engine_error()
-    print(f"docker engine   : {'ok' if not why else why}")
-    if why:
-        problems.append("docker")
-    else:
-        no_bk = buildkit_error()
-        print(f"buildkit        : {no_bk or 'ok'}")
-        problems += ["buildkit"] if no_bk else []
+    why = docker_error()
+    print(f"docker          : {'ok (engine, BuildKit)' if not why else why}")
+    if not why:
         runtimes = subprocess.run(
             [*docker_cli(), "info", "--format", "{{json .Runtimes}}"], capture_output=True, text=True, check=False
         ).stdout
-        has_nvidia = "nvidia" in runtimes
+        registered = "nvidia" in runtimes
         print(
-            f"nvidia runtime  : {'registered' if has_nvidia else 'not registered (install nvidia-container-toolkit)'}"
+            f"nvidia runtime  : {'registered' if registered else 'not registered (install nvidia-container-toolkit)'}"
         )
-    gpus = []
-    if shutil.which("nvidia-smi"):
-        out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader,nounits"],
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout
-        gpus = [line.split(", ") for line in out.strip().splitlines() if line]
-    for name, mem, driver in gpus:
-        ok_driver = int(driver.split(".")[0]) >= 580
+    found = subprocess.run([*uv_command(), "python", "find", PYTHON_VERSION], capture_output=True, text=True)
+    python = found.stdout.strip() if found.returncode == 0 else None
+    disk = hostcheck.free_gib(VENVS_DIR)
+    print(
+        f"native          : Python {PYTHON_VERSION} "
+        + (f"at {python}" if python else "NOT found (apt-get install python3.11, or `uv python install 3.11`)")
+        + f"; {disk:.0f} GiB free for .venvs and uv's cache"
+        + ("" if disk >= 12 else " (low: the first environment with CUDA torch takes ~7 GiB, each lab ~1 GiB more)")
+        + "; audio decodes with the soundfile wheel (no FFmpeg needed)"
+    )
+    if why and not python:
+        problems.append("runtime")
+    gpus, gpu_trouble = hostcheck.nvidia_smi()
+    if gpu_trouble:
+        print(f"gpu             : {gpu_trouble}")
+        problems.append("gpu")
+    for gpu in gpus:
+        old = hostcheck.driver_problem(gpu.driver, "13.0")  # images/cuda's torch 2.13 wheels: CUDA 13.0
         print(
-            f"gpu             : {name}, {int(mem) / 1024:.1f} GiB, driver {driver}"
-            f"{'' if ok_driver else ' (too old: torch 2.13 cu130 needs >= 580)'}"
+            f"gpu             : {gpu.name}, {gpu.memory_gib:.1f} GiB, driver {gpu.driver}" + (f": {old}" if old else "")
         )
-        problems += [] if ok_driver else ["driver"]
-    if not gpus:
+        problems += ["driver"] if old else []
+    if not gpus and not gpu_trouble:
         print("gpu             : none found (nvidia-smi): labs run their smoke profile")
     if lab:
         spec = lab_or_exit(lab)
-        need = spec.gpu_memory_gib
-        have = max((int(g[1]) / 1024 for g in gpus), default=0)
-        enough = have >= need * 0.95  # a "16 GB" card reports ~15.6 GiB
-        print(
-            f"{spec.name:<16}: full profile needs ~{need:g} GiB of accelerator memory; "
-            f"{'enough' if enough else 'not available here'}"
-        )
-        problems += [] if enough else ["memory"]
+        memory = max((g.memory_gib for g in gpus), default=None)
+        try:
+            text, fits = benchtable.describe(spec, benchtable.load(spec), memory)
+        except LabError as exc:
+            raise fail(str(exc)) from None
+        print(text)
+        problems += [] if fits else ["memory"]
     if problems:
         raise Exit(code=1)
 

@@ -55,11 +55,18 @@ def select_device(requested: str) -> str:
     if requested == "cpu" or requested == found or (requested == "accelerator" and found):
         return found if requested == "accelerator" else requested
     want = "a CUDA GPU or an Ascend NPU" if requested == "accelerator" else f"a {requested.upper()} device"
+    from labkit.hostcheck import gpu_problem
+
+    cause = gpu_problem(torch.version.cuda)
     raise LabError(
         f"this profile needs {want}, but PyTorch sees none (torch {torch.__version__}, "
-        f"torch.cuda.is_available()={torch.cuda.is_available()}). On a GPU host run the lab in its "
-        "container with GPU access (RUNTIME=docker; `invoke doctor` checks the host); "
-        "on a laptop use PROFILE=smoke."
+        f"torch.cuda.is_available()={torch.cuda.is_available()}). "
+        + (
+            f"Cause: {cause}"
+            if cause
+            else "On a GPU host run the lab in its container with GPU access (RUNTIME=docker; `invoke doctor` "
+            "checks the host); on a laptop use PROFILE=smoke."
+        )
     )
 
 

@@ -35,8 +35,9 @@ class Lab:
         entrypoint: script run for every profile, relative to the lab folder.
         profiles: profile names, each with ``profiles/<name>.yaml``.
         gpu_memory_gib: accelerator memory the full profile needs, in GiB (``invoke doctor``).
-        broken_override: a ``key=value`` override that breaks the pipeline (learning rate 0, say);
-            the test suite runs it and expects verification to fail.
+        broken_override: space-separated ``key=value`` overrides that break the pipeline (learning
+            rate 0, say); the test suite runs them and expects verification to fail.
+        broken_fails: the checks that run must fail (the break is caught where it should be).
         meta: the whole ``lab.yaml``; its optional ``variants`` maps a variant name to the
             ``profiles`` it runs and its own ``dockerfile`` and ``requirements`` lock (the
             quantization lab's ``course`` variant pins the course's older libraries).
@@ -52,6 +53,7 @@ class Lab:
     profiles: tuple[str, ...]
     gpu_memory_gib: float
     broken_override: str
+    broken_fails: tuple[str, ...]
     meta: dict = field(default_factory=dict, compare=False, repr=False)
 
     def profile_path(self, profile: str) -> Path:
@@ -113,7 +115,17 @@ def get_lab(name: str, labs_dir: Path = LABS_DIR) -> Lab:
 
 def _load_lab(lab_dir: Path) -> Lab:
     meta = read_yaml(lab_dir / "lab.yaml")
-    required = ("title", "chapter", "summary", "image", "entrypoint", "profiles", "gpu_memory_gib", "broken_override")
+    required = (
+        "title",
+        "chapter",
+        "summary",
+        "image",
+        "entrypoint",
+        "profiles",
+        "gpu_memory_gib",
+        "broken_override",
+        "broken_fails",
+    )
     missing = [key for key in required if not isinstance(meta, dict) or key not in meta]
     if missing:
         raise LabError(f"{lab_dir / 'lab.yaml'} lacks {', '.join(missing)}")
@@ -128,6 +140,7 @@ def _load_lab(lab_dir: Path) -> Lab:
         profiles=tuple(meta["profiles"]),
         gpu_memory_gib=float(meta["gpu_memory_gib"]),
         broken_override=meta["broken_override"],
+        broken_fails=tuple(meta["broken_fails"]),
         meta=meta,
     )
 

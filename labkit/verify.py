@@ -25,7 +25,9 @@ course's dataset) say ``depends_on_data: true``, and the file names that data::
       data.train_examples: {equals: 9, depends_on_data: true, source: "..."}
 
 A run on other data (its ``metrics.json`` ``data.fingerprint`` differs) keeps every other check
-(files, loss falls, reload matches ...) and reports those as SKIP, with the reason.
+(files, loss falls, reload matches ...) and reports those as SKIP, with the reason. So are checks a
+run says it left out on purpose: ``metrics.json`` ``not_run`` maps a metric-name prefix to the
+reason (the quantization lab's ``only=[...]`` subset of steps).
 """
 
 from __future__ import annotations
@@ -160,18 +162,24 @@ def verify_run(run_dir: Path, expected_path: Path) -> list[Check]:
     if not run_dir.is_dir():
         raise LabError(f"run directory {run_dir} does not exist")
     checks = [_manifest_check(run_dir)]
-    for rel in expected["files"]:  # a glob pattern (tensorboard/events.out.tfevents.*) needs one match
-        paths = sorted(run_dir.glob(rel)) if any(ch in rel for ch in "*?[") else [run_dir / rel]
-        present = any(p.is_file() and p.stat().st_size > 0 for p in paths)
-        checks.append(Check(f"file {rel}", "exists, non-empty", "yes" if present else "missing", present))
     try:
         metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         metrics = None
+    not_run = metrics.get("not_run") or {} if isinstance(metrics, dict) else {}
+    for rel in expected["files"]:  # a glob pattern (tensorboard/events.out.tfevents.*) needs one match
+        if why := next((why for key, why in not_run.items() if rel.startswith(key)), None):
+            checks.append(Check(f"file {rel}", "exists, non-empty", f"skipped: {why}", True, skipped=True))
+            continue
+        paths = sorted(run_dir.glob(rel)) if any(ch in rel for ch in "*?[") else [run_dir / rel]
+        present = any(p.is_file() and p.stat().st_size > 0 for p in paths)
+        checks.append(Check(f"file {rel}", "exists, non-empty", "yes" if present else "missing", present))
     other_data = same_data(expected, metrics) is False
     for name, spec in expected["metrics"].items():
-        if other_data and spec.get("depends_on_data"):
-            checks.append(Check(name, check_metric(name, spec, None).expected, OTHER_DATA, True, skipped=True))
+        reason = OTHER_DATA if other_data and spec.get("depends_on_data") else None
+        reason = reason or next((f"skipped: {why}" for key, why in not_run.items() if name.startswith(key)), None)
+        if reason:
+            checks.append(Check(name, check_metric(name, spec, None).expected, reason, True, skipped=True))
             continue
         try:
             value = lookup(metrics, name) if metrics is not None else None

@@ -33,16 +33,24 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("lab", labs, ids=[lab.name for lab in labs])
 
 
-def pytest_xdist_make_scheduler(config, log):
-    """Schedule by lab: every test of one lab (``...[<lab>]``) on the same worker, in file order."""
-    from xdist.scheduler import LoadScopeScheduling
+class _ScheduleByLab:
+    """Registered when pytest-xdist is active: every test of one lab (``...[<lab>]``) on one worker."""
 
-    class ByLab(LoadScopeScheduling):
-        def _split_scope(self, nodeid: str) -> str:
-            lab = lab_of(nodeid)
-            return lab if lab != SHARED else nodeid
+    @staticmethod
+    def pytest_xdist_make_scheduler(config, log):
+        from xdist.scheduler import LoadScopeScheduling
 
-    return ByLab(config, log)
+        class ByLab(LoadScopeScheduling):
+            def _split_scope(self, nodeid: str) -> str:
+                lab = lab_of(nodeid)
+                return lab if lab != SHARED else nodeid
+
+        return ByLab(config, log)
+
+
+def pytest_configure(config):
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(_ScheduleByLab())
 
 
 def lab_of(nodeid: str) -> str:

@@ -163,3 +163,13 @@ def test_a_glob_file_pattern_needs_one_non_empty_match(tmp_path):
 def test_malformed_data_sections_are_named(tmp_path, text, message):
     with pytest.raises(LabError, match=message):
         load_expected(write_expected(tmp_path, text))
+
+
+def test_checks_a_run_left_out_on_purpose_are_skipped_with_the_reason(tmp_path):
+    metrics = {**GOOD, "not_run": {"eval.": "not selected (only=[fp16])", "adapter/": "not selected (only=[fp16])"}}
+    del metrics["eval"]
+    run = write_run(tmp_path, metrics)
+    checks = {c.name: c for c in verify_run(run, write_expected(tmp_path, EXPECTED))}
+    assert checks["eval.cer"].skipped and checks["eval.cer"].got == "skipped: not selected (only=[fp16])"
+    assert checks["file adapter/adapter_config.json"].skipped
+    assert not checks["lora.r"].skipped and checks["lora.r"].passed

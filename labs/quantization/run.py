@@ -120,6 +120,9 @@ def check_steps(cfg: dict, variant: str) -> None:
         raise LabError(f"awq.seq_len={cfg['awq']['seq_len']}: AutoAWQ 0.2.5 drops calibration samples over 512 tokens")
     if cfg["baseline"] not in cfg["steps"]:
         raise LabError(f"baseline={cfg['baseline']!r} is not one of the steps: {', '.join(cfg['steps'])}")
+    unknown = [s for s in cfg["only"] or [] if s not in cfg["steps"]]
+    if unknown:
+        raise LabError(f"only={cfg['only']}: no step(s) {', '.join(unknown)}; steps: {', '.join(cfg['steps'])}")
     for name, step in cfg["steps"].items():
         if step.get("method") not in METHODS:
             raise LabError(f"steps.{name}.method={step.get('method')!r} is not one of {', '.join(METHODS)}")
@@ -181,13 +184,23 @@ def run_step(ctx: RunContext, name: str, step: dict, src: str, tokenizer, window
     return row
 
 
+def selected_steps(cfg: dict) -> dict:
+    """The profile's steps, or those named in ``only`` (in profile order; the baseline always runs,
+    since every other step is compared with it)."""
+    if not cfg["only"]:
+        return cfg["steps"]
+    keep = set(cfg["only"]) | {cfg["baseline"]}
+    return {name: step for name, step in cfg["steps"].items() if name in keep}
+
+
 def run(ctx: RunContext) -> dict:
     from transformers import AutoTokenizer
 
     cfg = ctx.config
     check_steps(cfg, ctx.lab.variant_of(ctx.profile) or "maintained")
+    chosen = selected_steps(cfg)
     # 1. Every text, checked with the model's tokenizer before any long work (download, training).
-    sources = {s["calibration"] for s in cfg["steps"].values() if s.get("calibration")} | {"eval", "wikitext"}
+    sources = {s["calibration"] for s in chosen.values() if s.get("calibration")} | {"eval", "wikitext"}
     texts = {key: load_texts(cfg["data"][key], ctx.repo_root) for key in sorted(sources)}
     src = source_model(ctx, texts["wikitext"], weights=False)
     tokenizer = AutoTokenizer.from_pretrained(src)
@@ -201,7 +214,7 @@ def run(ctx: RunContext) -> dict:
             f"{step['calibration']} ({describe(cfg['data'][step['calibration']])})",
             setting=f"{step['method']}.seq_len",
         )
-        for name, step in cfg["steps"].items()
+        for name, step in chosen.items()
         if step.get("calibration")
     }
     eval_ids = token_ids(texts["eval"], tokenizer)[: cfg["eval_max_tokens"]]
@@ -213,7 +226,7 @@ def run(ctx: RunContext) -> dict:
         src, pretrain = source_model(ctx, [], weights=True), {}
 
     # 3. Every step: quantize, save, reload, measure.
-    steps = {name: run_step(ctx, name, step, src, tokenizer, windows, eval_ids) for name, step in cfg["steps"].items()}
+    steps = {name: run_step(ctx, name, step, src, tokenizer, windows, eval_ids) for name, step in chosen.items()}
 
     # 4. Compare with the fp16 baseline; write the table and the chart.
     base = steps[cfg["baseline"]]
@@ -233,6 +246,16 @@ def run(ctx: RunContext) -> dict:
         },
         "steps": steps,
         "steps_run": sum(1 for r in steps.values() if r["status"] == "ok"),
+        # Checks of steps left out with `only` (and the step count) are SKIP, not FAIL (labkit.verify).
+        "not_run": {
+            **{
+                f"{prefix}{name}{end}": f"not selected (only={cfg['only']})"
+                for name in cfg["steps"]
+                if name not in chosen
+                for prefix, end in (("steps.", "."), ("models/", "/"))
+            },
+            **({"steps_run": f"a subset ran (only={cfg['only']})"} if cfg["only"] else {}),
+        },
     }
 
 

@@ -32,7 +32,7 @@ from labkit.verify import format_table, load_expected, verify_run
 IMAGE_PREFIX = "llm-labs"
 SHARED_IMAGES = {"cuda": REPO_ROOT / "images" / "cuda"}
 LAB_UID = 1000
-PASSED_ENV = ("HF_TOKEN", "HF_ENDPOINT", "HF_HUB_OFFLINE", "HF_HUB_ENABLE_HF_TRANSFER")
+PASSED_ENV = ("HF_TOKEN", "HF_ENDPOINT", "HF_HUB_OFFLINE", "HF_HUB_ENABLE_HF_TRANSFER", "OMP_NUM_THREADS")
 GPU_DRIVER_HELP = (
     'Docker could not give the container a GPU ("could not select device driver "nvidia""): the '
     "NVIDIA Container Toolkit is missing or not configured. Install nvidia-container-toolkit, run "
@@ -539,7 +539,9 @@ def test(c, lab=None, jobs=None):
     jobs = int(jobs) if jobs else min(2, os.cpu_count() or 1)
     times = output_root() / "test-times.json"
     times.parent.mkdir(parents=True, exist_ok=True)
-    args = [python, "-m", "pytest", "tests", "-ra", "--times-json", str(times)]
-    args += ["-n", str(jobs)] if jobs > 1 else []  # tests/conftest.py schedules by lab
+    args = [python, "-m", "pytest", "tests", "-ra", "--durations=20", "--times-json", str(times)]
+    if jobs > 1:  # tests/conftest.py schedules by lab; the cores are shared out, not oversubscribed
+        args += ["-n", str(jobs)]
+        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
     args += ["--lab", lab_or_exit(lab).name] if lab else []
     c.run(shlex.join(args), echo=True, pty=False)

@@ -114,3 +114,23 @@ def test_a_window_without_room_for_the_stride_is_a_clear_error():
     check_window(384, 128, 64)  # the full profile's settings
     with pytest.raises(LabError, match="max_length 64 leaves 13 context tokens .* not more than stride 24"):
         check_window(64, 24, 48)
+
+
+def test_an_empty_question_is_named_by_file_line_and_column_or_dropped(tmp_path):
+    import json
+
+    from run import load_squad
+
+    from labkit.config import get_lab, load_profile
+
+    lab = get_lab("distilbert-squad")
+    cfg = load_profile(lab, "smoke")[0]["data"]
+    rows = [json.loads(line) for line in (lab.dir / "data/smoke/train.jsonl").read_text().splitlines()[:5]]
+    rows[3]["question"] = ""
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = {**cfg, "files": {**cfg["files"], "train": str(train)}, "train_samples": None, "eval_samples": None}
+    with pytest.raises(LabError, match=r"train.jsonl: column 'question' is empty at line 4\. .*bad_text=drop"):
+        load_squad(cfg, lab.dir.parents[1])
+    dsd, dropped = load_squad({**cfg, "bad_text": "drop"}, lab.dir.parents[1])
+    assert dropped == {"train": {"question": 1}} and len(dsd["train"]) == 4

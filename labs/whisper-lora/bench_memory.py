@@ -89,6 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
         dataloader_num_workers=0,
         use_cpu=device == "cpu",
         fp16=device == "cuda",
+        report_to="none",
     )
     if args.batch_size:
         training["per_device_train_batch_size"] = args.batch_size

@@ -11,6 +11,7 @@ RUNTIME ?= auto
 SET ?=
 VARIANT ?=
 LAB ?=
+BATCH_SIZES ?=
 
 .PHONY: help list images smoke test doctor venv report
 
@@ -18,6 +19,7 @@ help: ## Show the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 22
 	@echo "lab-<name>            Build, run and verify one lab; labs: $$(ls labs | paste -sd' ')"
 	@echo "                      PROFILE=auto|smoke|full RUNTIME=auto|docker|native SET=\"key=value ...\" [VARIANT=course]"
+	@echo "bench-<name>          Full-profile step on random weights: peak memory, samples/s (BATCH_SIZES=1,4,16)"
 
 $(VENV)/.installed: requirements-dev.txt
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "error: the tooling needs Python >= 3.11 ($(PYTHON) is older): set PYTHON=/path/to/python3.11" >&2; exit 2; }
@@ -30,6 +32,9 @@ venv: $(VENV)/.installed ## Create the tooling virtualenv (.venv)
 
 lab-%: $(VENV)/.installed
 	$(INVOKE) run --lab $* --profile $(PROFILE) --runtime $(RUNTIME) --set "$(SET)" --variant "$(VARIANT)"
+
+bench-%: $(VENV)/.installed
+	$(INVOKE) bench --lab $* --runtime $(RUNTIME) $(if $(BATCH_SIZES),--batch-sizes $(BATCH_SIZES))
 
 list: $(VENV)/.installed ## List the labs
 	@$(INVOKE) list

@@ -378,6 +378,55 @@ def verify(c, lab=None, profile=None, run=None):
         raise Exit(code=1)
 
 
+@task(
+    positional=[],
+    help={
+        "lab": "lab name",
+        "batch_sizes": "comma-separated per-device batch sizes to sweep, e.g. 1,4,8,16,64 (default: the profile's)",
+        "steps": "timed steps per batch size (after --warmup untimed ones)",
+        "warmup": "untimed steps first (CUDA start-up, kernel loading)",
+        "arch": "full (the full profile's architecture, random weights) or tiny (a CPU self-test)",
+        "device": "accelerator (default), cuda, npu or cpu",
+        "runtime": "auto (docker if an engine answers), docker or native",
+    },
+)
+def bench(c, lab, batch_sizes="", steps=5, warmup=1, arch="full", device="accelerator", runtime="auto"):
+    """Benchmark a lab's full-profile step on random weights: peak memory, samples/s, tokens/s, MFU.
+
+    Writes outputs/<lab>/bench/<UTC time>/bench.json and bench.md; commit a run's rows to
+    labs/<lab>/bench.yaml (with GPU, driver, versions, date, command) so `invoke doctor` can use them.
+    """
+    from datetime import UTC, datetime
+
+    spec = lab_or_exit(lab)
+    if not (spec.dir / "bench.py").is_file():
+        raise fail(f"lab {spec.name} has no bench.py")
+    runtime = resolve_runtime(runtime)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    out = output_root() / spec.name / "bench" / stamp
+    args = ["--arch", arch, "--device", device, "--steps", str(steps), "--warmup", str(warmup)]
+    args += ["--batch-sizes", batch_sizes] if batch_sizes else []
+    try:
+        check_writable(out)
+        if runtime == "native":
+            cmd = [str(ensure_env(spec)), str(spec.dir / "bench.py"), *args, "--out", str(out)]
+            code, _ = run_streaming(cmd, {**os.environ, "HF_HUB_OFFLINE": "1"})
+        else:
+            build(c, lab=spec.name)
+            if os.geteuid() == 0:
+                os.chown(out, LAB_UID, LAB_UID)
+            cmd = [*docker_cli(), "run", "--rm", "--shm-size", "8g", "-e", "HF_HUB_OFFLINE=1"]
+            cmd += ["--gpus", "all"] if device != "cpu" else []
+            cmd += ["-v", f"{out}:/opt/labs/bench-out", "--entrypoint", "python", image_tag(spec.name)]
+            cmd += [f"labs/{spec.name}/bench.py", *args, "--out", "/opt/labs/bench-out"]
+            code, _ = run_streaming(cmd)
+    except LabError as exc:
+        raise fail(str(exc)) from None
+    if code != 0:
+        raise Exit(code=code)
+    print(f"wrote {out}/bench.json and bench.md")
+
+
 def expected_data(spec, profile: str) -> str:
     """What the expected values of ``profile`` were set on (its expected file's ``data.about``)."""
     return (load_expected(spec.expected_path(profile)).get("data") or {}).get("about", "?")

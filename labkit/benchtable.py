@@ -11,7 +11,7 @@ GPU fits the full profile and the largest per-device batch that does::
         memory_gib: 139.8
         date: "2026-11-29"
         versions: {torch: 2.11.0+cu130, transformers: 5.24.0}
-        command: python labs/whisper-lora/bench_memory.py --steps 5 --batch-size N
+        command: python labs/whisper-lora/bench.py --steps 5 --batch-sizes 16,64
         rows:
           - {batch: 64, peak_allocated_gib: 125.65, samples_per_s: 9.2}
           - {batch: 16, peak_allocated_gib: 32.72, samples_per_s: 7.0}

@@ -6,6 +6,7 @@ These tests run the labs the way `make lab-<name>` does (tasks.run_lab), in thro
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -45,6 +46,24 @@ def test_lab_unit_tests_pass_in_its_environment(lab):
         check=False,
     )
     assert result.returncode == 0
+
+
+def test_bench_self_test_runs_the_full_path_at_tiny_scale(lab, tmp_path):
+    """`invoke bench`'s CPU self-test: the lab's bench.py at tiny scale, every row measured."""
+    code, tail = tasks.run_streaming(
+        [str(ensure_env(lab)), str(lab.dir / "bench.py"), "--arch", "tiny", "--device", "cpu", "--batch-sizes", "1,2"]
+        + ["--steps", "1", "--warmup", "1", "--out", str(tmp_path)]
+    )
+    assert code == 0, tail
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert report["lab"] == lab.name and report["rows"] and report["flops"]
+    for row in report["rows"]:
+        assert row["status"] == "ok" and row["steps"] == 1 and row["step_s"] > 0, row
+        assert row["peak_allocated_gib"] > 0 and row["samples_per_s"] == pytest.approx(
+            row["batch"] / row["step_s"], rel=0.01
+        )
+    assert {r["batch"] for r in report["rows"]} == {1, 2}
+    assert f"| {report['setting']} |" in (tmp_path / "bench.md").read_text()
 
 
 def test_smoke_run_passes_verification(lab, outputs, monkeypatch):

@@ -182,3 +182,12 @@ def test_pcre_stdlib_refuses_flags_re_cannot_honour():
         pytest.skip("the real pypcre (container image)")
     with pytest.raises(NotImplementedError, match="no Python re equivalent"):
         pcre.compile("x", flags=0x80000000)  # PCRE2_ANCHORED
+
+
+def test_bench_loads_the_profile_configs_and_nf4_is_smallest():
+    import bench
+
+    b = bench.make("tiny", "cpu")
+    assert b.variants == ("fp16", "int8", "nf4") and b.tokens_per_sample == bench.NEW_TOKENS
+    sizes = {v: b.step(1, 1, v)[1]["footprint_mib"] for v in b.variants}
+    assert sizes["nf4"] < sizes["int8"] < sizes["fp16"]

@@ -217,32 +217,13 @@ def test_full_profile_without_an_accelerator_fails_clearly():
     assert select_device("auto") == "cpu"
 
 
-def test_gpu_memory_benchmark_runs_at_tiny_scale(tmp_path):
-    import json
-    import math
+def test_bench_reports_label_tokens_and_the_profile_batch():
+    import bench
 
-    import bench_memory
-
-    out = tmp_path / "bench.json"
-    report = bench_memory.main(
-        [
-            "--arch",
-            "tiny",
-            "--device",
-            "cpu",
-            "--steps",
-            "1",
-            "--batch-size",
-            "1",
-            "--label-length",
-            "8",
-            "--out",
-            str(out),
-        ]
-    )
-    assert json.loads(out.read_text()) == report
-    assert report["steps"] == 1 and report["batch_size"] == 1 and report["load_in_8bit"] is True
-    assert report["peak_memory_bytes"] > 0 and math.isfinite(report["final_loss"])
+    b = bench.make("tiny", "cpu")
+    assert b.default_batch == 4 and b.tokens_per_sample == bench.LABEL_LENGTH == 48 and b.flops_per_token is None
+    times, extra = b.step(1, 2, "")
+    assert len(times) == 2 and all(t > 0 for t in times) and extra["final_loss"] > 0
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,8 @@ A lab's ``bench.py`` describes its real code path once (quantized load, adapters
 as a :class:`Bench`; :func:`main` runs it for each batch size and reports, per row:
 
 * ``peak_allocated_gib`` / ``peak_reserved_gib``: ``torch.cuda.max_memory_allocated`` /
-  ``max_memory_reserved`` over the whole row (warm-up included), or peak RSS on the CPU;
+  ``max_memory_reserved`` over the whole row (warm-up included); on the CPU the process's resident
+  set size sampled during the row (``labkit.device.PeakMemory``), so the column says RSS there;
 * ``samples_per_s`` and ``tokens_per_s``: from the median step time after ``--warmup`` untimed steps
   (``labkit.timing``: the first steps pay CUDA start-up and kernel loading);
 * ``mfu``: model FLOPs utilisation where the lab defines FLOPs per token (``6 * N`` for training a
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import re
 import statistics
 import sys
 import time
@@ -32,21 +34,21 @@ from pathlib import Path
 
 import torch
 
-from labkit.device import accelerator_info, peak_memory_bytes, reset_peak_memory, select_device
+from labkit.device import PeakMemory, accelerator_info, select_device
 from labkit.timing import synchronize
 
-#: Dense fp16/bf16 tensor-core peak in TFLOP/s (no sparsity), from NVIDIA's datasheets, by a substring
-#: of ``torch.cuda.get_device_name()``. MFU is reported only for GPUs listed here.
+#: Dense fp16/bf16 tensor-core peak in TFLOP/s (no sparsity), from NVIDIA's datasheets, matched as a
+#: regular expression against ``torch.cuda.get_device_name()`` (e.g. "NVIDIA H100 80GB HBM3"). MFU
+#: is reported only for GPUs listed here.
 PEAK_TFLOPS = {
-    "H200": 989.0,  # H200 SXM datasheet: 1,979 TFLOPS with sparsity
-    "H100 SXM": 989.0,
-    "H100 PCIe": 756.0,
-    "A100": 312.0,
-    "L40S": 362.0,
-    "A10": 125.0,
-    "L4": 121.0,
-    "T4": 65.0,
-    "V100": 125.0,
+    r"\bH200\b": 989.0,  # H200 SXM: 1,979 with sparsity
+    r"\bH100\b.*(HBM3|SXM)": 989.0,  # H100 SXM5
+    r"\bH100\b.*PCIe": 756.0,
+    r"\bA100\b": 312.0,
+    r"\bL40S\b": 362.0,
+    r"\bL4\b": 121.0,
+    r"\bT4\b": 65.0,
+    r"\bV100\b": 125.0,  # SXM2
 }
 
 
@@ -100,7 +102,7 @@ def peak_tflops(device: str) -> float | None:
     if device != "cuda":
         return None
     name = torch.cuda.get_device_name(0)
-    return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+    return next((v for pattern, v in PEAK_TFLOPS.items() if re.search(pattern, name)), None)
 
 
 def is_oom(exc: BaseException) -> bool:
@@ -112,11 +114,12 @@ def measure(bench: Bench, batch: int, steps: int, warmup: int, device: str, vari
     gc.collect()
     if device == "cuda":
         torch.cuda.empty_cache()
-    reset_peak_memory(device)
     row = Row(batch, variant)
+    peak = PeakMemory(device)  # max_memory_allocated on a GPU; sampled RSS on the CPU (this row only)
     try:
-        times, row.extra = bench.step(batch, warmup + steps, variant)
-        synchronize(device)
+        with peak:
+            times, row.extra = bench.step(batch, warmup + steps, variant)
+            synchronize(device)
     except Exception as exc:  # OOM surfaces as several exception types (torch, bitsandbytes, accelerate)
         row.status = "oom" if is_oom(exc) else f"error: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
         return row
@@ -128,8 +131,7 @@ def measure(bench: Bench, batch: int, steps: int, warmup: int, device: str, vari
     row.samples_per_s = round(batch / row.step_s, 3)
     if bench.tokens_per_sample:
         row.tokens_per_s = round(batch * bench.tokens_per_sample / row.step_s, 1)
-    peak = peak_memory_bytes(device)
-    row.peak_allocated_gib = round(peak / 2**30, 2)
+    row.peak_allocated_gib = round(peak.bytes / 2**30, 2)
     if device == "cuda":
         row.peak_reserved_gib = round(torch.cuda.max_memory_reserved() / 2**30, 2)
     tflops = peak_tflops(device)
@@ -142,7 +144,8 @@ def measure(bench: Bench, batch: int, steps: int, warmup: int, device: str, vari
 
 def table(rows: list[Row], bench: Bench) -> str:
     """A Markdown table of the rows."""
-    head = f"| variant | {bench.setting} | status | step s | samples/s | tokens/s | peak allocated GiB "
+    memory = "peak allocated GiB" if any(r.peak_reserved_gib is not None for r in rows) else "peak RSS GiB"
+    head = f"| variant | {bench.setting} | status | step s | samples/s | tokens/s | {memory} "
     head += "| peak reserved GiB | MFU | other |"
     lines = [head, "|" + "---|" * 10]
     for r in rows:
@@ -208,17 +211,6 @@ def main(lab: str, make: Callable[[str, str], Bench], argv: list[str] | None = N
         (args.out / "bench.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         (args.out / "bench.md").write_text(text, encoding="utf-8")
     return report
-
-
-def timed_steps(run_one: Callable[[], object], n: int, device: str) -> list[float]:
-    """Wall seconds of ``n`` calls of ``run_one``, synchronizing the device after each."""
-    times = []
-    for _ in range(n):
-        start = time.perf_counter()
-        run_one()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return times
 
 
 def trainer_step_times(device: str):
@@ -295,30 +287,13 @@ def trainer_bench(
     (:class:`RandomTokens`). MFU counts ``6 * non-embedding parameters`` FLOPs per input token
     (attention's sequence-length term left out).
     """
-    import tempfile
-
     from transformers import Trainer, TrainingArguments
 
     params = non_embedding_params(build_model())
 
     def step(batch: int, n: int, variant: str = "") -> tuple[list[float], dict]:
-        args = dict(
-            training,
-            output_dir=tempfile.mkdtemp(prefix="bench-"),
-            per_device_train_batch_size=batch,
-            gradient_accumulation_steps=1,
-            max_steps=n,
-            eval_strategy="no",
-            save_strategy="no",
-            logging_steps=1,
-            report_to="none",
-            dataloader_num_workers=0,
-            use_cpu=device == "cpu",
-            fp16=bool(training.get("fp16")) and device == "cuda",
-        )
-        trainer = Trainer(
-            model=build_model(), args=TrainingArguments(**args), train_dataset=RandomTokens(batch * n, shapes)
-        )
+        args = TrainingArguments(output_dir=scratch_dir(), **bench_training(training, batch, n, device))
+        trainer = Trainer(model=build_model(), args=args, train_dataset=RandomTokens(batch * n, shapes))
         return train_steps(trainer, device)
 
     return Bench(
@@ -331,3 +306,34 @@ def trainer_bench(
         "attention's sequence-length term and padding are not subtracted",
         step=step,
     )
+
+
+def bench_training(training: dict, batch: int, steps: int, device: str) -> dict:
+    """The full profile's ``training`` settings for a bench row: per-device ``batch`` without
+    accumulation, ``steps`` optimizer steps, no evaluation, saving, logging integrations or workers,
+    fp16 only where the profile asks for it and the device is CUDA."""
+    return dict(
+        training,
+        per_device_train_batch_size=batch,
+        gradient_accumulation_steps=1,
+        max_steps=steps,
+        eval_strategy="no",
+        save_strategy="no",
+        logging_steps=1,
+        report_to="none",
+        dataloader_num_workers=0,
+        use_cpu=device == "cpu",
+        fp16=bool(training.get("fp16")) and device == "cuda",
+    )
+
+
+def scratch_dir() -> str:
+    """A temporary folder removed when the process exits (bench checkpoints and random weights are
+    gigabytes at full size)."""
+    import atexit
+    import shutil
+    import tempfile
+
+    path = tempfile.mkdtemp(prefix="labs-bench-")
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path

@@ -68,10 +68,11 @@ def load(lab: Lab) -> dict | None:
 def line(rows: list[dict]) -> tuple[float, float]:
     """``(fixed GiB, GiB per sample)``: the least-squares line through (batch, peak) rows.
 
-    One row gives a line through the origin's share: all of the peak per sample (conservative).
+    Rows of one batch size (one distinct point) give a line through the origin: all of the peak
+    per sample (conservative).
     """
-    if len(rows) == 1:
-        return 0.0, rows[0]["peak_allocated_gib"] / rows[0]["batch"]
+    if len({r["batch"] for r in rows}) == 1:
+        return 0.0, max(r["peak_allocated_gib"] for r in rows) / rows[0]["batch"]
     xs = [r["batch"] for r in rows]
     ys = [r["peak_allocated_gib"] for r in rows]
     mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
@@ -94,7 +95,10 @@ def fit(table: dict, memory_gib: float) -> list[Fit]:
 
 
 def describe(lab: Lab, table: dict | None, memory_gib: float | None) -> tuple[str, bool]:
-    """One paragraph for ``invoke doctor`` and whether the full profile fits (``True`` without a GPU)."""
+    """One paragraph for ``invoke doctor`` and whether the full profile fits (``True`` without a GPU).
+
+    Every measured run is shown; whether it fits is judged on the newest (the file's last run).
+    """
     if table is None:
         return (
             f"{lab.name}: full profile not measured on a GPU yet (lab.yaml estimate: {lab.gpu_memory_gib:g} GiB); "
@@ -102,15 +106,16 @@ def describe(lab: Lab, table: dict | None, memory_gib: float | None) -> tuple[st
             memory_gib is None or memory_gib >= lab.gpu_memory_gib * 0.95,
         )
     lines, ok = [], True
-    for run, f in zip(table["runs"], fit(table, memory_gib or 0)):
+    fits = fit(table, memory_gib or 0)
+    for i, (run, f) in enumerate(zip(table["runs"], fits)):
         rows = ", ".join(f"{r['batch']} -> {r['peak_allocated_gib']} GiB" for r in run["rows"])
         how = "measured" if f.measured else "on the line through the measurements (an estimate)"
         lines.append(
             f"{lab.name}: full profile ({table['setting']}={f.default_batch}) needs {f.need_gib} GiB, {how}; "
             f"measured on {run['gpu']} ({run['date']}): {rows}"
         )
-        if memory_gib is not None:
-            ok &= f.fits
+        if memory_gib is not None and i == len(fits) - 1:
+            ok = f.fits
             lines.append(
                 f"  your GPU ({memory_gib:.1f} GiB, {USABLE:.0%} usable): "
                 + (f"fits; largest {table['setting']} that fits: {f.largest_batch}" if f.fits else "does NOT fit")

@@ -96,17 +96,29 @@ def check_texts(
         counts[column] = len(rows)
         bad_rows.update(rows)
     if bad_rows:
-        keep = [i for i in range(len(ds)) if i not in bad_rows]
-        ds = ds.select(keep)
-        print(f"{where}: dropped {len(bad_rows)} row(s) with missing or empty text ({counts})", flush=True)
+        ds = ds.select([i for i in range(len(ds)) if i not in bad_rows])
+        shown = ", ".join(place(r) for r in sorted(bad_rows)[:10]) + (", ..." if len(bad_rows) > 10 else "")
+        print(f"{where}: dropped {len(bad_rows)} row(s) with missing or empty text {counts}: {shown}", flush=True)
     return ds, counts
 
 
+SAMPLING_KEYS = ("train_samples", "eval_samples", "shuffle_seed")
+
+
+def sampling_part(cfg: dict) -> str:
+    """The sub-sampling settings of a profile's ``data`` as one fingerprint part: a subset of the
+    bundled data is other data (its counts differ), so it must fingerprint differently."""
+    return "|".join(f"{key}={cfg.get(key)}" for key in SAMPLING_KEYS)
+
+
 def hub_or_json_fingerprint(cfg: dict, repo_root: Path, splits: tuple[str, ...]) -> str:
-    """``labkit.verify.fingerprint`` of what :func:`load_hub_or_json` reads for ``cfg`` (a profile's ``data``)."""
+    """``labkit.verify.fingerprint`` of what :func:`load_hub_or_json` reads for ``cfg`` (a profile's
+    ``data``): the files (or the Hub id and revision) and the sub-sampling settings."""
     if cfg["source"] == "json":
-        return fingerprint({split: repo_root / cfg["files"][split] for split in splits})
-    return fingerprint({split: f"hub:{cfg['hub_dataset']}@{cfg['hub_revision']}" for split in splits})
+        parts = {split: repo_root / cfg["files"][split] for split in splits}
+    else:
+        parts = {split: f"hub:{cfg['hub_dataset']}@{cfg['hub_revision']}" for split in splits}
+    return fingerprint({**parts, "sampling": sampling_part(cfg)})
 
 
 def require_columns(dsd: DatasetDict, columns: tuple[str, ...] | list[str], hint: str = "") -> None:

@@ -33,10 +33,6 @@ class Gpu:
     memory_gib: float
     driver: str
 
-    @property
-    def driver_major(self) -> int:
-        return int(self.driver.split(".")[0]) if self.driver.split(".")[0].isdigit() else 0
-
 
 def nvidia_smi() -> tuple[list[Gpu], str | None]:
     """``(GPUs, problem)`` from ``nvidia-smi``: no GPUs and ``None`` when it is not installed;
@@ -84,6 +80,14 @@ def gpu_problem(cuda: str | None) -> str | None:
         if why := driver_problem(gpu.driver, cuda):
             return why
     return None
+
+
+def image_cuda(constraints: Path) -> str | None:
+    """The CUDA version (``13.0``) of the torch build an image lock pins, from its
+    ``nvidia-cuda-runtime`` (or ``nvidia-cuda-runtime-cuXX``) entry; ``None`` for a CPU-only lock."""
+    text = Path(constraints).read_text(encoding="utf-8")
+    match = re.search(r"^nvidia-cuda-runtime(?:-cu\d+)?==(\d+)\.(\d+)", text, re.MULTILINE)
+    return f"{match.group(1)}.{match.group(2)}" if match else None
 
 
 def free_gib(path: Path) -> float:

@@ -21,7 +21,9 @@ it an exact copy of the locks, as ``uv pip sync`` would.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import os
 import re
 import shlex
 import subprocess
@@ -99,10 +101,14 @@ def env_inputs(lab: Lab, profile: str | None) -> list[Path]:
 
 
 def env_stamp(lab: Lab, profile: str | None) -> str:
-    """SHA-256 over :func:`env_inputs` (paths and contents): a changed input means a rebuild."""
+    """SHA-256 over :func:`env_inputs` (paths and contents) and where packages come from
+    (``UV_FIND_LINKS``, ``UV_DEFAULT_INDEX``, ``UV_INDEX_URL``): a changed input means a rebuild, so
+    switching between a CPU and a CUDA torch rebuilds too."""
     digest = hashlib.sha256()
     for path in env_inputs(lab, profile):
         digest.update(str(path.relative_to(REPO_ROOT)).encode() + b"\0" + path.read_bytes())
+    for key in ("UV_FIND_LINKS", "UV_DEFAULT_INDEX", "UV_INDEX_URL"):
+        digest.update(f"{key}={os.environ.get(key, '')}".encode())
     return digest.hexdigest()
 
 
@@ -128,8 +134,23 @@ def ensure_env(lab: Lab, profile: str | None = None) -> Path:
     python = target / "bin" / "python"
     stamp = env_stamp(lab, profile)
     stamp_file = target / ".lock-hash"
-    if python.exists() and stamp_file.is_file() and stamp_file.read_text(encoding="utf-8") == stamp:
+
+    def current() -> bool:
+        return python.exists() and stamp_file.is_file() and stamp_file.read_text(encoding="utf-8") == stamp
+
+    if current():
         return python
+    VENVS_DIR.mkdir(parents=True, exist_ok=True)
+    with open(VENVS_DIR / f".{target.name}.lock", "w") as lock:  # one builder at a time (parallel runs/tests)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if current():  # another process built it while we waited
+            return python
+        _build(lab, profile, target, python)
+        stamp_file.write_text(stamp, encoding="utf-8")
+    return python
+
+
+def _build(lab: Lab, profile: str | None, target: Path, python: Path) -> None:
     print(f"Creating the native environment {target} (once per lock change; uv's cache is shared)...", flush=True)
     probe = subprocess.run(
         [*uv_command(), "python", "find", PYTHON_VERSION], capture_output=True, text=True, check=False
@@ -155,5 +176,3 @@ def ensure_env(lab: Lab, profile: str | None = None) -> Path:
     for folder in replace.values():
         _uv(["pip", "install", *on_python, "--no-deps", str(folder)], f"installing {folder.name}")
     _uv(["pip", "check", *on_python], "checking the environment's dependencies")
-    stamp_file.write_text(stamp, encoding="utf-8")
-    return python

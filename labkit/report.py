@@ -21,7 +21,7 @@ from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-from labkit.config import get_lab, list_labs
+from labkit.config import list_labs
 from labkit.errors import LabError
 from labkit.rundir import newest_completed_run, run_status
 from labkit.verify import Check, verify_run
@@ -64,7 +64,10 @@ class RunCard:
 
     @property
     def passed(self) -> bool | None:
-        return None if not self.checks else all(c.passed for c in self.checks) and not self.error
+        """``None`` without a completed run; ``False`` when verification could not run or a check failed."""
+        if self.error:
+            return False
+        return None if not self.checks else all(c.passed for c in self.checks)
 
 
 def flatten(metrics: Any, prefix: str = "") -> list[tuple[str, str]]:
@@ -128,11 +131,11 @@ def collect(output_root: Path) -> list[RunCard]:
         lab = known.get(lab_dir.name)
         if lab is None:
             continue
-        for profile_dir in sorted(p for p in lab_dir.iterdir() if p.is_dir()):
-            run_dir, failure = newest_completed_run(output_root, lab.name, profile_dir.name)
+        for profile in lab.profiles:  # not outputs/<lab>/bench/ and other folders
+            run_dir, failure = newest_completed_run(output_root, lab.name, profile)
             if run_dir is None and failure is None:
                 continue
-            card = RunCard(lab.name, lab.title, lab.chapter, profile_dir.name, run_dir)
+            card = RunCard(lab.name, lab.title, lab.chapter, profile, run_dir)
             if failure is not None:
                 error = _read_json(failure / "manifest.json").get("error") or run_status(failure)
                 card.newer_failure = (str(failure), str(error))
@@ -144,7 +147,7 @@ def collect(output_root: Path) -> list[RunCard]:
                 card.metrics = flatten(_read_json(run_dir / "metrics.json"))[:MAX_METRICS]
                 card.images = _images(run_dir)
                 try:
-                    card.checks = verify_run(run_dir, get_lab(lab.name).expected_path(profile_dir.name))
+                    card.checks = verify_run(run_dir, lab.expected_path(profile))
                 except LabError as exc:
                     card.error = str(exc)
             cards.append(card)

@@ -1,7 +1,8 @@
 """Timing that survives start-up costs: warm-up calls, device synchronisation, the median of repeats.
 
-The first call on a GPU pays CUDA context and kernel loading (measured on an H200: a tiny model's
-first timed generation ran at 22.9 tokens/s, the next step at 271), so every speed a lab reports
+The first call on a GPU pays CUDA context and kernel loading (on an H200, issue 9 of this project
+reports a tiny model's first timed generation at 22.9 tokens/s and the next step's at 271), so every
+speed a lab reports
 comes from :func:`median_seconds`: ``warmup`` untimed calls, then ``repeats`` timed ones.
 """
 
@@ -37,10 +38,16 @@ def median_seconds(
     for _ in range(warmup):
         fn()
     synchronize(device)
+    times = timed_calls(fn, repeats, device)
+    return statistics.median(times), times
+
+
+def timed_calls(fn: Callable[[], object], n: int, device: str) -> list[float]:
+    """Wall seconds of ``n`` calls of ``fn``, synchronizing the device after each."""
     times = []
-    for _ in range(repeats):
+    for _ in range(n):
         start = time.perf_counter()
         fn()
         synchronize(device)
         times.append(time.perf_counter() - start)
-    return statistics.median(times), times
+    return times

@@ -19,7 +19,7 @@ Checks that only hold for the data the expectations were set on (the bundled smo
 course's dataset) say ``depends_on_data: true``, and the file names that data::
 
     data:
-      fingerprint: "sha256:..."        # labkit.data.fingerprint of the bundled files (or hub:<id>@<rev>)
+      fingerprint: "sha256:..."        # labkit.verify.fingerprint of the bundled files (or hub:<id>@<rev>)
       about: "the 12 bundled clips"
     metrics:
       data.train_examples: {equals: 9, depends_on_data: true, source: "..."}
@@ -168,16 +168,19 @@ def verify_run(run_dir: Path, expected_path: Path) -> list[Check]:
         metrics = None
     not_run = metrics.get("not_run") or {} if isinstance(metrics, dict) else {}
     for rel in expected["files"]:  # a glob pattern (tensorboard/events.out.tfevents.*) needs one match
-        if why := next((why for key, why in not_run.items() if rel.startswith(key)), None):
+        if why := left_out(rel, not_run):
             checks.append(Check(f"file {rel}", "exists, non-empty", f"skipped: {why}", True, skipped=True))
             continue
         paths = sorted(run_dir.glob(rel)) if any(ch in rel for ch in "*?[") else [run_dir / rel]
         present = any(p.is_file() and p.stat().st_size > 0 for p in paths)
         checks.append(Check(f"file {rel}", "exists, non-empty", "yes" if present else "missing", present))
-    other_data = same_data(expected, metrics) is False
+    same = same_data(expected, metrics)
+    if same is not None:
+        recorded = same != "missing"
+        checks.append(Check("data.fingerprint", "recorded by the run", "yes" if recorded else "missing", recorded))
     for name, spec in expected["metrics"].items():
-        reason = OTHER_DATA if other_data and spec.get("depends_on_data") else None
-        reason = reason or next((f"skipped: {why}" for key, why in not_run.items() if name.startswith(key)), None)
+        reason = OTHER_DATA if same is False and spec.get("depends_on_data") else None
+        reason = reason or (f"skipped: {why}" if (why := left_out(name, not_run)) else None)
         if reason:
             checks.append(Check(name, check_metric(name, spec, None).expected, reason, True, skipped=True))
             continue
@@ -186,21 +189,34 @@ def verify_run(run_dir: Path, expected_path: Path) -> list[Check]:
         except KeyError:
             value = None
         if value is None:
-            checks.append(Check(name, "present", "missing", False))
+            checks.append(Check(name, check_metric(name, spec, None).expected, "missing", False))
         else:
             checks.append(check_metric(name, spec, value))
     return checks
 
 
-def same_data(expected: dict, metrics: dict | None) -> bool | None:
+def same_data(expected: dict, metrics: dict | None) -> bool | str | None:
     """Whether the run used the data the expectations were set on: ``None`` if the expected file
-    names no data; ``False`` if the run's ``data.fingerprint`` is missing or differs."""
+    names no data, ``"missing"`` if the run recorded no ``data.fingerprint`` (its data-dependent
+    checks are then checked, not skipped, and a failing row says so), else ``True``/``False``."""
     if not expected.get("data"):
         return None
     try:
         return lookup(metrics or {}, "data.fingerprint") == expected["data"]["fingerprint"]
     except KeyError:
-        return False
+        return "missing"
+
+
+def left_out(name: str, not_run: dict) -> str | None:
+    """The reason ``metrics.json`` ``not_run`` gives for leaving out ``name`` (a metric or file), if any.
+
+    A key matches the name exactly or as a prefix ending at a ``.`` or ``/`` boundary
+    (``steps.awq.`` covers ``steps.awq.bits``, not ``steps.awq2.bits``); empty keys match nothing.
+    """
+    for key, why in not_run.items():
+        if key and (name == key or (key.endswith((".", "/")) and name.startswith(key))):
+            return str(why)
+    return None
 
 
 def format_table(checks: list[Check]) -> str:

@@ -9,6 +9,7 @@ its smoke run precedes its broken-pipeline run. At the end a table gives each la
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections import defaultdict
@@ -29,7 +30,8 @@ def pytest_addoption(parser):
 def pytest_generate_tests(metafunc):
     if "lab" in metafunc.fixturenames:
         only = metafunc.config.getoption("--lab")
-        labs = [lab for lab in list_labs() if only in (None, lab.name)]
+        mark = metafunc.definition.get_closest_marker("labs")  # @pytest.mark.labs("whisper-lora"): just these
+        labs = [lab for lab in list_labs() if only in (None, lab.name) and (not mark or lab.name in mark.args)]
         metafunc.parametrize("lab", labs, ids=[lab.name for lab in labs])
 
 
@@ -53,9 +55,14 @@ def pytest_configure(config):
         config.pluginmanager.register(_ScheduleByLab())
 
 
+@functools.cache
+def known_labs() -> frozenset[str]:
+    return frozenset(lab.name for lab in list_labs())
+
+
 def lab_of(nodeid: str) -> str:
     """The lab a test id belongs to (``...[whisper-lora]``), else the shared bucket."""
-    known = {lab.name for lab in list_labs()}
+    known = known_labs()
     match = re.search(r"\[([^\]]+)\]$", nodeid)
     return match.group(1) if match and match.group(1) in known else SHARED
 

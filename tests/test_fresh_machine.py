@@ -26,6 +26,10 @@ pytestmark = pytest.mark.skipif(bool(tasks.docker_error()), reason=f"Docker not 
 IMAGE = tasks.image_tag("fresh-machine")
 COMMANDS = """
 set -euo pipefail
+if [ -s /etc/extra-ca.pem ]; then  # trust a TLS-intercepting proxy on top of the system bundle
+  cat /etc/ssl/certs/ca-certificates.crt /etc/extra-ca.pem > /tmp/ca.pem
+  export SSL_CERT_FILE=/tmp/ca.pem PIP_CERT=/tmp/ca.pem
+fi
 for tool in gcc cc ffmpeg docker; do
   if command -v "$tool" >/dev/null; then echo "fresh machine has $tool"; exit 9; fi
 done
@@ -59,8 +63,7 @@ def test_readme_commands_pass_on_a_fresh_machine_without_ffmpeg_or_compiler(tmp_
     subprocess.run(["chown", "-R", "1000:1000", str(checkout)], check=False)  # the container's user
     cmd = [*tasks.docker_cli(), "run", "--rm", "-v", f"{checkout}:/home/learner/labs", "-w", "/home/learner/labs"]
     if ca := os.environ.get("EXTRA_CA_CERT"):
-        cmd += ["-v", f"{Path(ca).resolve()}:/etc/extra-ca.pem:ro", "-e", "PIP_CERT=/etc/extra-ca.pem"]
-        cmd += ["-e", "SSL_CERT_FILE=/etc/extra-ca.pem"]
+        cmd += ["-v", f"{Path(ca).resolve()}:/etc/extra-ca.pem:ro"]
     if links := os.environ.get("UV_FIND_LINKS"):
         cmd += ["-v", f"{links}:{links}:ro", "-e", f"UV_FIND_LINKS={links}"]
     cmd += [IMAGE, "bash", "-c", COMMANDS]

@@ -17,7 +17,7 @@ from invoke import Context
 import tasks
 from labkit.errors import LabError
 from labkit.native import ensure_env
-from labkit.rundir import latest_run
+from labkit.rundir import latest_run, newest_completed_run
 from labkit.verify import format_table, verify_run
 
 SECRET = "hf_thisIsATestTokenThatMustNeverBeWritten"
@@ -59,7 +59,7 @@ def test_bench_self_test_runs_the_full_path_at_tiny_scale(lab, tmp_path):
     assert report["lab"] == lab.name and report["rows"] and report["flops"]
     for row in report["rows"]:
         assert row["status"] == "ok" and row["steps"] == 1 and row["step_s"] > 0, row
-        assert row["peak_allocated_gib"] > 0 and row["samples_per_s"] == pytest.approx(
+        assert 0.1 < row["peak_allocated_gib"] < 8 and row["samples_per_s"] == pytest.approx(
             row["batch"] / row["step_s"], rel=0.01
         )
     assert {r["batch"] for r in report["rows"]} == {2}
@@ -90,14 +90,12 @@ def test_broken_pipeline_fails_verification(lab, outputs):
     assert len(earlier) >= 2 and all((p / "manifest.json").exists() for p in earlier)  # nothing overwritten
 
 
-def test_smoke_on_your_own_data_skips_only_the_data_dependent_checks(tmp_path):
-    """The issue's case: whisper-lora's smoke profile pointed at other clips (CV_DIR / data.path)
-    verifies: counts of the bundled clips are skipped (SKIP), the mechanics checks still apply."""
+@pytest.mark.labs("whisper-lora")
+def test_smoke_on_your_own_data_skips_only_the_data_dependent_checks(lab, tmp_path):
+    """whisper-lora's smoke profile pointed at other clips (CV_DIR / data.path) verifies: counts of
+    the bundled clips are skipped (SKIP), the mechanics checks still apply."""
     import csv
 
-    from labkit.config import get_lab
-
-    lab = get_lab("whisper-lora")
     own = tmp_path / "zh-CN"
     shutil.copytree(lab.dir / "data" / "smoke" / "cv-corpus-smoke" / "zh-CN", own)
     rows = list(csv.reader((own / "test.tsv").open(encoding="utf-8"), delimiter="\t"))
@@ -190,7 +188,7 @@ def test_latest_runs_under_outputs_verify(lab, request):
     """`invoke test --lab X` also checks the user's own latest runs (a full GPU run included)."""
     if not request.config.getoption("--lab"):
         pytest.skip("only with --lab")
-    found = [(p, latest_run(tasks.output_root(), lab.name, p)) for p in lab.profiles]
+    found = [(p, newest_completed_run(tasks.output_root(), lab.name, p)[0]) for p in lab.profiles]
     found = [(p, d) for p, d in found if d]
     if not found:
         pytest.skip(f"no runs of {lab.name} under {tasks.output_root()}")

@@ -63,11 +63,13 @@ def outputs(tmp_path):
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = value
+    good.setdefault("data", {})["fingerprint"] = expected["data"]["fingerprint"]  # the bundled data
     files = [f.replace("*", "0") for f in expected["files"] if f not in ("manifest.json", "metrics.json")]
     fake_run(tmp_path, "bert-yelp", "smoke", "20261130T000000Z", "completed", good, files)
     fake_run(tmp_path, "bert-yelp", "smoke", "20261130T010000Z", "failed", {})
     fake_run(tmp_path, "whisper-lora", "smoke", "20261130T000000Z", "completed", {"train": {"loss_drop_ratio": 0.0}})
     (tmp_path / "not-a-lab" / "smoke").mkdir(parents=True)  # ignored
+    (tmp_path / "bert-yelp" / "bench" / "20261130T000000Z").mkdir(parents=True)  # invoke bench's, not a profile
     return tmp_path
 
 

@@ -125,7 +125,7 @@ metrics:
 """
 
 
-@pytest.mark.parametrize(("fingerprint", "skipped"), [("sha256:bundled", False), ("sha256:yours", True), (None, True)])
+@pytest.mark.parametrize(("fingerprint", "skipped"), [("sha256:bundled", False), ("sha256:yours", True), (None, False)])
 def test_data_dependent_checks_are_skipped_on_other_data_only(tmp_path, fingerprint, skipped):
     metrics = {"data": {"train_examples": 40}, "train": {"loss_drop_ratio": 0.2}}
     if fingerprint:
@@ -140,6 +140,17 @@ def test_data_dependent_checks_are_skipped_on_other_data_only(tmp_path, fingerpr
     assert checks["train.loss_drop_ratio"].passed and not checks["train.loss_drop_ratio"].skipped
     assert checks["file tensorboard/events.out.tfevents.*"].passed
     assert "SKIP" in format_table(list(checks.values())) or not skipped
+    recorded = checks["data.fingerprint"]
+    assert recorded.passed is (fingerprint is not None)  # a run that records no fingerprint fails, never skips
+
+
+def test_not_run_prefixes_stop_at_a_boundary():
+    from labkit.verify import left_out
+
+    not_run = {"steps.awq.": "not selected", "": "everything?", "steps_run": "subset"}
+    assert left_out("steps.awq.bits", not_run) == "not selected"
+    assert left_out("steps.awq2.bits", not_run) is None and left_out("steps_run_total", not_run) is None
+    assert left_out("steps_run", not_run) == "subset" and left_out("train.loss", not_run) is None
 
 
 def test_a_glob_file_pattern_needs_one_non_empty_match(tmp_path):

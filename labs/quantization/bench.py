@@ -17,7 +17,6 @@ MFU counts ``2 * N`` FLOPs per generated token (N: non-embedding parameters; one
 from __future__ import annotations
 
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -29,8 +28,9 @@ import labkit  # noqa: F401  (first: it quiets a bitsandbytes start-up message)
 import torch
 from transformers import OPTConfig, OPTForCausalLM
 
-from labkit.bench import Bench, main, non_embedding_params, timed_steps
+from labkit.bench import Bench, main, non_embedding_params, scratch_dir
 from labkit.config import get_lab, load_profile
+from labkit.timing import timed_calls
 
 from methods import bnb_config, load_model
 
@@ -46,7 +46,7 @@ NEW_TOKENS = 64  # the full profile's generation.max_new_tokens
 
 def make(arch: str, device: str) -> Bench:
     cfg = load_profile(get_lab("quantization"), "full")[0]
-    folder = tempfile.mkdtemp(prefix="opt-bench-")
+    folder = scratch_dir()
     torch.manual_seed(0)
     config = OPTConfig(vocab_size=VOCAB, word_embed_proj_dim=ARCHS[arch]["hidden_size"], **ARCHS[arch])
     model = OPTForCausalLM(config).to(torch.float16)
@@ -71,7 +71,7 @@ def make(arch: str, device: str) -> Bench:
             with torch.no_grad():
                 model.generate(prompt, **fixed)
 
-        times = timed_steps(generate, n, device)
+        times = timed_calls(generate, n, device)
         return times, {"footprint_mib": round(footprint / 2**20, 2)}
 
     return Bench(

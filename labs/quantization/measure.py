@@ -51,7 +51,7 @@ def generate(model, tokenizer, prompt: str, max_new_tokens: int, device: str, re
     Returns:
         ``text`` (str), ``tokens_per_s`` (new tokens / median wall seconds), ``tokens_per_s_runs``
         (each timed run), ``peak_memory_bytes`` (bytes, :class:`labkit.device.PeakMemory`:
-        ``max_memory_allocated`` on a GPU, sampled RSS on CPU, over the timed runs).
+        ``max_memory_allocated`` on a GPU, sampled RSS on CPU, over the warm-up and timed runs).
     """
     inputs = tokenizer(prompt, return_tensors="pt").to(next(model.parameters()).device)
     fixed = {"do_sample": False, "pad_token_id": tokenizer.pad_token_id}

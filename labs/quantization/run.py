@@ -252,7 +252,7 @@ def run(ctx: RunContext) -> dict:
                 f"{prefix}{name}{end}": f"not selected (only={cfg['only']})"
                 for name in cfg["steps"]
                 if name not in chosen
-                for prefix, end in (("steps.", "."), ("models/", "/"))
+                for prefix, end in (("steps.", "."), ("models/", "/"), ("data.calibration_samples.", ""))
             },
             **({"steps_run": f"a subset ran (only={cfg['only']})"} if cfg["only"] else {}),
         },

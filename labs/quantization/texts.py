@@ -30,7 +30,7 @@ def describe(source: dict) -> str:
 
 
 def sources_fingerprint(sources: dict[str, dict], repo_root: Path) -> str:
-    """``labkit.data.fingerprint`` of the profile's text sources (file contents, or dataset ids with
+    """``labkit.verify.fingerprint`` of the profile's text sources (file contents, or dataset ids with
     name, split, column, revision and max_texts)."""
     parts = {}
     for name, source in sources.items():

@@ -25,7 +25,8 @@ import labkit  # noqa: F401  (first: it quiets a bitsandbytes start-up message)
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, WhisperConfig, WhisperForConditionalGeneration
 
-from labkit.bench import Bench, main, non_embedding_params, timed_steps
+from labkit.bench import Bench, main, non_embedding_params
+from labkit.timing import timed_calls
 
 ARCHS = {
     "full": {
@@ -82,8 +83,10 @@ def make(arch: str, device: str) -> Bench:
             with torch.no_grad():
                 model.generate(**inputs, **fixed)
 
-        times = timed_steps(generate, n, device)
-        models[variant] = model.to("cpu")
+        try:
+            times = timed_calls(generate, n, device)
+        finally:  # back to the CPU, out of memory or not, so the next row starts clean
+            models[variant] = model.to("cpu")
         return times, {"params": sum(p.numel() for p in model.parameters())}
 
     return Bench(

@@ -16,7 +16,6 @@ frames dominates and does not scale with the label tokens that ``6 * N * tokens`
 from __future__ import annotations
 
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -28,7 +27,7 @@ import labkit  # noqa: F401  (first: it quiets a bitsandbytes start-up message)
 import torch
 from transformers import WhisperConfig, WhisperForConditionalGeneration
 
-from labkit.bench import Bench, RandomTokens, main, train_steps
+from labkit.bench import Bench, RandomTokens, bench_training, main, scratch_dir, train_steps
 from labkit.config import get_lab, load_profile
 
 from train import add_lora, build_trainer, load_base_model
@@ -61,24 +60,13 @@ LABEL_LENGTH = 48  # tokens per transcript: a long Common Voice zh-CN sentence w
 
 def make(arch: str, device: str) -> Bench:
     config = load_profile(get_lab("whisper-lora"), "full")[0]
-    folder = tempfile.mkdtemp(prefix="whisper-bench-")
-    torch.manual_seed(0)
-    WhisperForConditionalGeneration(WhisperConfig(num_mel_bins=80, **ARCHS[arch])).save_pretrained(folder)
+    folder = scratch_dir()
+    torch.manual_seed(0)  # saved in fp16 like the Hub checkpoint (3 GB at full size, not 6)
+    WhisperForConditionalGeneration(WhisperConfig(num_mel_bins=80, **ARCHS[arch])).half().save_pretrained(folder)
 
     def step(batch: int, n: int, variant: str = "") -> tuple[list[float], dict]:
         model = add_lora(load_base_model(folder, config["model"]["load_in_8bit"], device), config["lora"])
-        training = dict(
-            config["training"],
-            per_device_train_batch_size=batch,
-            gradient_accumulation_steps=1,
-            max_steps=n,
-            eval_strategy="no",
-            logging_steps=1,
-            dataloader_num_workers=0,
-            use_cpu=device == "cpu",
-            fp16=device == "cuda",
-            report_to="none",
-        )
+        training = bench_training(config["training"], batch, n, device)
         shapes = {
             "input_features": ((80, 3000), torch.float32, None),
             "labels": ((LABEL_LENGTH,), torch.long, ARCHS[arch]["vocab_size"] - 1000),

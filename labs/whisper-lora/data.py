@@ -27,7 +27,7 @@ from datasets import Audio, Dataset, DatasetDict, Features, Value, concatenate_d
 
 from labkit import LabError
 from labkit.audio import decode
-from labkit.data import CSV_KEEP_TEXT, check_texts, require_columns, subsample
+from labkit.data import CSV_KEEP_TEXT, check_texts, require_columns, sampling_part, subsample
 from labkit.verify import fingerprint
 
 CV_REQUIRED = ("path", "sentence")
@@ -45,14 +45,14 @@ def tsv_columns(tsv: Path) -> list[str]:
         return next(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), [])
 
 
-def load_common_voice_dir(root: Path, splits: list[str], bad_text: str = "fail") -> tuple[Dataset, int]:
+def load_common_voice_dir(root: Path, splits: list[str], bad_text: str = "fail") -> tuple[Dataset, dict]:
     """Rows of ``<root>/<split>.tsv`` for each split, with ``audio`` = absolute path of the clip.
 
     Every field is read as text (a sentence that is literally "NA" or "null" stays one); a row whose
     ``sentence`` is empty fails naming the TSV and its line, or is dropped with ``bad_text: drop``.
 
     Returns:
-        ``(rows, number of rows dropped for bad text)``.
+        ``(rows, {TSV split: {"sentence": rows dropped}})`` (empty unless ``bad_text: drop`` dropped some).
 
     Raises:
         LabError: a TSV is missing or lacks ``path``/``sentence`` (lists its columns), a sentence is
@@ -66,7 +66,7 @@ def load_common_voice_dir(root: Path, splits: list[str], bad_text: str = "fail")
             "Data Collective, unpack it, and pass its locale folder: CV_DIR=/path/to/cv-corpus-*/zh-CN "
             "(or SET=data.path=...), or use SET=data.source=hub."
         )
-    parts, dropped = [], 0
+    parts, dropped = [], {}
     for split in splits:
         tsv = root / f"{split}.tsv"
         columns = tsv_columns(tsv)
@@ -84,7 +84,7 @@ def load_common_voice_dir(root: Path, splits: list[str], bad_text: str = "fail")
             **CSV_KEEP_TEXT,
         )
         ds, counts = check_texts(ds, ("sentence",), bad_text, str(tsv), first_line=2)
-        dropped += sum(counts.values())
+        dropped.update({split: counts} if counts else {})
         parts.append(ds)
     ds = concatenate_datasets(parts)
     clips = root / "clips"
@@ -104,7 +104,7 @@ def load_hub(dataset_id: str, config: str | None, splits: list[str], revision: s
 
 def load_splits(cfg: dict, repo_root: Path) -> tuple[DatasetDict, dict]:
     """``DatasetDict(train=..., test=...)`` with ``audio`` (the clip's path, or ``{"path", "bytes"}``),
-    ``sentence`` and ``path``, and ``{split: rows dropped for bad text}``.
+    ``sentence`` and ``path``, and ``{source split: {column: rows dropped for bad text}}``.
 
     Raises:
         LabError: unknown source, the dataset lacks the audio or text column (lists its columns), or
@@ -123,13 +123,13 @@ def load_splits(cfg: dict, repo_root: Path) -> tuple[DatasetDict, dict]:
             require_columns(DatasetDict(data=ds), (audio_col, text_col), "Set data.audio_column / data.text_column")
             where = f"{cfg['hub_dataset']} ({cfg['hub_config']}) splits {'+'.join(splits)}"
             ds, counts = check_texts(ds, (text_col,), policy, where)
-            return ds, sum(counts.values())
+            return ds, {"+".join(splits): counts} if counts else {}
 
     else:
         raise LabError(f"data.source {cfg['source']!r} is not one of common_voice_dir, hub")
     (train, train_dropped), (test, test_dropped) = load(cfg["train_splits"]), load(cfg["eval_splits"])
     dsd = DatasetDict(train=train, test=test)
-    dropped = {split: n for split, n in (("train", train_dropped), ("test", test_dropped)) if n}
+    dropped = {**train_dropped, **test_dropped}
     require_columns(dsd, (audio_col, text_col), "Set data.audio_column / data.text_column to the right names")
     dsd = dsd.rename_columns({old: new for old, new in ((audio_col, "audio"), (text_col, "sentence")) if old != new})
     dsd = subsample(dsd, {"train": cfg["train_samples"], "test": cfg["eval_samples"]}, cfg["shuffle_seed"])
@@ -143,14 +143,16 @@ def load_splits(cfg: dict, repo_root: Path) -> tuple[DatasetDict, dict]:
 
 
 def data_fingerprint(cfg: dict, repo_root: Path) -> str:
-    """``labkit.data.fingerprint`` of the data ``cfg`` names: a Common Voice folder's TSVs of the
+    """``labkit.verify.fingerprint`` of the data ``cfg`` names: a Common Voice folder's TSVs of the
     used splits (they name every clip; clips are not hashed: a release holds gigabytes), or the Hub
-    dataset's id, config and revision."""
+    dataset's id, config and revision; with the splits and sub-sampling settings."""
+    layout = f"train={cfg['train_splits']}|eval={cfg['eval_splits']}|{sampling_part(cfg)}"
     if cfg["source"] == "common_voice_dir":
         root = Path(cfg["path"]) if Path(cfg["path"]).is_absolute() else repo_root / cfg["path"]
         splits = sorted(set(cfg["train_splits"]) | set(cfg["eval_splits"]))
-        return fingerprint({f"{s}.tsv": root / f"{s}.tsv" for s in splits})
-    return fingerprint({"hub": f"hub:{cfg['hub_dataset']}/{cfg['hub_config']}@{cfg['hub_revision']}"})
+        return fingerprint({**{f"{s}.tsv": root / f"{s}.tsv" for s in splits}, "layout": layout})
+    hub = f"hub:{cfg['hub_dataset']}/{cfg['hub_config']}@{cfg['hub_revision']}"
+    return fingerprint({"hub": hub, "layout": layout})
 
 
 def check_label_lengths(ds: Dataset, max_tokens: int, policy: str) -> tuple[Dataset, int]:
@@ -175,7 +177,8 @@ def check_label_lengths(ds: Dataset, max_tokens: int, policy: str) -> tuple[Data
             "them, or set data.bad_text=drop to drop them (counted in metrics.json)."
         )
     print(f"dropped {len(too_long)} clip(s) whose transcript exceeds {max_tokens} tokens", flush=True)
-    return ds.select([i for i in range(len(ds)) if i not in set(too_long)]), len(too_long)
+    drop = set(too_long)
+    return ds.select([i for i in range(len(ds)) if i not in drop]), len(too_long)
 
 
 def prepare_example(example: dict, processor: Any, sampling_rate: int) -> dict:

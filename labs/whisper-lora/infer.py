@@ -69,6 +69,10 @@ class Transcriber:
         model = PeftModel.from_pretrained(base, adapter_dir)
         model.eval()
         processor = WhisperProcessor.from_pretrained(adapter_dir)
+        tok = processor.tokenizer
+        # Whisper's released tokenizers hold 1,501 timestamp tokens <|0.00|> ... <|30.00|>; the smoke
+        # run's tiny tokenizer holds none (labkit.tiny), so it cannot produce segment times.
+        self.has_timestamps = tok.convert_tokens_to_ids("<|0.00|>") not in (None, tok.unk_token_id)
         self.generate_kwargs = {"language": language, "task": task}
         self.pipeline = AutomaticSpeechRecognitionPipeline(
             model=model, tokenizer=processor.tokenizer, feature_extractor=processor.feature_extractor
@@ -81,6 +85,11 @@ class Transcriber:
             The pipeline's output: ``{"text": str}``, plus ``"chunks": [{"timestamp": (start_s,
             end_s), "text": str}, ...]`` with ``timestamps``.
         """
+        if timestamps and not self.has_timestamps:
+            raise LabError(
+                "--timestamps: this model's tokenizer has no timestamp tokens (<|0.00|> ...); the smoke "
+                "run's tiny Whisper cannot give segment times, a real Whisper checkpoint can"
+            )
         long = clip.duration_s > WINDOW_S
         kwargs = {"chunk_length_s": WINDOW_S, "stride_length_s": stride_s} if long else {}
         return self.pipeline(
@@ -124,7 +133,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"skipped: {exc}", file=sys.stderr, flush=True)
             continue
         t1 = time.monotonic()
-        out = transcriber(clip, args.max_new_tokens, args.stride_s, args.timestamps)
+        try:
+            out = transcriber(clip, args.max_new_tokens, args.stride_s, args.timestamps)
+        except LabError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except Exception as exc:  # the model failed on this file (out of memory, ...): report it, go on
+            failures.append((path, f"transcription failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"))
+            print(f"skipped: {path}: {failures[-1][1]}", file=sys.stderr, flush=True)
+            continue
         print(
             f"{path}: {clip.source_rate} Hz, {clip.duration_s:.1f} s, transcribed in {time.monotonic() - t1:.1f} s",
             file=sys.stderr,

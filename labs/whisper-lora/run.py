@@ -66,10 +66,13 @@ def run(ctx: RunContext) -> dict:
         prepare_example, fn_kwargs={"processor": processor, "sampling_rate": rate}, remove_columns=["audio", "sentence"]
     )
     source_rates = sorted({r for split in tokenized.values() for r in split["source_rate"]})
-    hours = sum(sum(split["duration_s"]) for split in tokenized.values()) / 3600
+    durations = [d for split in tokenized.values() for d in split["duration_s"]]
+    hours = sum(durations) / 3600
+    over = sum(d > 30 for d in durations)  # Whisper sees 30 s windows: the feature extractor cuts the rest
     print(
         f"data: {len(dsd['train'])} train / {len(dsd['test'])} test clips, {hours:.2f} h, "
-        f"{', '.join(map(str, source_rates))} Hz -> {rate} Hz",
+        f"{', '.join(map(str, source_rates))} Hz -> {rate} Hz"
+        + (f"; WARNING: {over} clip(s) longer than 30 s are cut to their first 30 s for training" if over else ""),
         flush=True,
     )
     max_tokens = WhisperConfig.from_pretrained(model_path, revision=cfg["model"]["revision"]).max_target_positions
@@ -135,11 +138,12 @@ def run(ctx: RunContext) -> dict:
     saved = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
     return {
         "data": {
-            "train_examples": len(dsd["train"]),
+            "train_examples": len(tokenized["train"]),
             "eval_examples": len(dsd["test"]),
             "source_sampling_rates": source_rates,
             "audio_hours": round(hours, 4),
-            "dropped_rows": {"bad_text": dropped, "labels_too_long": too_long},
+            "clips_over_30s": over,
+            "dropped_rows": {**dropped, **({"labels_too_long": too_long} if too_long else {})},
             "fingerprint": data_fingerprint(cfg["data"], ctx.repo_root),
             "sampling_rate": cfg["data"]["sampling_rate"],
             "input_features_shape": list(probe["input_features"].shape[1:]),

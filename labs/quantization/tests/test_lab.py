@@ -172,6 +172,7 @@ def test_pcre_module_matches_what_gptqmodel_uses():
     assert size.match("5gb").groups() == ("5", "gb")
     assert pcre.compile(r"^#define X (\d+)$", flags=pcre.Flag.MULTILINE).findall("a\n#define X 3\n") == ["3"]
     assert pcre.split(r"[;\s,]+", "a; b,c") == ["a", "b", "c"]
+    assert pcre.search("abc", "xABC", pcre.Flag.CASELESS) and not pcre.search("abc", "xABC")
     assert isinstance(pcre.compile(r"x"), pcre.Pattern)
 
 

@@ -102,7 +102,7 @@ def test_empty_transcript_is_named_by_file_line_and_column_or_dropped(cv_copy):
     with pytest.raises(LabError, match=r"dev.tsv: column 'sentence' is empty at line 3\. .*data.bad_text=drop"):
         load_splits(smoke_data_cfg(cv_copy), LAB.dir)
     dsd, dropped = load_splits({**smoke_data_cfg(cv_copy), "bad_text": "drop"}, LAB.dir)
-    assert dropped == {"train": 1} and len(dsd["train"]) == 8 and len(dsd["test"]) == 3
+    assert dropped == {"dev": {"sentence": 1}} and len(dsd["train"]) == 8 and len(dsd["test"]) == 3
 
 
 def test_transcripts_that_are_words_like_null_stay_text(cv_copy):
@@ -336,3 +336,30 @@ def test_audio_errors_name_the_file(tmp_path):
         decode(empty)
     with pytest.raises(LabError, match="audio file .*nope.wav not found"):
         decode(tmp_path / "nope.wav")
+
+
+def test_infer_timestamps_need_a_tokenizer_with_timestamp_tokens(adapter_run, capsys):
+    import infer
+
+    clip = SMOKE_CV / "clips" / "common_voice_zh-CN_smoke_012.mp3"
+    assert infer.main(["--run", str(adapter_run), "--device", "cpu", "--timestamps", str(clip)]) == 2
+    assert "no timestamp tokens" in capsys.readouterr().err
+
+
+def test_infer_goes_on_when_the_model_fails_on_one_file(adapter_run, monkeypatch, capsys):
+    import infer
+
+    real = infer.Transcriber.__call__
+    calls = []
+
+    def flaky(self, clip, *args, **kwargs):
+        calls.append(clip.duration_s)
+        if len(calls) == 1:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(self, clip, *args, **kwargs)
+
+    monkeypatch.setattr(infer.Transcriber, "__call__", flaky)
+    clip = str(SMOKE_CV / "clips" / "common_voice_zh-CN_smoke_012.mp3")
+    assert infer.main(["--run", str(adapter_run), "--device", "cpu", "--max-new-tokens", "2", clip, clip]) == 1
+    out, err = capsys.readouterr()
+    assert len(out.strip().splitlines()) == 1 and "transcription failed: RuntimeError: CUDA out of memory" in err

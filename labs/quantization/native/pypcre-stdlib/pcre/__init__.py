@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from enum import IntFlag
-from re import Match, Pattern, error, escape, findall, finditer, fullmatch, match, search, split, sub, subn
+from re import Match, Pattern, error, escape
 
 __all__ = [
     "Flag",
@@ -67,3 +67,37 @@ def compile(pattern, flags: int = 0) -> Pattern:  # noqa: A001 (pcre's own name)
     if isinstance(pattern, Pattern):
         return pattern
     return re.compile(pattern, to_re_flags(flags))
+
+
+# The module-level helpers take pcre flags too: translate them (re would read pcre's CASELESS, 0x8,
+# as its own MULTILINE).
+def search(pattern, string, flags: int = 0):
+    return compile(pattern, flags).search(string)
+
+
+def match(pattern, string, flags: int = 0):
+    return compile(pattern, flags).match(string)
+
+
+def fullmatch(pattern, string, flags: int = 0):
+    return compile(pattern, flags).fullmatch(string)
+
+
+def findall(pattern, string, flags: int = 0):
+    return compile(pattern, flags).findall(string)
+
+
+def finditer(pattern, string, flags: int = 0):
+    return compile(pattern, flags).finditer(string)
+
+
+def split(pattern, string, maxsplit: int = 0, flags: int = 0):
+    return compile(pattern, flags).split(string, maxsplit)
+
+
+def sub(pattern, repl, string, count: int = 0, flags: int = 0):
+    return compile(pattern, flags).sub(repl, string, count)
+
+
+def subn(pattern, repl, string, count: int = 0, flags: int = 0):
+    return compile(pattern, flags).subn(repl, string, count)

@@ -120,3 +120,17 @@ def test_full_profile_expected_parameter_count_matches_bert_base_cased():
         model = BertForSequenceClassification(BertConfig(vocab_size=28996, num_labels=5))
     expected = load_expected(LAB.expected_path("full"))["metrics"]["model.all_params"]["equals"]
     assert sum(p.numel() for p in model.parameters()) == expected
+
+
+@pytest.mark.parametrize("profile", ["smoke", "full"])
+def test_expected_data_fingerprint_is_the_profiles_data(profile):
+    """expected/<profile>.yaml's data.fingerprint must name the profile's own data, or every run
+    would skip the data-dependent checks (a stale fingerprint after the data changed)."""
+    from labkit.data import hub_or_json_fingerprint
+    from labkit.verify import load_expected
+
+    cfg = load_profile(LAB, profile)[0]["data"]
+    assert (
+        hub_or_json_fingerprint(cfg, LAB.dir.parents[1], ("train", "test"))
+        == (load_expected(LAB.expected_path(profile))["data"]["fingerprint"])
+    )

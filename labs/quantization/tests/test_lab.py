@@ -192,3 +192,17 @@ def test_bench_loads_the_profile_configs_and_nf4_is_smallest():
     assert b.variants == ("fp16", "int8", "nf4") and b.tokens_per_sample == bench.NEW_TOKENS
     sizes = {v: b.step(1, 1, v)[1]["footprint_mib"] for v in b.variants}
     assert sizes["nf4"] < sizes["int8"] < sizes["fp16"]
+
+
+@pytest.mark.parametrize("profile", ["smoke", "full", "course-smoke", "course-full"])
+def test_expected_data_fingerprint_is_the_profiles_data(profile):
+    from labkit.config import get_lab, load_profile
+    from labkit.verify import load_expected
+
+    from texts import sources_fingerprint
+
+    lab = get_lab("quantization")
+    cfg = load_profile(lab, profile)[0]["data"]
+    assert (
+        sources_fingerprint(cfg, lab.dir.parents[1]) == load_expected(lab.expected_path(profile))["data"]["fingerprint"]
+    )

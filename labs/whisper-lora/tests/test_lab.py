@@ -363,3 +363,11 @@ def test_infer_goes_on_when_the_model_fails_on_one_file(adapter_run, monkeypatch
     assert infer.main(["--run", str(adapter_run), "--device", "cpu", "--max-new-tokens", "2", clip, clip]) == 1
     out, err = capsys.readouterr()
     assert len(out.strip().splitlines()) == 1 and "transcription failed: RuntimeError: CUDA out of memory" in err
+
+
+def test_expected_data_fingerprint_is_the_bundled_clips():
+    from data import data_fingerprint
+
+    expected = load_expected(LAB.expected_path("smoke"))["data"]["fingerprint"]
+    assert data_fingerprint(load_profile(LAB, "smoke")[0]["data"], LAB.dir.parents[1]) == expected
+    assert not load_expected(LAB.expected_path("full"))["data"]  # a local Common Voice copy: no fixed fingerprint

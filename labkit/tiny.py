@@ -284,3 +284,58 @@ def build_tiny_opt(
     torch.manual_seed(seed)
     OPTForCausalLM(config).save_pretrained(out_dir)
     return Path(out_dir)
+
+
+def build_tiny_llama(
+    out_dir: Path,
+    texts: list[str],
+    seed: int = 0,
+    hidden_size: int = 64,
+    num_hidden_layers: int = 2,
+    num_attention_heads: int = 4,
+    intermediate_size: int = 128,
+    max_position_embeddings: int = 4096,
+    bpe_vocab_size: int = 600,
+) -> Path:
+    """Build and save a tiny Llama 2 (tokenizer and random weights) to ``out_dir``.
+
+    The tokenizer is Llama 2's scheme, trained on ``texts``: BPE over Metaspace pieces (``▁`` marks a
+    space, one is prepended) with byte fallback (the 256 ``<0xNN>`` tokens, so any text encodes), and
+    ``<unk>``, ``<s>``, ``</s>`` as ids 0, 1, 2, as in ``meta-llama/Llama-2-7b-hf``; like the released
+    tokenizer it has no padding token (the lab chooses one). The model is ``LlamaForCausalLM`` with
+    ``hidden_size`` 64 and 2 layers instead of 4096 and 32, RMSNorm eps 1e-5 and 4,096 positions as
+    Llama 2's config.json.
+
+    Returns:
+        ``out_dir`` (loadable with ``from_pretrained``).
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM, LlamaTokenizer
+
+    bpe = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+    bpe.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    specials = ["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(256)]
+    trainer = trainers.BpeTrainer(
+        vocab_size=bpe_vocab_size + len(specials), special_tokens=specials, show_progress=False
+    )
+    bpe.train_from_iterator(texts, trainer)
+    model = json.loads(bpe.to_str())["model"]
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    tokenizer = LlamaTokenizer(vocab=model["vocab"], merges=merges, add_bos_token=True)  # as Llama 2's config
+    tokenizer.model_max_length = max_position_embeddings
+    tokenizer.save_pretrained(out_dir)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_hidden_layers,
+        num_attention_heads=num_attention_heads,
+        num_key_value_heads=num_attention_heads,
+        max_position_embeddings=max_position_embeddings,
+        rms_norm_eps=1e-5,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(seed)
+    LlamaForCausalLM(config).save_pretrained(out_dir)
+    GenerationConfig(bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id).save_pretrained(out_dir)
+    return Path(out_dir)

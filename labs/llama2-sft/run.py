@@ -1,0 +1,302 @@
+"""Course chapters 13-14 lab: instruction tuning LLaMA-2-7B on Dolly-15k with TRL (QLoRA, SFTTrainer).
+
+The full profile follows the course: ``Llama-2-7b-hf`` in 4-bit NF4 with double quantization and bf16
+compute, a LoRA adapter (r=16, lora_alpha=16, dropout 0.1 on q_proj/v_proj), ``SFTTrainer`` on
+databricks-dolly-15k in the course's inverted Alpaca-style task for 100 steps at batch 3 and
+learning rate 2e-4 (constant), then the adapter is saved, reloaded and compared with the base model
+on held-out rows. The smoke profile runs the same steps on a tiny Llama 2 and bundled rows, on a CPU.
+
+    python labs/llama2-sft/run.py --profile smoke [--set learning_rate=0] [--set task=standard]
+
+Outputs (``outputs/llama2-sft/<profile>/<UTC time>/``): ``adapter/``, ``metrics.json``,
+``train_log.jsonl``, ``loss_curve.png``, ``predictions.jsonl`` (held-out rows: prompt, reference,
+before, after, whether each stopped with ``</s>``), ``tensorboard/``, ``manifest.json``.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # this lab's modules
+sys.path.insert(1, str(Path(__file__).resolve().parents[2]))  # labkit, when run as a script
+import labkit  # noqa: F401  (first: it quiets a bitsandbytes start-up message)
+
+# isort: split
+
+import bitsandbytes as bnb
+import torch
+from datasets import Dataset, DatasetDict, load_dataset
+from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+from trl import SFTConfig, SFTTrainer
+
+from labkit.data import check_texts, hub_or_json_fingerprint, load_hub_or_json, subsample
+from labkit.errors import LabError
+from labkit.metrics import JsonlLogger, plot_loss, training_summary
+from labkit.rundir import remove_if_empty
+from labkit.runner import RunContext, main
+from labkit.tiny import build_tiny_llama
+
+from sft import check_categories, completion_of, encode, prompt_text
+
+COLUMNS = ("instruction", "context", "response", "category")
+TEXT_COLUMNS = ("instruction", "response")  # context is empty for most categories in Dolly
+
+
+def load_dolly(cfg: dict, repo_root: Path) -> tuple[DatasetDict, dict]:
+    """``DatasetDict(train, test)`` of Dolly rows and ``{split: {reason: rows dropped}}``.
+
+    ``source: hub`` loads databricks-dolly-15k's one split and holds out ``eval_samples`` rows with
+    ``train_test_split(seed=shuffle_seed)``; ``source: json`` reads a train and a test file.
+
+    Raises:
+        LabError: a missing file or column, an empty instruction or response, or a category that is
+            not Dolly's (under ``bad_text: fail``; each names the file, line and column).
+    """
+    policy = cfg.get("bad_text", "fail")
+    dropped: dict = {}
+    if cfg["source"] == "hub":
+        rows = load_dataset(cfg["hub_dataset"], split="train", revision=cfg["hub_revision"])
+        where = f"{cfg['hub_dataset']} split train"
+        rows, counts = check_texts(rows, TEXT_COLUMNS, policy, where)
+        rows, bad_category = check_categories(rows, policy, where, first_line=None)
+        dropped["train"] = {**counts, **({"category": bad_category} if bad_category else {})}
+        dsd = rows.train_test_split(test_size=cfg["eval_samples"], seed=cfg["shuffle_seed"])
+        dsd = DatasetDict(train=dsd["train"], test=dsd["test"])
+    else:
+        dsd, dropped = load_hub_or_json(cfg, repo_root, ("train", "test"), COLUMNS, TEXT_COLUMNS)
+        for split in dsd:
+            dsd[split], n = check_categories(dsd[split], policy, str(repo_root / cfg["files"][split]))
+            if n:
+                dropped.setdefault(split, {})["category"] = n
+    sizes = {"train": cfg["train_samples"], "test": None if cfg["source"] == "hub" else cfg["eval_samples"]}
+    return subsample(dsd, sizes, cfg["shuffle_seed"]), {k: v for k, v in dropped.items() if v}
+
+
+def tokenized(rows: Dataset, task: str, tokenizer, max_length: int, policy: str) -> tuple[Dataset, dict]:
+    """Rows as ``input_ids`` and ``labels`` (-100 on the prompt), with counts of inputs cut to fit
+    ``max_length`` and of rows whose completion alone does not fit (dropped, or an error under ``fail``)."""
+    ids, labels, cut, too_long = [], [], 0, []
+    for i, row in enumerate(rows):
+        enc = encode(row, task, tokenizer, max_length)
+        if enc is None:
+            too_long.append(i)
+            continue
+        cut += enc.input_cut
+        ids.append(enc.input_ids)
+        labels.append([t if m else -100 for t, m in zip(enc.input_ids, enc.completion_mask)])
+    if too_long and policy == "fail":
+        raise LabError(
+            f"row {too_long[0]}: its completion ({completion_of(rows[too_long[0]], task)[:60]!r}...) does not fit "
+            f"max_length={max_length} even with an empty input; {len(too_long)} row(s) like it. Raise max_length, "
+            "or set data.bad_text=drop to drop them (counted)."
+        )
+    return Dataset.from_dict({"input_ids": ids, "labels": labels}), {
+        "inputs_cut": cut,
+        "dropped_too_long": len(too_long),
+    }
+
+
+def attention(requested: str, device: str) -> str:
+    """``flash_attention_2`` when ``auto`` finds the flash-attn package and a GPU with compute capability
+    >= 8 (FlashAttention 2's requirement), else ``sdpa``; an explicit setting is kept."""
+    if requested != "auto":
+        return requested
+    if device == "cuda" and torch.cuda.get_device_capability()[0] >= 8 and importlib.util.find_spec("flash_attn"):
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def check_packing(packing: bool, attn: str) -> None:
+    """Packing needs attention that keeps packed examples apart.
+
+    TRL packs (best-fit decreasing) without padding: examples share one row, ``position_ids`` restart
+    at each, and no attention mask is passed. FlashAttention reads the boundaries from the position
+    ids; ``sdpa`` and ``eager`` do not, so each packed example would attend to the ones before it
+    (``tests/test_lab.py`` measures it).
+
+    Raises:
+        LabError: ``packing: true`` without FlashAttention.
+    """
+    if packing and not attn.startswith("flash_attention"):
+        raise LabError(
+            f"packing: true with attn_implementation={attn}: packed examples would attend to each other "
+            "(only FlashAttention reads their boundaries from position_ids). Use packing=false, or "
+            "attn_implementation=flash_attention_2 (the flash-attn package and a GPU with compute capability >= 8)."
+        )
+
+
+def load_base(path: str, cfg: dict, device: str, attn: str, revision: str | None = None):
+    """The base model in 4-bit (``model.quantization``: BitsAndBytesConfig settings), the course's way."""
+    q = dict(cfg["quantization"])
+    q["bnb_4bit_compute_dtype"] = getattr(torch, q["bnb_4bit_compute_dtype"])
+    model = AutoModelForCausalLM.from_pretrained(
+        path,
+        revision=revision,
+        quantization_config=BitsAndBytesConfig(**q),
+        attn_implementation=attn,
+        device_map={"": device} if device != "cuda" else "auto",
+        dtype=q["bnb_4bit_compute_dtype"],
+    )
+    model.config.use_cache = False
+    model.config.pretraining_tp = 1  # as the course: no tensor-parallel slicing of the MLP
+    if device == "cpu":
+        keep_4bit_trainable_on_cpu(model)
+    return model
+
+
+def keep_4bit_trainable_on_cpu(model) -> int:
+    """Stop bitsandbytes repacking 4-bit weights for CPU inference; returns the layers changed.
+
+    bitsandbytes 0.50, on a CPU with AVX512-BF16, repacks a ``Linear4bit``'s weights into an
+    inference-only layout the first time the layer runs in eval mode without gradients (an
+    evaluation before training does) and keeps them so: afterwards no gradient flows back through
+    the layer, and LoRA adapters behind it (q_proj/v_proj behind o_proj) stop learning, with no
+    error (grad_norm 0). ``tests/test_lab.py`` reproduces it. GPUs are not affected.
+    """
+    layers = [m for m in model.modules() if hasattr(m, "support_avx512bf16_for_cpu")]
+    for layer in layers:
+        layer.support_avx512bf16_for_cpu = False
+    return len(layers)
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[dict]:
+    """Greedy continuations of ``prompts``: ``{"text", "stopped"}`` (``</s>`` before ``max_new_tokens``)."""
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for prompt in prompts:
+        ids = tokenizer(prompt, return_tensors="pt").to(device)
+        seq = model.generate(
+            **ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id, use_cache=True
+        )[0, ids["input_ids"].shape[1] :]
+        stopped = bool((seq == tokenizer.eos_token_id).any())
+        out.append({"text": tokenizer.decode(seq, skip_special_tokens=True).strip(), "stopped": stopped})
+    return out
+
+
+@torch.no_grad()
+def logits_on(model, batch: dict) -> torch.Tensor:
+    model.eval()
+    device = next(model.parameters()).device
+    return model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu()
+
+
+def run(ctx: RunContext) -> dict:
+    cfg, out = ctx.config, ctx.run_dir
+    task, train_cfg = cfg["task"], cfg["training"]
+
+    # 1. Data: Dolly rows, checked; prompt/completion text in the course's template.
+    dsd, dropped = load_dolly(cfg["data"], ctx.repo_root)
+
+    # 2. Tokenizer (pad = <unk>, not </s>) and the exact loss mask; the 4-bit model with LoRA.
+    model_path = cfg["model"]["name_or_path"]
+    if cfg["model"]["build_tiny"]:
+        texts = [prompt_text(r, task) + completion_of(r, task) for split in dsd.values() for r in split]
+        model_path = str(build_tiny_llama(out / "tiny-model", texts, seed=cfg["seed"], **cfg["model"]["tiny"]))
+    tokenizer = AutoTokenizer.from_pretrained(model_path, revision=cfg["model"]["revision"])
+    tokenizer.pad_token = tokenizer.unk_token
+    tokenizer.padding_side = "right"
+    data, lengths = {}, {}
+    for split in dsd:
+        data[split], lengths[split] = tokenized(
+            dsd[split], task, tokenizer, train_cfg["max_length"], cfg["data"]["bad_text"]
+        )
+    attn = attention(cfg["attn_implementation"], ctx.device)
+    check_packing(train_cfg["packing"], attn)
+    print(f"data: {len(data['train'])} train / {len(data['test'])} held-out rows; attention: {attn}", flush=True)
+    model = load_base(model_path, cfg["model"], ctx.device, attn, cfg["model"]["revision"])
+    model = prepare_model_for_kbit_training(model, gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = get_peft_model(model, LoraConfig(**cfg["lora"]))
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    print(f"trainable params: {trainable:,} || all params: {total:,}", flush=True)
+    # Every Linear of the decoder layers must be 4-bit (a config mistake can load a model with none
+    # quantized and no error); lm_head stays in bf16 as bitsandbytes and the course leave it.
+    quantized = sum(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
+    left = [n for n, m in model.named_modules() if type(m) is torch.nn.Linear and "lora_" not in n]
+    left = [n for n in left if not n.endswith("lm_head")]
+
+    # 3. SFTTrainer; losses before and after, in eval mode, on the training rows and the held-out ones.
+    args = SFTConfig(
+        output_dir=str(out / "checkpoints"),
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        seed=cfg["seed"],
+        **train_cfg,
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=data["train"],
+        eval_dataset=data["test"],
+        processing_class=tokenizer,
+        callbacks=[JsonlLogger(out / "train_log.jsonl")],
+    )
+    train_before = trainer.evaluate(data["train"], metric_key_prefix="train")["train_loss"]
+    eval_before = trainer.evaluate()["eval_loss"]
+    result = trainer.train()
+    train_after = trainer.evaluate(data["train"], metric_key_prefix="train")["train_loss"]
+    eval_after = trainer.evaluate()["eval_loss"]
+    plot_loss(out / "train_log.jsonl", out / "loss_curve.png", f"{ctx.lab.name} ({ctx.profile})")
+
+    # 4. Save the adapter (and tokenizer), reload it on a fresh base, check it reproduces the logits.
+    adapter_dir = out / "adapter"
+    model.save_pretrained(adapter_dir)
+    tokenizer.save_pretrained(adapter_dir)
+    probe = {"input_ids": torch.tensor([data["test"][0]["input_ids"]])}
+    trained_logits = logits_on(model, probe)
+    remove_if_empty(out / "checkpoints")
+    del trainer, model
+    gc.collect()
+    if ctx.device == "cuda":
+        torch.cuda.empty_cache()
+    # The base as training saw it (prepare_model_for_kbit_training keeps norms and embeddings in fp32)
+    # and the adapter in bf16, as TRL trains a quantized model's adapter (QLoRA paper, sec. 3).
+    base = load_base(model_path, cfg["model"], ctx.device, attn, cfg["model"]["revision"])
+    base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
+    reloaded = PeftModel.from_pretrained(base, adapter_dir, autocast_adapter_dtype=False)
+    max_diff = float((logits_on(reloaded, probe) - trained_logits).abs().max())
+
+    # 5. Generate on held-out rows without the adapter (before) and with it (after), same prompts.
+    rows = [dsd["test"][i] for i in range(min(cfg["generation"]["samples"], len(dsd["test"])))]
+    prompts = [prompt_text(r, task) for r in rows]
+    with reloaded.disable_adapter():
+        before = generate(reloaded, tokenizer, prompts, cfg["generation"]["max_new_tokens"])
+    after = generate(reloaded, tokenizer, prompts, cfg["generation"]["max_new_tokens"])
+    with (out / "predictions.jsonl").open("w", encoding="utf-8") as f:
+        for row, prompt, b, a in zip(rows, prompts, before, after):
+            record = {"category": row["category"], "prompt": prompt, "reference": completion_of(row, task)}
+            f.write(json.dumps({**record, "before": b, "after": a}, ensure_ascii=False) + "\n")
+
+    return {
+        "task": task,
+        "attn_implementation": attn,
+        "packing": train_cfg["packing"],
+        "data": {
+            "train_examples": len(data["train"]),
+            "eval_examples": len(data["test"]),
+            "categories": sorted(set(dsd["train"]["category"])),
+            "lengths": lengths,
+            "dropped_rows": dropped,
+            "fingerprint": hub_or_json_fingerprint(cfg["data"], ctx.repo_root, ("train", "test")),
+        },
+        "lora": {"trainable_params": trainable, "all_params": total},
+        "quantization": {"linear4bit_modules": quantized, "linear_modules_not_quantized": len(left)},
+        "train": training_summary(train_before, train_after, result),
+        "eval": {"loss_before": eval_before, "loss_after": eval_after},
+        "generation": {
+            "samples": len(after),
+            "stopped_with_eos_before": sum(g["stopped"] for g in before) / len(before),
+            "stopped_with_eos_after": sum(g["stopped"] for g in after) / len(after),
+        },
+        "reload": {"max_abs_logit_diff": max_diff},
+    }
+
+
+if __name__ == "__main__":
+    raise SystemExit(main("llama2-sft", run))

@@ -36,7 +36,7 @@ from trl import SFTConfig, SFTTrainer
 
 from labkit.data import check_texts, hub_or_json_fingerprint, load_hub_or_json, subsample
 from labkit.errors import LabError
-from labkit.metrics import JsonlLogger, plot_loss, training_summary
+from labkit.metrics import JsonlLogger, plot_loss, read_jsonl, training_summary
 from labkit.rundir import remove_if_empty
 from labkit.runner import RunContext, main
 from labkit.tiny import build_tiny_llama
@@ -164,6 +164,12 @@ def keep_4bit_trainable_on_cpu(model) -> int:
     return len(layers)
 
 
+def trained_tokens(train_log: Path) -> int:
+    """The last ``num_tokens`` TRL logged: tokens fed to training so far (padding excluded)."""
+    counts = [row["num_tokens"] for row in read_jsonl(train_log) if "num_tokens" in row and "loss" in row]
+    return int(counts[-1]) if counts else 0
+
+
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[dict]:
     """Greedy continuations of ``prompts``: ``{"text", "stopped"}`` (``</s>`` before ``max_new_tokens``)."""
@@ -287,7 +293,11 @@ def run(ctx: RunContext) -> dict:
         },
         "lora": {"trainable_params": trainable, "all_params": total},
         "quantization": {"linear4bit_modules": quantized, "linear_modules_not_quantized": len(left)},
-        "train": training_summary(train_before, train_after, result),
+        "train": {
+            **training_summary(train_before, train_after, result),
+            # TRL logs the tokens trained on (prompt and completion, no padding) as num_tokens.
+            "tokens_per_second": round(trained_tokens(out / "train_log.jsonl") / result.metrics["train_runtime"], 1),
+        },
         "eval": {"loss_before": eval_before, "loss_after": eval_after},
         "generation": {
             "samples": len(after),

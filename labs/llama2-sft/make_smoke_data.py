@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 from pathlib import Path
+
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[2])]
+from sft import CATEGORIES  # noqa: E402  (Dolly's eight categories)
 
 OUT = Path(__file__).parent / "data" / "smoke"
 TOWNS = ["Aldmoor", "Brackenfield", "Cresthaven", "Dunmere", "Elderwick", "Fallowmere", "Glenhollow", "Harrowgate"]
@@ -97,19 +101,6 @@ def row(rng: random.Random, category: str) -> dict:
         "response": f"By the {river} the {animal} waits,\nthe water slow, the evening late;\n"
         f"in {town} the lanterns glow,\nand {craft} keeps the old town so.",
     }
-
-
-#: databricks-dolly-15k's categories (its dataset card).
-CATEGORIES = (
-    "open_qa",
-    "general_qa",
-    "classification",
-    "closed_qa",
-    "brainstorming",
-    "information_extraction",
-    "summarization",
-    "creative_writing",
-)
 
 
 def main() -> None:

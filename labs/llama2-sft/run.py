@@ -16,7 +16,6 @@ before, after, whether each stopped with ``</s>``), ``tensorboard/``, ``manifest
 from __future__ import annotations
 
 import gc
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -27,16 +26,16 @@ import labkit  # noqa: F401  (first: it quiets a bitsandbytes start-up message)
 
 # isort: split
 
-import bitsandbytes as bnb
 import torch
 from datasets import Dataset, DatasetDict, load_dataset
 from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
-from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+from transformers import AutoTokenizer
 from trl import SFTConfig, SFTTrainer
 
 from labkit.data import check_texts, hub_or_json_fingerprint, load_hub_or_json, subsample
 from labkit.errors import LabError
-from labkit.metrics import JsonlLogger, plot_loss, read_jsonl, training_summary
+from labkit.metrics import JsonlLogger, plot_loss, training_summary
+from labkit.qlora import attention, check_packing, generate, load_4bit, logits_on, quantization_counts, trained_tokens
 from labkit.rundir import remove_if_empty
 from labkit.runner import RunContext, main
 from labkit.tiny import build_tiny_llama
@@ -101,96 +100,11 @@ def tokenized(rows: Dataset, task: str, tokenizer, max_length: int, policy: str)
     }
 
 
-def attention(requested: str, device: str) -> str:
-    """``flash_attention_2`` when ``auto`` finds the flash-attn package and a GPU with compute capability
-    >= 8 (FlashAttention 2's requirement), else ``sdpa``; an explicit setting is kept."""
-    if requested != "auto":
-        return requested
-    if device == "cuda" and torch.cuda.get_device_capability()[0] >= 8 and importlib.util.find_spec("flash_attn"):
-        return "flash_attention_2"
-    return "sdpa"
-
-
-def check_packing(packing: bool, attn: str) -> None:
-    """Packing needs attention that keeps packed examples apart.
-
-    TRL packs (best-fit decreasing) without padding: examples share one row, ``position_ids`` restart
-    at each, and no attention mask is passed. FlashAttention reads the boundaries from the position
-    ids; ``sdpa`` and ``eager`` do not, so each packed example would attend to the ones before it
-    (``tests/test_lab.py`` measures it).
-
-    Raises:
-        LabError: ``packing: true`` without FlashAttention.
-    """
-    if packing and not attn.startswith("flash_attention"):
-        raise LabError(
-            f"packing: true with attn_implementation={attn}: packed examples would attend to each other "
-            "(only FlashAttention reads their boundaries from position_ids). Use packing=false, or "
-            "attn_implementation=flash_attention_2 (the flash-attn package and a GPU with compute capability >= 8)."
-        )
-
-
 def load_base(path: str, cfg: dict, device: str, attn: str, revision: str | None = None):
     """The base model in 4-bit (``model.quantization``: BitsAndBytesConfig settings), the course's way."""
-    q = dict(cfg["quantization"])
-    q["bnb_4bit_compute_dtype"] = getattr(torch, q["bnb_4bit_compute_dtype"])
-    model = AutoModelForCausalLM.from_pretrained(
-        path,
-        revision=revision,
-        quantization_config=BitsAndBytesConfig(**q),
-        attn_implementation=attn,
-        device_map={"": device} if device != "cuda" else "auto",
-        dtype=q["bnb_4bit_compute_dtype"],
-    )
-    model.config.use_cache = False
+    model = load_4bit(path, cfg["quantization"], device, attn, revision)
     model.config.pretraining_tp = 1  # as the course: no tensor-parallel slicing of the MLP
-    if device == "cpu":
-        keep_4bit_trainable_on_cpu(model)
     return model
-
-
-def keep_4bit_trainable_on_cpu(model) -> int:
-    """Stop bitsandbytes repacking 4-bit weights for CPU inference; returns the layers changed.
-
-    bitsandbytes 0.50, on a CPU with AVX512-BF16, repacks a ``Linear4bit``'s weights into an
-    inference-only layout the first time the layer runs in eval mode without gradients (an
-    evaluation before training does) and keeps them so: afterwards no gradient flows back through
-    the layer, and LoRA adapters behind it (q_proj/v_proj behind o_proj) stop learning, with no
-    error (grad_norm 0). ``tests/test_lab.py`` reproduces it. GPUs are not affected.
-    """
-    layers = [m for m in model.modules() if hasattr(m, "support_avx512bf16_for_cpu")]
-    for layer in layers:
-        layer.support_avx512bf16_for_cpu = False
-    return len(layers)
-
-
-def trained_tokens(train_log: Path) -> int:
-    """The last ``num_tokens`` TRL logged: tokens fed to training so far (padding excluded)."""
-    counts = [row["num_tokens"] for row in read_jsonl(train_log) if "num_tokens" in row and "loss" in row]
-    return int(counts[-1]) if counts else 0
-
-
-@torch.no_grad()
-def generate(model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[dict]:
-    """Greedy continuations of ``prompts``: ``{"text", "stopped"}`` (``</s>`` before ``max_new_tokens``)."""
-    model.eval()
-    device = next(model.parameters()).device
-    out = []
-    for prompt in prompts:
-        ids = tokenizer(prompt, return_tensors="pt").to(device)
-        seq = model.generate(
-            **ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id, use_cache=True
-        )[0, ids["input_ids"].shape[1] :]
-        stopped = bool((seq == tokenizer.eos_token_id).any())
-        out.append({"text": tokenizer.decode(seq, skip_special_tokens=True).strip(), "stopped": stopped})
-    return out
-
-
-@torch.no_grad()
-def logits_on(model, batch: dict) -> torch.Tensor:
-    model.eval()
-    device = next(model.parameters()).device
-    return model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu()
 
 
 def run(ctx: RunContext) -> dict:
@@ -222,11 +136,7 @@ def run(ctx: RunContext) -> dict:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     print(f"trainable params: {trainable:,} || all params: {total:,}", flush=True)
-    # Every Linear of the decoder layers must be 4-bit (a config mistake can load a model with none
-    # quantized and no error); lm_head stays in bf16 as bitsandbytes and the course leave it.
-    quantized = sum(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
-    left = [n for n, m in model.named_modules() if type(m) is torch.nn.Linear and "lora_" not in n]
-    left = [n for n in left if not n.endswith("lm_head")]
+    quantized = quantization_counts(model)  # every decoder Linear 4-bit; lm_head stays bf16 as in the course
 
     # 3. SFTTrainer; losses before and after, in eval mode, on the training rows and the held-out ones.
     args = SFTConfig(
@@ -292,7 +202,7 @@ def run(ctx: RunContext) -> dict:
             "fingerprint": hub_or_json_fingerprint(cfg["data"], ctx.repo_root, ("train", "test")),
         },
         "lora": {"trainable_params": trainable, "all_params": total},
-        "quantization": {"linear4bit_modules": quantized, "linear_modules_not_quantized": len(left)},
+        "quantization": quantized,
         "train": {
             **training_summary(train_before, train_after, result),
             # TRL logs the tokens trained on (prompt and completion, no padding) as num_tokens.

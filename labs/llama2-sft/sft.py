@@ -17,9 +17,9 @@ position, and ``</s>`` at the end of every completion carries a label, so the tu
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from labkit.errors import LabError
+from labkit.qlora import Encoded
+from labkit.qlora import encode as encode_prompt_completion
 
 #: databricks-dolly-15k's categories (its dataset card).
 CATEGORIES = (
@@ -68,40 +68,13 @@ def prompt_text(row: dict, task: str) -> str:
     return head + text + tail
 
 
-@dataclass
-class Encoded:
-    input_ids: list[int]
-    completion_mask: list[int]
-    input_cut: bool  # the prompt's input text was shortened to fit max_length
-
-
 def encode(row: dict, task: str, tokenizer, max_length: int) -> Encoded | None:
-    """Token ids of prompt + completion + ``</s>`` and the mask of the completion tokens.
-
-    The prompt (with ``<s>``) and the completion (no special tokens) are tokenized separately. If
-    they do not fit ``max_length``, the prompt's input text (the response, or the context) is cut at
-    a token boundary; the completion is never cut. ``None`` when even an empty input leaves no room
-    for the whole completion.
-    """
-    completion = tokenizer(completion_of(row, task), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    prompt = tokenizer(prompt_text(row, task))["input_ids"]
-    cut = False
-    if len(prompt) + len(completion) > max_length:
-        head, text, tail = prompt_parts(row, task)
-        fixed = len(tokenizer(head + tail)["input_ids"])
-        room = max_length - len(completion) - fixed
-        if room < 0:
-            return None
-        pieces = tokenizer(text, add_special_tokens=False)["input_ids"]
-        while True:  # decoding and re-tokenizing can shift a token or two: shrink until it fits
-            prompt = tokenizer(head + tokenizer.decode(pieces[:room]) + tail)["input_ids"]
-            if len(prompt) + len(completion) <= max_length or room == 0:
-                break
-            room -= 1
-        if len(prompt) + len(completion) > max_length:
-            return None
-        cut = True
-    return Encoded(prompt + completion, [0] * len(prompt) + [1] * len(completion), cut)
+    """Token ids of prompt + completion + ``</s>`` and the mask of the completion tokens
+    (``labkit.qlora.encode``: tokenized separately; the prompt's input text, the response or the
+    context, is cut to fit ``max_length``, the completion never). ``None`` when the completion alone
+    does not fit."""
+    head, text, tail = prompt_parts(row, task)
+    return encode_prompt_completion(lambda t: head + t + tail, text, completion_of(row, task), tokenizer, max_length)
 
 
 def check_categories(rows, policy: str, where: str, first_line: int | None = 1):

@@ -148,8 +148,9 @@ def test_packing_without_flash_attention_would_mix_examples_so_it_is_refused(tin
     """TRL packs examples into one row with position_ids restarting at each and no attention mask.
     With sdpa the second example then attends to the first: its logits change. FlashAttention reads
     the boundaries from position_ids; so the lab refuses packing without it."""
-    from run import check_packing
     from transformers import AutoModelForCausalLM
+
+    from labkit.qlora import check_packing
 
     path, tok = tiny
     model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="sdpa").eval()
@@ -200,7 +201,7 @@ def test_4bit_layers_keep_training_on_cpu_after_an_evaluation(tiny):
 
 
 def test_attention_is_sdpa_without_flash_attention_on_a_gpu():
-    from run import attention
+    from labkit.qlora import attention
 
     assert attention("auto", "cpu") == "sdpa" and attention("eager", "cpu") == "eager"
 

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     GenerationConfig,
     WhisperConfig,
@@ -338,4 +338,82 @@ def build_tiny_llama(
     torch.manual_seed(seed)
     LlamaForCausalLM(config).save_pretrained(out_dir)
     GenerationConfig(bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id).save_pretrained(out_dir)
+    return Path(out_dir)
+
+
+#: GLM-4's special tokens (THUDM/glm-4-9b-chat-hf tokenizer_config.json), in their order after the BPE
+#: vocabulary; the chat template below writes its prompts with them.
+GLM_SPECIALS = [
+    "<|endoftext|>",
+    "[MASK]",
+    "[gMASK]",
+    "[sMASK]",
+    "<sop>",
+    "<eop>",
+    "<|system|>",
+    "<|user|>",
+    "<|assistant|>",
+    "<|observation|>",
+]
+#: A chat template in GLM-4's layout: "[gMASK]<sop>", then "<|role|>\n" before each message, and
+#: "<|assistant|>\n" when a reply is to be generated.
+GLM_CHAT_TEMPLATE = (
+    "[gMASK]<sop>{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
+def build_tiny_glm(
+    out_dir: Path,
+    texts: list[str],
+    seed: int = 0,
+    hidden_size: int = 64,
+    num_hidden_layers: int = 2,
+    num_attention_heads: int = 4,
+    num_key_value_heads: int = 2,
+    intermediate_size: int = 128,
+    bpe_vocab_size: int = 1500,
+) -> Path:
+    """Build and save a tiny GLM-4 (``GlmForCausalLM``, tokenizer with GLM-4's special tokens and a
+    chat template in its layout) to ``out_dir``.
+
+    The architecture is Transformers' native GLM (the ``-hf`` checkpoints, no remote code):
+    grouped-query attention (2 key/value heads), partial rotary embeddings, fused gate/up MLP, with
+    ``hidden_size`` 64 and 2 layers instead of 4096 and 40. The tokenizer is a byte-level BPE (GLM-4's
+    scheme; any text, Chinese included, encodes) trained on ``texts``; as GLM-4, it pads with
+    ``<|endoftext|>``, its end-of-text token, and generation also stops at ``<|user|>`` and
+    ``<|observation|>``.
+
+    Returns:
+        ``out_dir`` (loadable with ``from_pretrained``).
+    """
+    from transformers import GlmConfig, GlmForCausalLM, PreTrainedTokenizerFast
+
+    vocab, merges = train_byte_level_bpe(texts, bpe_vocab_size)
+    bpe = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe, eos_token="<|endoftext|>", pad_token="<|endoftext|>", padding_side="left"
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": GLM_SPECIALS[1:]})
+    tokenizer.chat_template = GLM_CHAT_TEMPLATE
+    tokenizer.save_pretrained(out_dir)
+    stop = [tokenizer.convert_tokens_to_ids(t) for t in ("<|endoftext|>", "<|user|>", "<|observation|>")]
+    config = GlmConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_hidden_layers,
+        num_attention_heads=num_attention_heads,
+        num_key_value_heads=num_key_value_heads,
+        head_dim=hidden_size // num_attention_heads,
+        max_position_embeddings=8192,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=stop,
+        bos_token_id=None,
+    )
+    torch.manual_seed(seed)
+    GlmForCausalLM(config).save_pretrained(out_dir)
+    GenerationConfig(eos_token_id=stop, pad_token_id=tokenizer.pad_token_id).save_pretrained(out_dir)
     return Path(out_dir)

@@ -1,0 +1,159 @@
+"""Unit tests of the chatglm-qlora lab: chat-template prompts, the exact mask (with pad == eos, as in
+GLM-4), lengths and bad rows, the 4-bit check, parameter counts, and before/after done right."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from labkit.config import get_lab, load_profile
+from labkit.errors import LabError
+from labkit.verify import load_expected
+
+from adgen import chat_prompt, tokenize_rows
+
+LAB = get_lab("chatglm-qlora")
+ROW = {"content": "类型#裙*颜色#蓝色*风格#清新", "summary": "这款连衣裙选用清爽的蓝色，整体风格清新自然。"}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from transformers import AutoTokenizer
+
+    from labkit.tiny import build_tiny_glm
+
+    rows = [json.loads(line) for line in (LAB.dir / "data/smoke/train.jsonl").read_text().splitlines()]
+    texts = [t for r in rows + [ROW] for t in (r["content"], r["summary"])]
+    path = build_tiny_glm(tmp_path_factory.mktemp("tiny"), texts, seed=0)
+    return path, AutoTokenizer.from_pretrained(path)
+
+
+def rows_of(*rows):
+    from datasets import Dataset
+
+    return Dataset.from_list(list(rows))
+
+
+def test_prompt_is_the_chat_template_in_glm_4_layout(tiny):
+    _, tok = tiny
+    assert chat_prompt(tok, ROW["content"]) == f"[gMASK]<sop><|user|>\n{ROW['content']}<|assistant|>\n"
+
+
+def test_mask_covers_the_summary_and_its_eos_even_though_pad_is_eos(tiny):
+    from transformers import DataCollatorForSeq2Seq
+
+    _, tok = tiny
+    assert tok.pad_token_id == tok.eos_token_id  # GLM-4's choice: masking padding by id would drop the real eos
+    data, counts = tokenize_rows(rows_of(ROW, {**ROW, "summary": ROW["summary"] * 2}), tok, 64, 64, "fail")
+    assert counts == {"summaries_cut": 0, "contents_cut": 0, "dropped_no_room": 0}
+    labels = [t for t in data[0]["labels"] if t != -100]
+    assert labels[-1] == tok.eos_token_id and tok.decode(labels[:-1]) == ROW["summary"]
+    prompt = [t for t, lab in zip(data[0]["input_ids"], data[0]["labels"]) if lab == -100]
+    assert prompt == tok(chat_prompt(tok, ROW["content"]), add_special_tokens=False)["input_ids"]
+    batch = DataCollatorForSeq2Seq(tok, label_pad_token_id=-100)([data[0], data[1]])
+    short = len(data[0]["input_ids"])
+    row = batch["labels"][0]  # padded on the left, as GLM-4's tokenizer pads
+    assert row[-1] == tok.eos_token_id and (row[: row.shape[0] - short] == -100).all()
+
+
+def test_long_summaries_are_cut_and_counted_long_contents_cut_no_room_named(tiny):
+    _, tok = tiny
+    long_summary = {**ROW, "summary": ROW["summary"] * 30}
+    long_content = {**ROW, "content": "*".join(["颜色#蓝色"] * 60)}
+    data, counts = tokenize_rows(rows_of(long_summary, long_content), tok, 40, 32, "fail")
+    assert counts["summaries_cut"] == 1 and counts["contents_cut"] == 1
+    assert sum(t != -100 for t in data[0]["labels"]) == 33  # 32 summary tokens and the eos
+    assert sum(t == -100 for t in data[1]["labels"]) <= 40
+    with pytest.raises(LabError, match="row 0: the chat prompt alone exceeds max_input_length=3"):
+        tokenize_rows(rows_of(ROW), tok, 3, 32, "fail")
+    assert tokenize_rows(rows_of(ROW), tok, 3, 32, "drop")[1]["dropped_no_room"] == 1
+
+
+def test_a_tokenizer_without_chat_template_is_named(tiny):
+    _, tok = tiny
+    bare = type(tok).from_pretrained(tok.name_or_path)
+    bare.chat_template = None
+    with pytest.raises(LabError, match="has no chat template"):
+        chat_prompt(bare, ROW["content"])
+
+
+def test_empty_content_or_summary_is_named_or_dropped(tmp_path):
+    from adgen import load_adgen
+
+    cfg = load_profile(LAB, "smoke")[0]["data"]
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in [ROW, {**ROW, "summary": ""}, ROW]))
+    val = tmp_path / "validation.jsonl"
+    val.write_text(json.dumps(ROW, ensure_ascii=False) + "\n")
+    cfg = {**cfg, "files": {"train": str(train), "validation": str(val)}}
+    with pytest.raises(LabError, match=r"train.jsonl: column 'summary' is empty at line 2\."):
+        load_adgen(cfg, tmp_path)
+    dsd, dropped = load_adgen({**cfg, "bad_text": "drop"}, tmp_path)
+    assert len(dsd["train"]) == 2 and dropped == {"train": {"summary": 1}}
+
+
+def test_before_is_exactly_the_base_model_and_after_differs(tiny, tmp_path):
+    """The course's "before" ran on a base model PeftModel.from_pretrained had already changed in place;
+    here "before" is the reloaded model with the adapter disabled: it must equal a fresh base model."""
+    from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+
+    from labkit.qlora import generate, load_4bit
+
+    path, tok = tiny
+    quant = load_profile(LAB, "smoke")[0]["model"]["quantization"]
+    tuned = get_peft_model(
+        load_4bit(str(path), quant, "cpu", "sdpa"), LoraConfig(r=4, target_modules=["q_proj", "v_proj"])
+    )
+    with torch.no_grad():
+        for name, p in tuned.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)  # a "trained" adapter
+    tuned.save_pretrained(tmp_path / "adapter")
+    prompts = [chat_prompt(tok, ROW["content"])]
+    fresh = generate(load_4bit(str(path), quant, "cpu", "sdpa"), tok, prompts, 12, prompt_special_tokens=False)
+    base = prepare_model_for_kbit_training(load_4bit(str(path), quant, "cpu", "sdpa"), use_gradient_checkpointing=False)
+    reloaded = PeftModel.from_pretrained(base, tmp_path / "adapter")
+    with reloaded.disable_adapter():
+        before = generate(reloaded, tok, prompts, 12, prompt_special_tokens=False)
+    after = generate(reloaded, tok, prompts, 12, prompt_special_tokens=False)
+    assert before == fresh and after != before
+
+
+def test_full_profile_counts_match_glm_4_9b():
+    """GLM-4-9B (Transformers' GlmConfig defaults are its config.json): 40 layers, hidden 4096, 2 kv
+    heads of 128. LoRA r=4 on q (4096->4096), k and v (4096->256)."""
+    from transformers import GlmConfig
+
+    c = GlmConfig()
+    lora = load_profile(LAB, "full")[0]["lora"]
+    kv = c.num_key_value_heads * c.head_dim
+    count = c.num_hidden_layers * lora["r"] * ((c.hidden_size * 2) + 2 * (c.hidden_size + kv))
+    expected = load_expected(LAB.expected_path("full"))["metrics"]
+    assert count == expected["lora.trainable_params"]["equals"] == 2_703_360
+    assert c.num_hidden_layers * 6 == expected["quantization.linear4bit_modules"]["equals"] == 240
+
+
+def test_every_decoder_linear_is_4bit_and_a_plain_load_is_caught(tiny):
+    from transformers import AutoModelForCausalLM
+
+    from labkit.qlora import load_4bit, quantization_counts
+
+    path, _ = tiny
+    quant = load_profile(LAB, "smoke")[0]["model"]["quantization"]
+    assert quantization_counts(load_4bit(str(path), quant, "cpu", "sdpa")) == {
+        "linear4bit_modules": 12,
+        "linear_modules_not_quantized": 0,
+    }
+    plain = quantization_counts(AutoModelForCausalLM.from_pretrained(path))  # loaded without quantization
+    assert plain == {"linear4bit_modules": 0, "linear_modules_not_quantized": 12}  # verification would fail
+
+
+@pytest.mark.parametrize("profile", ["smoke", "full"])
+def test_expected_data_fingerprint_is_the_profiles_data(profile):
+    from labkit.data import hub_or_json_fingerprint
+
+    cfg = load_profile(LAB, profile)[0]["data"]
+    expected = load_expected(LAB.expected_path(profile))["data"]["fingerprint"]
+    assert hub_or_json_fingerprint(cfg, LAB.dir.parents[1], ("train", "validation")) == expected

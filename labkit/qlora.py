@@ -182,3 +182,181 @@ def logits_on(model, batch: dict) -> torch.Tensor:
     model.eval()
     device = next(model.parameters()).device
     return model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu()
+
+
+def chat_prompt(tokenizer, content: str) -> str:
+    """The tokenizer's chat-template prompt for one user turn holding ``content``, ready for the reply.
+
+    Raises:
+        LabError: the tokenizer has no chat template (names the tokenizer and what to do).
+    """
+    if not tokenizer.chat_template:
+        raise LabError(
+            f"the tokenizer of {tokenizer.name_or_path} has no chat template: the prompts are written with it. "
+            "Use a chat model's tokenizer (GLM-4-9B-chat's has one) or set tokenizer.chat_template."
+        )
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
+    )
+
+
+def tokenize_chat(rows, columns: tuple[str, str], tokenizer, max_input: int, max_output: int, policy: str):
+    """Rows as ``input_ids`` / ``attention_mask`` / ``labels`` for a one-turn chat: the prompt is the
+    chat template around ``columns[0]`` (masked with -100), the answer ``columns[1]`` and the
+    end-of-text token are the targets (:func:`encode`).
+
+    Lengths as the course's ``max_input_length`` / ``max_output_length``: an answer longer than
+    ``max_output`` tokens is cut (counted), a prompt longer than ``max_input`` has its text cut at a
+    token boundary (counted), a prompt with no room even for an empty text is an error under
+    ``policy == "fail"`` or a counted drop.
+
+    Returns:
+        ``(datasets.Dataset, {"answers_cut": n, "prompts_cut": n, "dropped_no_room": n})``.
+
+    Raises:
+        LabError: a row whose prompt leaves no room, under ``fail`` (names the row).
+    """
+    from datasets import Dataset
+
+    prompt_col, answer_col = columns
+    ids, masks, labels = [], [], []
+    counts = {"answers_cut": 0, "prompts_cut": 0, "dropped_no_room": 0}
+    for i, row in enumerate(rows):
+        answer = tokenizer(row[answer_col], add_special_tokens=False)["input_ids"]
+        counts["answers_cut"] += len(answer) > max_output
+        answer = answer[:max_output]
+        budget = max_input + len(answer) + 1  # the prompt limit, the (cut) answer and its end-of-text
+        enc = encode(
+            lambda t: chat_prompt(tokenizer, t), row[prompt_col], tokenizer.decode(answer), tokenizer, budget, False
+        )
+        if enc is None:
+            if policy == "fail":
+                raise LabError(
+                    f"row {i}: the chat prompt alone exceeds max_input_length={max_input}: raise it, or set "
+                    "data.bad_text=drop to drop such rows (counted)."
+                )
+            counts["dropped_no_room"] += 1
+            continue
+        counts["prompts_cut"] += enc.input_cut
+        ids.append(enc.input_ids)
+        masks.append([1] * len(enc.input_ids))
+        labels.append([t if m else -100 for t, m in zip(enc.input_ids, enc.completion_mask)])
+    return Dataset.from_dict({"input_ids": ids, "attention_mask": masks, "labels": labels}), counts
+
+
+def chat_qlora(ctx, dsd, columns: tuple[str, str], lengths_cfg: tuple[int, int]) -> dict:
+    """Steps 2-6 of the GLM chat labs (course chapters 9-10), on ``dsd`` (``train``, ``validation``).
+
+    2. prompts through the chat template, answers as the only targets (:func:`tokenize_chat`);
+    3. the model in 4-bit NF4 + double quant (``model.quantization``), ``prepare_model_for_kbit_training``,
+       LoRA (``lora``: PEFT's ``LoraConfig`` names);
+    4. ``Trainer`` (``training``: ``TrainingArguments`` names); losses before and after, eval mode;
+    5. the adapter saved, reloaded on a fresh base prepared as for training, logits compared;
+    6. held-out prompts answered with the adapter disabled (exactly the base model) and enabled,
+       through the same chat template (``predictions.jsonl``).
+
+    ``ctx`` is the lab's ``RunContext`` (its config holds the sections above, ``seed``, ``model``,
+    ``attn_implementation``, ``generation`` and ``data.bad_text``). Returns the metrics of steps 2-6.
+    """
+    import gc
+    import json
+
+    from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainingArguments
+
+    from labkit.metrics import JsonlLogger, plot_loss, training_summary
+    from labkit.rundir import remove_if_empty
+    from labkit.tiny import build_tiny_glm
+
+    cfg, out = ctx.config, ctx.run_dir
+    # 2. Tokenizer and chat template; prompt and answer tokenized separately, the prompt masked.
+    model_path = cfg["model"]["name_or_path"]
+    if cfg["model"]["build_tiny"]:
+        texts = [r[c] for split in dsd.values() for r in split for c in columns]
+        model_path = str(build_tiny_glm(out / "tiny-model", texts, seed=cfg["seed"], **cfg["model"]["tiny"]))
+    tokenizer = AutoTokenizer.from_pretrained(model_path, revision=cfg["model"]["revision"])
+    data, lengths = {}, {}
+    for split in dsd:
+        data[split], lengths[split] = tokenize_chat(
+            dsd[split], columns, tokenizer, *lengths_cfg, cfg["data"]["bad_text"]
+        )
+
+    # 3. The model in 4-bit, prepared for k-bit training, with LoRA.
+    attn = attention(cfg["attn_implementation"], ctx.device)
+    model = load_4bit(model_path, cfg["model"]["quantization"], ctx.device, attn, cfg["model"]["revision"])
+    model = prepare_model_for_kbit_training(model, gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = get_peft_model(model, LoraConfig(**cfg["lora"]))
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    print(f"data: {len(data['train'])} train / {len(data['validation'])} held-out rows; attention: {attn}")
+    print(f"trainable params: {trainable:,} || all params: {total:,}", flush=True)
+    quantized = quantization_counts(model)
+
+    # 4. Trainer; losses before and after, in eval mode, on the training rows and the held-out ones.
+    args = TrainingArguments(
+        output_dir=str(out / "checkpoints"),
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        seed=cfg["seed"],
+        **cfg["training"],
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=data["train"],
+        eval_dataset=data["validation"],
+        data_collator=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, padding=True),
+        callbacks=[JsonlLogger(out / "train_log.jsonl")],
+    )
+    train_before = trainer.evaluate(data["train"], metric_key_prefix="train")["train_loss"]
+    eval_before = trainer.evaluate()["eval_loss"]
+    result = trainer.train()
+    train_after = trainer.evaluate(data["train"], metric_key_prefix="train")["train_loss"]
+    eval_after = trainer.evaluate()["eval_loss"]
+    plot_loss(out / "train_log.jsonl", out / "loss_curve.png", f"{ctx.lab.name} ({ctx.profile})")
+
+    # 5. Save the adapter and tokenizer; reload on a fresh base prepared as for training; same logits.
+    adapter_dir = out / "adapter"
+    model.save_pretrained(adapter_dir)
+    tokenizer.save_pretrained(adapter_dir)
+    probe = {"input_ids": torch.tensor([data["validation"][0]["input_ids"]])}
+    trained_logits = logits_on(model, probe)
+    remove_if_empty(out / "checkpoints")
+    del trainer, model
+    gc.collect()
+    if ctx.device == "cuda":
+        torch.cuda.empty_cache()
+    base = load_4bit(model_path, cfg["model"]["quantization"], ctx.device, attn, cfg["model"]["revision"])
+    base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
+    reloaded = PeftModel.from_pretrained(base, adapter_dir)
+    max_diff = float((logits_on(reloaded, probe) - trained_logits).abs().max())
+
+    # 6. Before/after, done right: the same chat-template prompts with the adapter disabled (exactly
+    #    the base model; the course's "before" ran after PeftModel.from_pretrained had injected LoRA
+    #    into the base in place, and its "after" skipped the chat template) and enabled.
+    rows = [dsd["validation"][i] for i in range(min(cfg["generation"]["samples"], len(dsd["validation"])))]
+    prompts = [chat_prompt(tokenizer, r[columns[0]]) for r in rows]
+    n = cfg["generation"]["max_new_tokens"]
+    with reloaded.disable_adapter():
+        before = generate(reloaded, tokenizer, prompts, n, prompt_special_tokens=False)
+    after = generate(reloaded, tokenizer, prompts, n, prompt_special_tokens=False)
+    with (out / "predictions.jsonl").open("w", encoding="utf-8") as f:
+        for row, b, a in zip(rows, before, after):
+            record = {"prompt": row[columns[0]], "reference": row[columns[1]], "before": b, "after": a}
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    return {
+        "attn_implementation": attn,
+        "lengths": lengths,
+        "train_examples": len(data["train"]),
+        "eval_examples": len(data["validation"]),
+        "lora": {"trainable_params": trainable, "all_params": total},
+        "quantization": quantized,
+        "train": training_summary(train_before, train_after, result),
+        "eval": {"loss_before": eval_before, "loss_after": eval_after},
+        "generation": {
+            "samples": len(after),
+            "changed_by_tuning": sum(b["text"] != a["text"] for b, a in zip(before, after)) / len(after),
+            "stopped_with_eos_before": sum(g["stopped"] for g in before) / len(before),
+            "stopped_with_eos_after": sum(g["stopped"] for g in after) / len(after),
+        },
+        "reload": {"max_abs_logit_diff": max_diff},
+    }

@@ -10,11 +10,11 @@ import torch
 
 from labkit.config import get_lab, load_profile
 from labkit.errors import LabError
+from labkit.qlora import chat_prompt, tokenize_chat
 from labkit.verify import load_expected
 
-from adgen import chat_prompt, tokenize_rows
-
 LAB = get_lab("chatglm-qlora")
+COLS = ("content", "summary")
 ROW = {"content": "类型#裙*颜色#蓝色*风格#清新", "summary": "这款连衣裙选用清爽的蓝色，整体风格清新自然。"}
 
 
@@ -46,8 +46,8 @@ def test_mask_covers_the_summary_and_its_eos_even_though_pad_is_eos(tiny):
 
     _, tok = tiny
     assert tok.pad_token_id == tok.eos_token_id  # GLM-4's choice: masking padding by id would drop the real eos
-    data, counts = tokenize_rows(rows_of(ROW, {**ROW, "summary": ROW["summary"] * 2}), tok, 64, 64, "fail")
-    assert counts == {"summaries_cut": 0, "contents_cut": 0, "dropped_no_room": 0}
+    data, counts = tokenize_chat(rows_of(ROW, {**ROW, "summary": ROW["summary"] * 2}), COLS, tok, 64, 64, "fail")
+    assert counts == {"answers_cut": 0, "prompts_cut": 0, "dropped_no_room": 0}
     labels = [t for t in data[0]["labels"] if t != -100]
     assert labels[-1] == tok.eos_token_id and tok.decode(labels[:-1]) == ROW["summary"]
     prompt = [t for t, lab in zip(data[0]["input_ids"], data[0]["labels"]) if lab == -100]
@@ -62,13 +62,13 @@ def test_long_summaries_are_cut_and_counted_long_contents_cut_no_room_named(tiny
     _, tok = tiny
     long_summary = {**ROW, "summary": ROW["summary"] * 30}
     long_content = {**ROW, "content": "*".join(["颜色#蓝色"] * 60)}
-    data, counts = tokenize_rows(rows_of(long_summary, long_content), tok, 40, 32, "fail")
-    assert counts["summaries_cut"] == 1 and counts["contents_cut"] == 1
+    data, counts = tokenize_chat(rows_of(long_summary, long_content), COLS, tok, 40, 32, "fail")
+    assert counts["answers_cut"] == 1 and counts["prompts_cut"] == 1
     assert sum(t != -100 for t in data[0]["labels"]) == 33  # 32 summary tokens and the eos
     assert sum(t == -100 for t in data[1]["labels"]) <= 40
     with pytest.raises(LabError, match="row 0: the chat prompt alone exceeds max_input_length=3"):
-        tokenize_rows(rows_of(ROW), tok, 3, 32, "fail")
-    assert tokenize_rows(rows_of(ROW), tok, 3, 32, "drop")[1]["dropped_no_room"] == 1
+        tokenize_chat(rows_of(ROW), COLS, tok, 3, 32, "fail")
+    assert tokenize_chat(rows_of(ROW), COLS, tok, 3, 32, "drop")[1]["dropped_no_room"] == 1
 
 
 def test_a_tokenizer_without_chat_template_is_named(tiny):

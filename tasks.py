@@ -32,7 +32,15 @@ from labkit.verify import OTHER_DATA, format_table, load_expected, verify_run
 IMAGE_PREFIX = "llm-labs"
 SHARED_IMAGES = {"cuda": REPO_ROOT / "images" / "cuda"}
 LAB_UID = 1000
-PASSED_ENV = ("HF_TOKEN", "HF_ENDPOINT", "HF_HUB_OFFLINE", "HF_HUB_ENABLE_HF_TRANSFER", "OMP_NUM_THREADS")
+PASSED_ENV = (
+    "HF_TOKEN",
+    "HF_ENDPOINT",
+    "HF_HUB_OFFLINE",
+    "HF_HUB_ENABLE_HF_TRANSFER",
+    "OMP_NUM_THREADS",
+    "OPENAI_API_KEY",
+    "OPENAI_BASE_URL",
+)
 GPU_DRIVER_HELP = (
     'Docker could not give the container a GPU ("could not select device driver "nvidia""): the '
     "NVIDIA Container Toolkit is missing or not configured. Install nvidia-container-toolkit, run "

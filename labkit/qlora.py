@@ -360,3 +360,69 @@ def chat_qlora(ctx, dsd, columns: tuple[str, str], lengths_cfg: tuple[int, int])
         },
         "reload": {"max_abs_logit_diff": max_diff},
     }
+
+
+GLM_BENCH_ARCHS = {
+    "full": {},  # Transformers' GlmConfig() defaults are GLM-4-9B's config.json
+    "tiny": dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        vocab_size=1000,
+        pad_token_id=0,
+        eos_token_id=[1],
+    ),
+}
+
+
+def glm_bench(lab: str, tokens: int, arch: str, device: str):
+    """A :class:`labkit.bench.Bench` of the GLM chat labs' training step (``invoke bench``).
+
+    GLM-4-9B's architecture (``arch="full"``: hidden 4096, 40 layers, 32 query / 2 key-value heads,
+    MLP 13,696, vocabulary 151,552; ``"tiny"`` for the CPU self-test) with random weights, saved in
+    bf16 (19 GB of disk at full size) and loaded as the lab ``lab`` loads it: its full profile's
+    4-bit settings and LoRA, ``Trainer`` at its ``training`` settings (bf16 on CUDA, gradient
+    checkpointing), on random rows of ``tokens`` tokens. MFU counts ``6 x non-embedding
+    parameters`` FLOPs per trained token (Kaplan et al. 2020, sec. 2.1).
+    """
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import GlmConfig, GlmForCausalLM, Trainer, TrainingArguments
+
+    from labkit.bench import Bench, RandomTokens, bench_training, non_embedding_params, scratch_dir, train_steps
+    from labkit.config import get_lab, load_profile
+
+    cfg = load_profile(get_lab(lab), "full")[0]
+    folder = scratch_dir()
+    torch.manual_seed(0)
+    config = GlmConfig(**GLM_BENCH_ARCHS[arch])
+    model = GlmForCausalLM(config)
+    params = non_embedding_params(model)
+    model.to(torch.bfloat16).save_pretrained(folder)
+    del model
+
+    def step(batch: int, n: int, variant: str = "") -> tuple[list[float], dict]:
+        model = load_4bit(folder, cfg["model"]["quantization"], device, "sdpa")
+        model = prepare_model_for_kbit_training(model, gradient_checkpointing_kwargs={"use_reentrant": False})
+        model = get_peft_model(model, LoraConfig(**cfg["lora"]))
+        training = bench_training(cfg["training"], batch, n, device)
+        training["bf16"] = device == "cuda"
+        args = TrainingArguments(
+            output_dir=scratch_dir(), gradient_checkpointing_kwargs={"use_reentrant": False}, **training
+        )
+        shape = ((tokens,), torch.long, config.vocab_size)
+        rows = RandomTokens(batch * n, {"input_ids": shape, "labels": shape})
+        return train_steps(Trainer(model=model, args=args, train_dataset=rows), device)
+
+    return Bench(
+        what=f"GLM-4-9B architecture ({arch}), random weights, NF4 + double quant, LoRA r={cfg['lora']['r']} on "
+        f"q/k/v, Trainer, rows of {tokens} tokens",
+        setting="per_device_train_batch_size",
+        default_batch=cfg["training"]["per_device_train_batch_size"],
+        tokens_per_sample=tokens,
+        flops_per_token=6.0 * params,
+        flops_note=f"6 x {params:,} non-embedding parameters per trained token (Kaplan et al. 2020, sec. 2.1)",
+        step=step,
+    )

@@ -1,0 +1,29 @@
+"""Benchmark the full profile's training step on random weights (``invoke bench --lab chatglm-private-data``).
+
+GLM-4-9B's architecture with random weights loaded the lab's way (4-bit NF4 + double quant, LoRA
+r=16 on q/k/v, ``Trainer`` at the full profile's settings): ``labkit.qlora.glm_bench``, on rows of
+``TOKENS`` tokens (a generated question and its answer of a paragraph or a few; the profile allows
+up to 512 + 1,536).
+
+    python labs/chatglm-private-data/bench.py --batch-sizes 4,8,16 --steps 5
+    python labs/chatglm-private-data/bench.py --arch tiny --device cpu --steps 1   # the CPU self-test
+"""
+
+from __future__ import annotations
+
+import sys
+from functools import partial
+from pathlib import Path
+
+sys.path.insert(1, str(Path(__file__).resolve().parents[2]))
+import labkit  # noqa: F401  (first: it quiets a bitsandbytes start-up message)
+
+# isort: split
+
+from labkit.bench import main
+from labkit.qlora import glm_bench
+
+TOKENS = 512
+
+if __name__ == "__main__":
+    main("chatglm-private-data", partial(glm_bench, "chatglm-private-data", TOKENS))

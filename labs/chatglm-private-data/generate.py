@@ -1,0 +1,267 @@
+"""Step 1 (course chapter 10, "ChatGLM3-6B 私有数据微调"): a training set generated from your own text.
+
+The course sends each section of a private text to a chat model (OpenAI's, through LangChain) and
+parses ``content:"..." summary:"..."`` out of the reply with string searches; its committed CSV
+shows what that lets through: JSON blobs inside fields, stray quotes, ``key: "..."`` with a space,
+extra sections. Here:
+
+* the source is a folder of ``.txt``/``.md`` files (sections split on blank lines, as the course
+  splits its ``raw_data.txt``) or a CSV with a text column;
+* each section goes to an **OpenAI-compatible chat endpoint** (the ``openai`` client: OpenAI,
+  DeepSeek, vLLM, Ollama, ``transformers serve``; ``OPENAI_BASE_URL``, ``OPENAI_API_KEY``, model
+  name in the profile) asking for question/answer pairs as a JSON object;
+* every reply is validated (:func:`validate`: JSON, schema, non-empty, no JSON or ``key:`` text
+  inside fields, no stray quotes, the expected language) and rejected replies are counted by reason;
+* rate limits (429) and server errors (5xx) are retried with the client's exponential backoff
+  (honouring ``retry-after``); every reply is cached by the hash of its request, so a stopped run
+  resumes without paying for the same call twice;
+* pairs are de-duplicated and written to ``dataset.csv`` (``question,answer``, UTF-8) with
+  ``generation_report.json`` (requests, retries, cache hits, rejected replies by reason, tokens).
+
+The API key is read from the environment at run time and never printed, logged or saved.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import re
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from labkit.errors import LabError  # noqa: E402
+
+SYSTEM = (
+    "You turn a section of a document into training data for a question-answering assistant. "
+    "Reply with one JSON object and nothing else, in this shape: "
+    '{"pairs": [{"question": "...", "answer": "..."}]}. Write {n} pairs in {language}: questions a reader '
+    "would ask about the section, answers taken from the section only, as plain text (no JSON, no "
+    "markdown, no field names inside the text)."
+)
+LANGUAGES = {"zh": "Chinese", "en": "English"}
+KEY_TEXT = re.compile(r"^\s*(content|summary|question|answer|format|comment)\s*[:：]", re.IGNORECASE | re.MULTILINE)
+
+
+@dataclass
+class Report:
+    """What a generation cost and produced (``generation_report.json``)."""
+
+    sections: int = 0
+    requests: int = 0  # HTTP requests sent, retries included
+    retries: int = 0  # requests answered 429 or 5xx (the client retried them)
+    cache_hits: int = 0
+    replies_valid: int = 0
+    replies_rejected: Counter = field(default_factory=Counter)  # by reason
+    pairs_rejected: Counter = field(default_factory=Counter)
+    pairs: int = 0
+    duplicates: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    stopped: str | None = None  # why generation stopped early, if it did
+
+    def as_dict(self) -> dict:
+        return {k: dict(v) if isinstance(v, Counter) else v for k, v in self.__dict__.items()}
+
+
+def read_sections(source: Path, column: str | None = None) -> list[str]:
+    """Text sections of ``source``: a folder's ``.txt``/``.md`` files split on blank lines, or a CSV's
+    ``column`` (UTF-8, with or without a byte-order mark).
+
+    Raises:
+        LabError: the source does not exist, holds no text files or sections, or the CSV lacks the column.
+    """
+    source = Path(source)
+    if not source.exists():
+        raise LabError(f"source {source} does not exist: give a folder of .txt/.md files or a CSV file")
+    if source.is_dir():
+        files = sorted(p for p in source.rglob("*") if p.suffix.lower() in (".txt", ".md") and p.is_file())
+        if not files:
+            raise LabError(f"source folder {source} holds no .txt or .md files")
+        text = "\n\n".join(p.read_text(encoding="utf-8-sig") for p in files)
+        sections = [s.strip() for s in re.split(r"\n\s*\n", text) if s.strip()]
+    else:
+        with source.open(encoding="utf-8-sig", newline="") as f:
+            reader = csv.DictReader(f)
+            if not column or column not in (reader.fieldnames or []):
+                raise LabError(f"{source} has no column {column!r}; it has: {', '.join(reader.fieldnames or [])}")
+            sections = [row[column].strip() for row in reader if (row[column] or "").strip()]
+    if not sections:
+        raise LabError(f"source {source} holds no text")
+    return sections
+
+
+def language_ok(text: str, language: str) -> bool:
+    """Chinese: at least 30 % CJK characters among letters; English: under 10 %."""
+    letters = [c for c in text if c.isalpha()]
+    if not letters:
+        return False
+    cjk = sum("\u4e00" <= c <= "\u9fff" for c in letters) / len(letters)
+    return cjk >= 0.3 if language == "zh" else cjk < 0.1
+
+
+def check_field(text, language: str) -> str | None:
+    """Why a question or answer is unusable, or ``None``."""
+    if not isinstance(text, str) or not text.strip():
+        return "empty_field"
+    t = text.strip()
+    if t.startswith(("{", "[")) or re.search(r'"\s*(content|summary|question|answer)"\s*:', t):
+        return "json_in_field"
+    if KEY_TEXT.search(t):
+        return "key_value_text"
+    if t[0] in "\"'“”" or t[-1] in "\"'“”" and t.count(t[-1]) % 2:
+        return "stray_quote"
+    if not language_ok(t, language):
+        return "wrong_language"
+    return None
+
+
+def validate(reply: str, language: str) -> tuple[list[dict], str | None, Counter]:
+    """``(valid pairs, reason the whole reply is rejected or None, reasons pairs were dropped)``."""
+    try:
+        data = json.loads(reply)
+    except (TypeError, ValueError):
+        return [], "not_json", Counter()
+    if not isinstance(data, dict) or not isinstance(data.get("pairs"), list):
+        return [], "schema", Counter()
+    pairs, dropped = [], Counter()
+    for item in data["pairs"]:
+        if not isinstance(item, dict) or set(item) != {"question", "answer"}:
+            dropped["schema"] += 1
+            continue
+        why = check_field(item["question"], language) or check_field(item["answer"], language)
+        if why:
+            dropped[why] += 1
+            continue
+        pairs.append({"question": item["question"].strip(), "answer": item["answer"].strip()})
+    return pairs, (None if pairs else (next(iter(dropped)) if dropped else "no_pairs")), dropped
+
+
+def client_for(base_url: str | None, timeout_s: float, max_retries: int, report: Report):
+    """An ``openai.OpenAI`` client whose HTTP layer counts requests and retried statuses.
+
+    Raises:
+        LabError: ``OPENAI_API_KEY`` is not set (names the variable and where to set it).
+    """
+    import openai
+
+    key = os.environ.get("OPENAI_API_KEY")
+    if not key:
+        raise LabError(
+            "OPENAI_API_KEY is not set: export it (or pass it to the container with -e OPENAI_API_KEY); "
+            "it is read at run time and never saved. A local server that needs no key takes any value."
+        )
+
+    def count(response) -> None:
+        report.requests += 1
+        if response.status_code == 429 or response.status_code >= 500:
+            report.retries += 1
+
+    http = openai.DefaultHttpxClient(event_hooks={"response": [count]})
+    url = base_url or os.environ.get("OPENAI_BASE_URL")
+    return openai.OpenAI(api_key=key, base_url=url, timeout=timeout_s, max_retries=max_retries, http_client=http)
+
+
+def request_key(model: str, messages: list[dict]) -> str:
+    return hashlib.sha256(json.dumps([model, messages], ensure_ascii=False, sort_keys=True).encode()).hexdigest()
+
+
+def ask(client, cfg: dict, messages: list[dict], cache: Path, report: Report) -> str:
+    """The reply text for ``messages``: from the cache, or from the endpoint (then cached).
+
+    Raises:
+        LabError: the key is rejected, the endpoint does not answer within the timeout after its
+            retries, or keeps failing (names the endpoint and what to check).
+    """
+    import openai
+
+    path = cache / f"{request_key(cfg['model'], messages)}.json"
+    if path.is_file():
+        report.cache_hits += 1
+        return json.loads(path.read_text(encoding="utf-8"))["content"]
+    url = str(client.base_url)
+    try:
+        response = client.chat.completions.create(
+            model=cfg["model"],
+            messages=messages,
+            temperature=cfg["temperature"],
+            max_tokens=cfg["max_tokens"],
+            response_format={"type": "json_object"},
+        )
+    except openai.AuthenticationError as exc:
+        raise LabError(f"{url} rejected the API key (HTTP {exc.status_code}): check OPENAI_API_KEY") from None
+    except openai.APITimeoutError:
+        raise LabError(
+            f"{url} did not answer within {cfg['timeout_s']} s ({cfg['max_retries']} retries): is the server up?"
+        ) from None
+    except openai.APIConnectionError as exc:
+        raise LabError(f"cannot reach {url}: {exc.__cause__ or exc}") from None
+    except openai.APIStatusError as exc:
+        raise LabError(f"{url} answered HTTP {exc.status_code} after {cfg['max_retries']} retries") from None
+    content = response.choices[0].message.content or ""
+    if response.usage:
+        report.prompt_tokens += response.usage.prompt_tokens
+        report.completion_tokens += response.usage.completion_tokens
+    cache.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(f".{os.getpid()}.partial")  # a run killed mid-write leaves no half reply
+    partial.write_text(json.dumps({"content": content}, ensure_ascii=False), encoding="utf-8")
+    partial.replace(path)
+    return content
+
+
+def generate(cfg: dict, source: Path, out_dir: Path, cache: Path) -> tuple[Path, Report]:
+    """Generate ``out_dir/dataset.csv`` and ``generation_report.json`` from ``source``.
+
+    ``cfg`` is the profile's ``generate`` section: ``base_url``, ``model``, ``pairs_per_section``,
+    ``language`` (zh/en), ``temperature``, ``max_tokens``, ``timeout_s``, ``max_retries``,
+    ``max_rejected`` (stop after that many rejected replies, keeping the valid pairs), ``column``.
+
+    Raises:
+        LabError: bad source, missing or rejected key, unreachable endpoint, or no valid pair at all.
+    """
+    report = Report()
+    sections = read_sections(source, cfg.get("column"))
+    report.sections = len(sections)
+    client = client_for(cfg["base_url"], cfg["timeout_s"], cfg["max_retries"], report)
+    system = SYSTEM.replace("{n}", str(cfg["pairs_per_section"])).replace("{language}", LANGUAGES[cfg["language"]])
+    pairs, seen = [], set()
+    for section in sections:
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": section}]
+        reply = ask(client, cfg, messages, cache, report)
+        valid, rejected, dropped = validate(reply, cfg["language"])
+        report.pairs_rejected.update(dropped)
+        if rejected:
+            report.replies_rejected[rejected] += 1
+            if sum(report.replies_rejected.values()) >= cfg["max_rejected"]:
+                report.stopped = f"{cfg['max_rejected']} replies rejected (max_rejected): kept the valid pairs so far"
+                break
+            continue
+        report.replies_valid += 1
+        for pair in valid:
+            key = re.sub(r"\W+", "", pair["question"]).lower()
+            if key in seen:
+                report.duplicates += 1
+                continue
+            seen.add(key)
+            pairs.append(pair)
+    report.pairs = len(pairs)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "generation_report.json").write_text(
+        json.dumps(report.as_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
+    if not pairs:
+        raise LabError(
+            f"no valid question/answer pair from {report.sections} section(s): rejected replies "
+            f"{dict(report.replies_rejected)} (see {out_dir / 'generation_report.json'})"
+        )
+    dataset = out_dir / "dataset.csv"
+    with dataset.open("w", encoding="utf-8", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["question", "answer"])
+        writer.writeheader()
+        writer.writerows(pairs)
+    return dataset, report

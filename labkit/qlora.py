@@ -244,7 +244,31 @@ def tokenize_chat(rows, columns: tuple[str, str], tokenizer, max_input: int, max
     return Dataset.from_dict({"input_ids": ids, "attention_mask": masks, "labels": labels}), counts
 
 
-def chat_qlora(ctx, dsd, columns: tuple[str, str], lengths_cfg: tuple[int, int]) -> dict:
+class ChatTemplateRecipe:
+    """How the maintained GLM labs load and prompt their model: a native Transformers model with a
+    chat template (GLM-4-9B-chat ``-hf``). :func:`chat_qlora` calls these four methods; the course
+    variant of ``labs/chatglm-qlora`` (ChatGLM3-6B's remote code) gives its own."""
+
+    def tokenizer(self, path: str, revision: str | None):
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(path, revision=revision)
+
+    def tokenize(self, rows, columns, tokenizer, max_input: int, max_output: int, policy: str):
+        """``(Dataset of input_ids / attention_mask / labels, counts)``: :func:`tokenize_chat`."""
+        return tokenize_chat(rows, columns, tokenizer, max_input, max_output, policy)
+
+    def model(self, path: str, quantization: dict, device: str, attn: str, revision: str | None):
+        """The model in 4-bit (:func:`load_4bit`)."""
+        return load_4bit(path, quantization, device, attn, revision)
+
+    def answer(self, model, tokenizer, contents: list[str], max_new_tokens: int) -> list[dict]:
+        """Greedy answers to ``contents`` as one user turn each, through the chat template."""
+        prompts = [chat_prompt(tokenizer, c) for c in contents]
+        return generate(model, tokenizer, prompts, max_new_tokens, prompt_special_tokens=False)
+
+
+def chat_qlora(ctx, dsd, columns: tuple[str, str], lengths_cfg: tuple[int, int], recipe=None) -> dict:
     """Steps 2-6 of the GLM chat labs (course chapters 9-10), on ``dsd`` (``train``, ``validation``).
 
     2. prompts through the chat template, answers as the only targets (:func:`tokenize_chat`);
@@ -256,34 +280,37 @@ def chat_qlora(ctx, dsd, columns: tuple[str, str], lengths_cfg: tuple[int, int])
        through the same chat template (``predictions.jsonl``).
 
     ``ctx`` is the lab's ``RunContext`` (its config holds the sections above, ``seed``, ``model``,
-    ``attn_implementation``, ``generation`` and ``data.bad_text``). Returns the metrics of steps 2-6.
+    ``attn_implementation``, ``generation`` and ``data.bad_text``); ``recipe`` loads and prompts the
+    model (default :class:`ChatTemplateRecipe`). Returns the metrics of steps 2-6.
     """
     import gc
     import json
 
     from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
-    from transformers import AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainingArguments
+    from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
     from labkit.metrics import JsonlLogger, plot_loss, training_summary
     from labkit.rundir import remove_if_empty
-    from labkit.tiny import build_tiny_glm
 
     cfg, out = ctx.config, ctx.run_dir
+    recipe = recipe or ChatTemplateRecipe()
     # 2. Tokenizer and chat template; prompt and answer tokenized separately, the prompt masked.
     model_path = cfg["model"]["name_or_path"]
     if cfg["model"]["build_tiny"]:
+        from labkit.tiny import build_tiny_glm
+
         texts = [r[c] for split in dsd.values() for r in split for c in columns]
         model_path = str(build_tiny_glm(out / "tiny-model", texts, seed=cfg["seed"], **cfg["model"]["tiny"]))
-    tokenizer = AutoTokenizer.from_pretrained(model_path, revision=cfg["model"]["revision"])
+    tokenizer = recipe.tokenizer(model_path, cfg["model"]["revision"])
     data, lengths = {}, {}
     for split in dsd:
-        data[split], lengths[split] = tokenize_chat(
+        data[split], lengths[split] = recipe.tokenize(
             dsd[split], columns, tokenizer, *lengths_cfg, cfg["data"]["bad_text"]
         )
 
     # 3. The model in 4-bit, prepared for k-bit training, with LoRA.
     attn = attention(cfg["attn_implementation"], ctx.device)
-    model = load_4bit(model_path, cfg["model"]["quantization"], ctx.device, attn, cfg["model"]["revision"])
+    model = recipe.model(model_path, cfg["model"]["quantization"], ctx.device, attn, cfg["model"]["revision"])
     model = prepare_model_for_kbit_training(model, gradient_checkpointing_kwargs={"use_reentrant": False})
     model = get_peft_model(model, LoraConfig(**cfg["lora"]))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -325,7 +352,7 @@ def chat_qlora(ctx, dsd, columns: tuple[str, str], lengths_cfg: tuple[int, int])
     gc.collect()
     if ctx.device == "cuda":
         torch.cuda.empty_cache()
-    base = load_4bit(model_path, cfg["model"]["quantization"], ctx.device, attn, cfg["model"]["revision"])
+    base = recipe.model(model_path, cfg["model"]["quantization"], ctx.device, attn, cfg["model"]["revision"])
     base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
     reloaded = PeftModel.from_pretrained(base, adapter_dir)
     max_diff = float((logits_on(reloaded, probe) - trained_logits).abs().max())
@@ -334,11 +361,11 @@ def chat_qlora(ctx, dsd, columns: tuple[str, str], lengths_cfg: tuple[int, int])
     #    the base model; the course's "before" ran after PeftModel.from_pretrained had injected LoRA
     #    into the base in place, and its "after" skipped the chat template) and enabled.
     rows = [dsd["validation"][i] for i in range(min(cfg["generation"]["samples"], len(dsd["validation"])))]
-    prompts = [chat_prompt(tokenizer, r[columns[0]]) for r in rows]
+    contents = [r[columns[0]] for r in rows]
     n = cfg["generation"]["max_new_tokens"]
     with reloaded.disable_adapter():
-        before = generate(reloaded, tokenizer, prompts, n, prompt_special_tokens=False)
-    after = generate(reloaded, tokenizer, prompts, n, prompt_special_tokens=False)
+        before = recipe.answer(reloaded, tokenizer, contents, n)
+    after = recipe.answer(reloaded, tokenizer, contents, n)
     with (out / "predictions.jsonl").open("w", encoding="utf-8") as f:
         for row, b, a in zip(rows, before, after):
             record = {"prompt": row[columns[0]], "reference": row[columns[1]], "before": b, "after": a}

@@ -23,11 +23,12 @@ from labkit.errors import LabError
 SMOKE_BANNER = """\
 ================================================================================
  SMOKE PROFILE: a tiny model of the same architecture built here (random or
- briefly trained), CPU, offline, on the bundled data unless you point the
- profile's data settings at yours (then the checks that count the bundled data
- are skipped, the others still apply). It checks the mechanics (data, training,
- quantizing, saving, reloading, metrics), not the course's results.
- For the real run use PROFILE=full on a GPU host.
+ briefly trained; a course variant runs what it can without the real model),
+ CPU, offline, on the bundled data unless you point the profile's data settings
+ at yours (then the checks that count the bundled data are skipped, the others
+ still apply). It checks the mechanics (data, training, quantizing, saving,
+ reloading, metrics), not the course's results.
+ For the real run use PROFILE={full} on a GPU host.
 ================================================================================"""
 
 
@@ -97,7 +98,7 @@ def main(lab_name: str, run: Callable[[RunContext], dict], argv: list[str] | Non
 
         device = select_device(config["device"])
         if args.profile.endswith("smoke"):
-            print(SMOKE_BANNER, flush=True)
+            print(SMOKE_BANNER.format(full=args.profile.removesuffix("smoke") + "full"), flush=True)
         run_dir = new_run_dir(args.output_root, lab.name, args.profile)
         print(f"[{lab.name}] profile={args.profile} device={device} run_dir={run_dir}", flush=True)
 

@@ -8,6 +8,7 @@ from the loss. The maintained variant does the same on GLM-4-9B-chat in Transfor
 ``GlmForCausalLM`` (no remote code); the smoke profile on a tiny GLM and bundled rows, on a CPU.
 
     python labs/chatglm-qlora/run.py --profile smoke [--set learning_rate=0]
+    python labs/chatglm-qlora/run.py --profile course-full    # ChatGLM3-6B, course libraries (own image)
 
 Steps: 1. data (here); 2. prompts through the chat template and the exact loss mask; 3. the 4-bit
 model and LoRA; 4. Trainer, losses before and after; 5. save, reload, check the logits; 6. answers on
@@ -27,6 +28,7 @@ import labkit  # noqa: F401  (first: it quiets a bitsandbytes start-up message)
 # isort: split
 
 from labkit.data import hub_or_json_fingerprint
+from labkit.errors import LabError
 from labkit.qlora import chat_qlora
 from labkit.runner import RunContext, main
 
@@ -39,18 +41,43 @@ def run(ctx: RunContext) -> dict:
     # 1. Data: AdvertiseGen rows (content -> summary), text columns checked.
     dsd, dropped = load_adgen(cfg["data"], ctx.repo_root)
 
-    # 2-6. Chat-template prompts with the exact mask, the 4-bit model with LoRA, Trainer, save and
-    #      reload, answers with the adapter disabled and enabled (labkit.qlora.chat_qlora, shared with
-    #      the private-data lab of chapter 10).
-    steps = chat_qlora(ctx, dsd, ("content", "summary"), (cfg["max_input_length"], cfg["max_output_length"]))
     data = {
-        "train_examples": steps.pop("train_examples"),
-        "eval_examples": steps.pop("eval_examples"),
-        "lengths": steps.pop("lengths"),
+        "train_examples": len(dsd["train"]),
+        "eval_examples": len(dsd["validation"]),
         "dropped_rows": dropped,
         "fingerprint": hub_or_json_fingerprint(cfg["data"], ctx.repo_root, ("train", "validation")),
     }
+    columns = ("content", "summary")
+
+    # The course variant (ChatGLM3-6B's remote code, course libraries): its own tokenizer and model.
+    recipe = None
+    if cfg["model"]["trust_remote_code"]:
+        from course import ChatGLM3Recipe, course_stack, tokenize_check
+
+        recipe, stack = ChatGLM3Recipe(), course_stack()
+        if not cfg["run_training"]:  # course-smoke: what runs offline on a CPU, the rest said and skipped
+            return {"data": data, "course_stack": stack, **course_smoke(cfg, dsd, columns, recipe, tokenize_check)}
+
+    # 2-6. Prompts with the exact mask, the 4-bit model with LoRA, Trainer, save and reload, answers
+    #      with the adapter disabled and enabled (labkit.qlora.chat_qlora, shared with the private-data
+    #      lab of chapter 10; maintained: the chat template, course: ChatGLM3's remote code).
+    steps = chat_qlora(ctx, dsd, columns, (cfg["max_input_length"], cfg["max_output_length"]), recipe)
+    data.update(train_examples=steps.pop("train_examples"), eval_examples=steps.pop("eval_examples"))
+    data["lengths"] = steps.pop("lengths")
     return {"data": data, **steps}
+
+
+def course_smoke(cfg: dict, dsd, columns, recipe, tokenize_check) -> dict:
+    """The course variant's smoke: step 2 with the remote tokenizer when the cache holds it; steps
+    3-6 need a CUDA GPU with these libraries (bitsandbytes 0.43) and the 6B model: course-full."""
+    later = "needs a CUDA GPU (bitsandbytes 0.43 has no CPU backend) and the 6B model: PROFILE=course-full"
+    not_run = {prefix: later for prefix in ("lora.", "quantization.", "train.", "eval.", "generation.", "reload.")}
+    try:
+        return {"tokenize": tokenize_check(recipe, cfg, dsd, columns), "not_run": not_run}
+    except LabError as exc:
+        print(f"step 2 skipped: {exc}", flush=True)
+        model = f"{cfg['model']['name_or_path']}@{cfg['model']['revision']}"
+        return {"not_run": {"tokenize.": f"needs the Hub (remote code {model}, not in the cache)", **not_run}}
 
 
 if __name__ == "__main__":

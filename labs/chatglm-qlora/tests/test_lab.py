@@ -157,3 +157,52 @@ def test_expected_data_fingerprint_is_the_profiles_data(profile):
     cfg = load_profile(LAB, profile)[0]["data"]
     expected = load_expected(LAB.expected_path(profile))["data"]["fingerprint"]
     assert hub_or_json_fingerprint(cfg, LAB.dir.parents[1], ("train", "validation")) == expected
+
+
+class ChatGLM3LikeTokenizer:
+    """The two methods of ChatGLM3's remote tokenizer the course's tokenize_func calls, with its ids:
+    ``[gMASK]`` 64790, ``sop`` 64792, eos 2 (one id per character here)."""
+
+    def encode(self, text, add_special_tokens=False):
+        assert not add_special_tokens
+        return [1000 + ord(c) % 5000 for c in text]
+
+    def build_inputs_with_special_tokens(self, q_ids, a_ids):
+        return [64790, 64792, *q_ids, *a_ids, 2]
+
+
+def test_course_variant_tokenizes_as_the_course_prompt_masked_answer_and_eos_supervised():
+    from course import ChatGLM3Recipe
+
+    long = {"content": "类" * 20, "summary": "裙" * 30}
+    data, counts = ChatGLM3Recipe().tokenize(rows_of(ROW, long), COLS, ChatGLM3LikeTokenizer(), 18, 25, "fail")
+    ids, labels = data[0]["input_ids"], data[0]["labels"]
+    q, a = len(ROW["content"]), len(ROW["summary"])
+    assert ids[:2] == [64790, 64792] and ids[-1] == 2 and len(ids) == q + a + 3
+    assert labels == [-100] * (q + 2) + ids[q + 2 :]  # the answer and eos are the targets
+    # cut as the course: prompt to max_input - 2, answer to max_output - 1 (room for eos), counted
+    assert len(data[1]["input_ids"]) == (18 - 2) + (25 - 1) + 3
+    assert counts == {"answers_cut": 1, "prompts_cut": 1, "dropped_no_room": 0}
+
+
+def test_course_variant_knows_which_transformers_runs_the_remote_code():
+    from course import remote_code_runs_on
+
+    assert remote_code_runs_on("4.41.2") and remote_code_runs_on("4.37.2")
+    assert not remote_code_runs_on("4.42.0") and not remote_code_runs_on("4.45.2") and not remote_code_runs_on("5.24.0")
+    lock = (LAB.dir / "requirements-course.txt").read_text()
+    assert "\ntransformers==4.41.2 " in lock  # the version the expected course-smoke output checks
+
+
+def test_course_variant_without_hub_or_gpu_says_what_it_needs(monkeypatch):
+    from course import ChatGLM3Recipe
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(LabError, match=r"THUDM/chatglm3-6b@b098244: its remote code is not reachable and not cached"):
+        ChatGLM3Recipe().tokenizer("THUDM/chatglm3-6b", "b098244")
+    with pytest.raises(LabError, match="needs a CUDA GPU"):
+        ChatGLM3Recipe().model("THUDM/chatglm3-6b", {}, "cpu", "sdpa", "b098244")
+    for profile in ("course-smoke", "course-full"):
+        cfg = load_profile(LAB, profile)[0]
+        assert cfg["model"]["trust_remote_code"] and cfg["model"]["revision"] == "b098244"
+        assert cfg["lora"]["target_modules"] == ["query_key_value"] and cfg["lora"]["r"] == 4

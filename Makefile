@@ -1,6 +1,7 @@
 # Thin wrapper over tasks.py (invoke). `make help` lists the targets.
 #   make lab-whisper-lora [PROFILE=auto|smoke|full] [RUNTIME=auto|docker|native] [SET="learning_rate=0"]
 #   make lab-quantization VARIANT=course   (a lab variant: the course's pinned libraries)
+#   make lab-deepspeed-zero NPROC=2        (processes per node: SET=nproc_per_node=2)
 #   make test [LAB=whisper-lora]
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -12,13 +13,14 @@ SET ?=
 VARIANT ?=
 LAB ?=
 BATCH_SIZES ?=
+NPROC ?=
 
 .PHONY: help list images smoke test doctor venv report
 
 help: ## Show the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 22
 	@echo "lab-<name>            Build, run and verify one lab; labs: $$(ls labs | paste -sd' ')"
-	@echo "                      PROFILE=auto|smoke|full RUNTIME=auto|docker|native SET=\"key=value ...\" [VARIANT=course]"
+	@echo "                      PROFILE=auto|smoke|full RUNTIME=auto|docker|native SET=\"key=value ...\" [VARIANT=course] [NPROC=N]"
 	@echo "bench-<name>          Full-profile step on random weights: peak memory, samples/s (BATCH_SIZES=1,4,16)"
 
 $(VENV)/.installed: requirements-dev.txt
@@ -31,7 +33,7 @@ $(VENV)/.installed: requirements-dev.txt
 venv: $(VENV)/.installed ## Create the tooling virtualenv (.venv)
 
 lab-%: $(VENV)/.installed
-	$(INVOKE) run --lab $* --profile $(PROFILE) --runtime $(RUNTIME) --set "$(SET)" --variant "$(VARIANT)"
+	$(INVOKE) run --lab $* --profile $(PROFILE) --runtime $(RUNTIME) --set "$(SET)$(if $(NPROC), nproc_per_node=$(NPROC))" --variant "$(VARIANT)"
 
 bench-%: $(VENV)/.installed
 	$(INVOKE) bench --lab $* --runtime $(RUNTIME) $(if $(BATCH_SIZES),--batch-sizes $(BATCH_SIZES))

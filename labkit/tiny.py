@@ -417,3 +417,58 @@ def build_tiny_glm(
     GlmForCausalLM(config).save_pretrained(out_dir)
     GenerationConfig(eos_token_id=stop, pad_token_id=tokenizer.pad_token_id).save_pretrained(out_dir)
     return Path(out_dir)
+
+
+def build_tiny_t5(
+    out_dir: Path,
+    texts: list[str],
+    seed: int = 0,
+    d_model: int = 32,
+    d_kv: int = 8,
+    d_ff: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    vocab_size: int = 400,
+) -> Path:
+    """Build and save a tiny T5 (``T5ForConditionalGeneration`` + ``T5Tokenizer``) to ``out_dir``.
+
+    The architecture is t5-large's (google-t5/t5-large config.json: relative position buckets 32,
+    ReLU feed-forward, tied input/output embeddings, ``decoder_start_token_id`` = pad = 0, eos = 1),
+    with ``d_model`` 32 and 2 + 2 layers instead of 1024 and 24 + 24. The tokenizer is a
+    SentencePiece-style Unigram (T5's scheme: ``<pad>`` 0, ``</s>`` 1, ``<unk>`` 2, metaspace
+    pre-tokenization) trained on ``texts``, without the 100 ``<extra_id_N>`` sentinels (only
+    pre-training uses them).
+
+    Returns:
+        ``out_dir`` (loadable with ``from_pretrained``).
+    """
+    from tokenizers import normalizers
+    from transformers import T5Config, T5ForConditionalGeneration, T5Tokenizer
+
+    unigram = Tokenizer(models.Unigram())
+    unigram.normalizer = normalizers.NFKC()
+    unigram.pre_tokenizer = pre_tokenizers.Metaspace()
+    trainer = trainers.UnigramTrainer(
+        vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>", show_progress=False
+    )
+    unigram.train_from_iterator(texts, trainer)
+    # The trainer sums scores in parallel: they differ in the last bits from run to run. Rounded and
+    # ordered, the vocabulary is the same on every build (and every node of a multi-node run).
+    trained = [(piece, round(score, 6)) for piece, score in json.loads(unigram.to_str())["model"]["vocab"]]
+    pieces = trained[:3] + sorted(trained[3:], key=lambda p: (-p[1], p[0]))
+    tokenizer = T5Tokenizer(vocab=pieces, extra_ids=0)
+    tokenizer.save_pretrained(out_dir)
+    config = T5Config(
+        vocab_size=len(tokenizer),
+        d_model=d_model,
+        d_kv=d_kv,
+        d_ff=d_ff,
+        num_layers=num_layers,
+        num_heads=num_heads,
+        decoder_start_token_id=tokenizer.pad_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(seed)
+    T5ForConditionalGeneration(config).save_pretrained(out_dir)
+    return Path(out_dir)

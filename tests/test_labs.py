@@ -7,6 +7,7 @@ These tests run the labs the way `make lab-<name>` does (tasks.run_lab), in thro
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -197,3 +198,49 @@ def test_latest_runs_under_outputs_verify(lab, request):
         checks = verify_run(run_dir, lab.expected_path(profile))
         print(f"{profile}: {run_dir}\n{format_table(checks)}")
         assert all(c.passed for c in checks), f"{profile} run {run_dir} fails verification"
+
+
+@pytest.mark.labs("deepspeed-zero")
+def test_launch_that_waits_for_a_missing_node_stops_at_its_timeout(lab, tmp_path):
+    """torchrun with nnodes=2 and no second node: a clear error after launch.timeout_s, no hang."""
+    import time
+
+    start = time.monotonic()
+    code, tail = tasks.run_lab(
+        lab,
+        "smoke",
+        "native",
+        ["launcher=torchrun", "nnodes=2", "timeout_s=20", "zero_stage=2", "nproc_per_node=1"],
+        tmp_path,
+    )
+    assert code == 2 and time.monotonic() - start < 120
+    assert "torchrun --nproc_per_node 1 --nnodes 2 --node_rank 0" in tail
+    assert "ran past 20 s and was stopped" in tail or "RendezvousTimeoutError" in tail
+
+
+@needs_engine
+@pytest.mark.labs("deepspeed-zero")
+@pytest.mark.skipif(not shutil.which("docker-compose"), reason="no docker-compose binary (make venv installs it)")
+def test_two_containers_train_as_two_nodes(lab, tmp_path):
+    """labs/deepspeed-zero/compose.multinode.yaml: node0 and node1 on a private bridge network, one
+    job across them (torchrun c10d rendezvous, gloo), ZeRO-2 and ZeRO-3, resumed from node-local checkpoints."""
+    tasks.build(Context(), lab=lab.name)
+    tmp_path.chmod(0o777)  # the containers run as uid 1000
+    compose = ["docker-compose", "-f", str(lab.dir / "compose.multinode.yaml"), "-p", f"dz{tmp_path.name[-8:].lower()}"]
+    env = {**os.environ, "OUTPUT_ROOT": str(tmp_path), "IMAGE": tasks.image_tag(lab.name)}
+    try:
+        result = subprocess.run(
+            [*compose, "up", "--abort-on-container-failure"], env=env, text=True, capture_output=True
+        )
+    finally:
+        subprocess.run([*compose, "down", "--volumes"], env=env, capture_output=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    run_dir, checks = verify_latest(tmp_path, lab)
+    assert all(c.passed for c in checks), [c for c in checks if not c.passed]
+    assert not any(
+        c.skipped and c.name.startswith(("reload", "resume", "stages.max_abs_weight_diff_np2")) for c in checks
+    )
+    ranks = [json.loads((run_dir / "zero3-np2" / f"rank{r}.json").read_text()) for r in (0,)]
+    node1 = latest_run(tmp_path / "node1", lab.name, "smoke")
+    ranks.append(json.loads((node1 / "zero3-np2" / "rank1.json").read_text()))
+    assert [r["host"] for r in ranks] == ["node0", "node1"] and {r["world_size"] for r in ranks} == {2}

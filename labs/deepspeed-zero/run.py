@@ -1,0 +1,293 @@
+"""Course chapter 15 lab: DeepSpeed ZeRO-2 / ZeRO-3 training of T5 for translation ("DeepSpeed 实战").
+
+The course fine-tunes T5 (t5-large under ZeRO-2, t5-3b under ZeRO-3 with CPU offload) on WMT16
+English -> Romanian with Transformers' ``run_translation.py --deepspeed ds_config_zero{2,3}.json``,
+started by ``deepspeed --num_gpus=1``, and shows the Slurm / multi-node launch. This lab runs the
+same configs with the real launchers and checks what ZeRO promises: the stages train the same model
+(ZeRO partitions state, it does not change the maths), a ZeRO-3 save gathers full weights that
+plain Transformers loads, and a resumed run continues the same loss curve.
+
+    python labs/deepspeed-zero/run.py --profile smoke [--set zero_stage=3 --set nproc_per_node=2]
+    python labs/deepspeed-zero/run.py --profile full                # t5-large on the GPUs here
+
+Steps: 1. data; 2. model (and the fp16 refusal); 3. DeepSpeed configs, checked; 4. one launch per
+ZeRO stage x process count (``train.py`` on every rank, ``labkit.launch``); 5. resume from a ZeRO
+checkpoint in a new launch; 6. reload without DeepSpeed, compare stages, DeepSpeed's memory model.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # this lab's modules
+sys.path.insert(1, str(Path(__file__).resolve().parents[2]))  # labkit, when run as a script
+import labkit  # noqa: F401
+
+# isort: split
+
+import torch
+from zero import config_path, estimates, load_ds_config, load_pairs, tokenize_pairs
+
+from labkit.data import hub_or_json_fingerprint
+from labkit.launch import LaunchSpec, check_nproc, launch
+from labkit.runner import RunContext, main
+from labkit.tiny import build_tiny_t5
+
+LAB_DIR = Path(__file__).resolve().parent
+ONE_NODE_ONLY = "runs on the rank-0 node (this is node {rank} of a multi-node run)"
+
+
+def run(ctx: RunContext) -> dict:
+    cfg = ctx.config
+    launch_cfg = cfg["launch"]
+    on_rank0_node = launch_cfg["node_rank"] == 0
+
+    # 1. Data: English -> Romanian pairs, text checked, tokenized as run_translation.py does.
+    pairs, dropped = load_pairs(cfg["data"], ctx.repo_root)
+    data = {
+        "train_examples": len(pairs["train"]),
+        "eval_examples": len(pairs["validation"]),
+        "dropped_rows": dropped,
+        "fingerprint": hub_or_json_fingerprint(cfg["data"], ctx.repo_root, ("train", "validation")),
+    }
+
+    # 2. Model: T5 from the Hub (full) or a tiny T5 of the same architecture built here (smoke).
+    training = cfg["training"]
+    model = cfg["model"]["name_or_path"]
+    if cfg["model"]["build_tiny"]:
+        texts = [text for split in pairs.values() for column in split.column_names for text in split[column]]
+        model = str(build_tiny_t5(ctx.run_dir / "tiny-t5", texts, seed=cfg["seed"], **cfg["model"]["tiny"]))
+    from transformers import AutoConfig, AutoTokenizer
+
+    revision = cfg["model"]["revision"]
+    model_type = AutoConfig.from_pretrained(model, revision=revision).model_type
+    tokenizer = AutoTokenizer.from_pretrained(model, revision=revision)
+    rows, cuts = tokenize_pairs(pairs, tokenizer, cfg["data"])
+    data["lengths"] = cuts
+    tokenized = ctx.run_dir / "tokenized.jsonl"
+    tokenized.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+    # 3. DeepSpeed configs: the lab's (configs/ds_zero<stage>[_offload].json) or yours, checked here
+    #    before any process starts; "auto" values are filled on each rank from the training settings.
+    stages = cfg["zero_stage"]
+    configs = {}
+    for stage in stages:
+        path = Path(cfg["ds_config"]) if cfg["ds_config"] else config_path(LAB_DIR / "configs", stage, cfg["offload"])
+        configs[stage] = load_ds_config(
+            path if path.is_absolute() else ctx.repo_root / path, model_type, training["fp16"]
+        )
+        if launch_cfg["nnodes"] > 1:  # no shared filesystem between nodes: each node keeps its ranks' files
+            configs[stage].setdefault("checkpoint", {})["use_node_local_storage"] = True
+    for nproc in cfg["nproc_per_node"]:
+        check_nproc(nproc, ctx.device)
+
+    # 4. One launch per stage x processes per node; every rank runs train.py.
+    jobs, commands = {}, {}
+    plan = [(stage, nproc) for nproc in cfg["nproc_per_node"] for stage in stages]
+    for index, (stage, nproc) in enumerate(plan):
+        spec = LaunchSpec.from_config(launch_cfg, nproc)
+        name = f"zero{stage}-np{spec.world_size}"
+        resume_job = cfg["resume_check"] and index == len(plan) - 1
+        job = job_file(ctx, name, model, revision, tokenized, configs[stage], resume_job and training["max_steps"] // 2)
+        commands[name] = launch(spec, LAB_DIR / "train.py", [str(job)], ctx.run_dir / name / "launch.log", index)
+        jobs[name] = read_job(ctx.run_dir / name, on_rank0_node)
+        print(summary_line(name, jobs[name]), flush=True)
+
+    # 5. Resume: a new launch loads the last job's ZeRO checkpoint (saved half-way) and trains on.
+    resume = {}
+    if cfg["resume_check"]:
+        stage, nproc = plan[-1]
+        spec = LaunchSpec.from_config(launch_cfg, nproc)
+        first = f"zero{stage}-np{spec.world_size}"
+        checkpoint = ctx.run_dir / first / "checkpoint"
+        job = job_file(ctx, f"{first}-resumed", model, revision, tokenized, configs[stage], None, checkpoint)
+        commands[f"{first}-resumed"] = launch(
+            spec, LAB_DIR / "train.py", [str(job)], job.parent / "launch.log", len(plan)
+        )
+        if on_rank0_node:
+            resumed = read_job(job.parent, True)
+            tail = jobs[first]["result"]["losses"][training["max_steps"] // 2 :]
+            resume = {
+                "job": first,
+                "from_step": resumed["result"]["first_step"],
+                "steps": len(resumed["result"]["losses"]),
+                "max_abs_loss_diff": max(abs(a - b) for a, b in zip(tail, resumed["result"]["losses"], strict=True)),
+            }
+
+    metrics = {"data": data, "model_type": model_type, "launch": {"commands": commands, **launch_cfg}}
+    metrics["jobs"] = {name: job_metrics(job) for name, job in jobs.items()}
+    if not on_rank0_node:
+        why = ONE_NODE_ONLY.format(rank=launch_cfg["node_rank"])
+        return {**metrics, "not_run": {p: why for p in ("reload.", "stages.", "resume.", "jobs.", "train.")}}
+
+    metrics["not_run"] = left_out(jobs, stages, cfg["resume_check"])
+
+    # 6. Reload each saved model in plain Transformers (no DeepSpeed): its logits must be the trained
+    #    model's; the stages must have trained the same weights; DeepSpeed's memory model beside ours.
+    metrics["reload"] = {"max_abs_logit_diff": max(reload_diff(ctx.run_dir / name) for name in jobs)}
+    metrics["stages"] = compare_stages(ctx.run_dir, jobs, stages)
+    metrics["resume"] = resume
+    first = next(iter(jobs.values()))["result"]["losses"]
+    metrics["train"] = {"steps": len(first), "loss_first": first[0], "loss_last": first[-1]}
+    metrics["train"]["loss_drop_ratio"] = min(
+        1 - j["result"]["losses"][-1] / j["result"]["losses"][0] for j in jobs.values()
+    )
+    metrics["estimates"] = estimates()
+    curves = {name: (job["result"]["first_step"], job["result"]["losses"]) for name, job in jobs.items()}
+    if resume:
+        resumed = read_job(ctx.run_dir / f"{resume['job']}-resumed", True)["result"]
+        curves[f"{resume['job']}-resumed"] = (resumed["first_step"], resumed["losses"])
+    plot_curves(curves, ctx.run_dir)
+    return metrics
+
+
+def plot_curves(curves: dict[str, tuple[int, list[float]]], run_dir: Path) -> None:
+    """``train_log.jsonl`` (job, step, loss) and ``loss_curve.png``: one line per launch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [{"job": n, "step": first + i + 1, "loss": v} for n, (first, ls) in curves.items() for i, v in enumerate(ls)]
+    (run_dir / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    for name, (first, losses) in curves.items():
+        style = dict(linestyle="none", marker="x") if name.endswith("resumed") else dict(marker=".")
+        ax.plot(range(first + 1, first + len(losses) + 1), losses, label=name, **style)
+    ax.set(xlabel="optimizer step", ylabel="cross-entropy loss", title="T5 under DeepSpeed ZeRO: each launch")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(run_dir / "loss_curve.png")
+    plt.close(fig)
+
+
+def job_file(ctx, name, model, revision, tokenized, ds_config, save_at, resume_from=None) -> Path:
+    """Write ``<run>/<name>/job.json``: everything one launch of ``train.py`` needs."""
+    out = ctx.run_dir / name
+    out.mkdir(parents=True, exist_ok=True)
+    job = {
+        "out_dir": str(out),
+        "device": ctx.device,
+        "model": model,
+        "revision": revision,
+        "tokenized": str(tokenized),
+        "ds_config": ds_config,
+        "training": {**ctx.config["training"], "seed": ctx.config["seed"]},
+        "eval_batch_size": ctx.config["eval_batch_size"],
+        "save_checkpoint_at": save_at or None,
+        "resume_from": str(resume_from) if resume_from else None,
+        "checkpoint_tag": f"step{ctx.config['training']['max_steps'] // 2}",
+    }
+    path = out / "job.json"
+    path.write_text(json.dumps(job, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def read_job(folder: Path, has_rank0: bool) -> dict:
+    """A launch's outputs: ``result.json`` (rank 0's node) and every ``rank<N>.json`` written here."""
+    ranks = sorted(folder.glob("rank*.json"), key=lambda p: int(p.stem[4:]))
+    job = {"ranks": [json.loads(p.read_text(encoding="utf-8")) for p in ranks]}
+    if has_rank0:
+        job["result"] = json.loads((folder / "result.json").read_text(encoding="utf-8"))
+    return job
+
+
+def job_metrics(job: dict) -> dict:
+    """Per launch: world size, global batch, losses, median step time, peak memory per rank (MiB)."""
+    out = {
+        "peak_memory_mib_per_rank": [round(r["peak_memory_bytes"] / 2**20, 1) for r in job["ranks"]],
+        "peak_memory_kind": job["ranks"][0]["peak_memory_kind"] if job["ranks"] else None,
+        "median_step_s": sorted(job["ranks"][0]["step_s"])[len(job["ranks"][0]["step_s"]) // 2]
+        if job["ranks"]
+        else None,
+    }
+    if "result" in job:
+        r = job["result"]
+        out.update(
+            world_size=r["world_size"],
+            zero_stage=r["zero_stage"],
+            global_batch=r["global_batch"],
+            loss_first=r["losses"][0],
+            loss_last=r["losses"][-1],
+            held_out_loss=r["held_out_loss"],
+        )
+    return out
+
+
+def summary_line(name: str, job: dict) -> str:
+    memory = ", ".join(f"{r['peak_memory_bytes'] / 2**20:.0f}" for r in job["ranks"])
+    if "result" not in job:
+        return f"[{name}] this node's ranks done; peak MiB per rank: {memory}"
+    r = job["result"]
+    return (
+        f"[{name}] world {r['world_size']}, global batch {r['global_batch']}: loss {r['losses'][0]:.4f} -> "
+        f"{r['losses'][-1]:.4f}, held-out {r['held_out_loss']:.4f}; peak MiB per rank: {memory}"
+    )
+
+
+def left_out(jobs: dict, stages: list[int], resume_check: bool) -> dict:
+    """``not_run`` for the checks of launches this run's settings left out (``SET=zero_stage=3``, ...)."""
+    not_run = {}
+    for stage in (2, 3):
+        for world in (1, 2):
+            name = f"zero{stage}-np{world}"
+            if name not in jobs:
+                not_run[f"jobs.{name}."] = not_run[f"{name}/"] = (
+                    f"no launch {name} in this run (zero_stage, nproc_per_node)"
+                )
+    for world in (1, 2):
+        if len(stages) < 2 or not any(j["result"]["world_size"] == world for j in jobs.values()):
+            why = (
+                "one ZeRO stage ran (zero_stage lists one)"
+                if len(stages) < 2
+                else f"no launch with {world} process(es)"
+            )
+            not_run[f"stages.max_abs_weight_diff_np{world}"] = why
+    if not resume_check:
+        not_run["resume."] = "resume_check is false"
+    return not_run
+
+
+def reload_diff(folder: Path) -> float:
+    """Max |logit difference| between the saved model loaded by plain Transformers and the trained one."""
+    from transformers import DataCollatorForSeq2Seq, T5ForConditionalGeneration
+
+    saved = torch.load(folder / "logits.pt")
+    model = T5ForConditionalGeneration.from_pretrained(folder / "model").eval()
+    job = json.loads((folder / "job.json").read_text(encoding="utf-8"))
+    rows = [json.loads(line) for line in Path(job["tokenized"]).read_text(encoding="utf-8").splitlines()]
+    held_out = [r for r in rows if r["split"] == "validation"]
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder / "model")
+    batch = DataCollatorForSeq2Seq(tokenizer, model=model)(
+        [{"input_ids": held_out[i]["input_ids"], "labels": held_out[i]["labels"]} for i in saved["rows"]]
+    )
+    with torch.no_grad():
+        logits = model(**batch).logits.float()
+    return float((logits - saved["logits"]).abs().max())
+
+
+def compare_stages(run_dir: Path, jobs: dict, stages: list[int]) -> dict:
+    """Max |weight difference| between the models ZeRO-2 and ZeRO-3 trained at the same world size."""
+    from transformers import T5ForConditionalGeneration
+
+    out = {}
+    if len(stages) < 2:
+        return out
+    for world in sorted({j["result"]["world_size"] for j in jobs.values()}):
+        a, b = (
+            T5ForConditionalGeneration.from_pretrained(run_dir / f"zero{s}-np{world}" / "model") for s in stages[:2]
+        )
+        diff = max(
+            float((p - q).abs().max()) for p, q in zip(a.state_dict().values(), b.state_dict().values(), strict=True)
+        )
+        out[f"max_abs_weight_diff_np{world}"] = diff
+    return out
+
+
+if __name__ == "__main__":
+    raise SystemExit(main("deepspeed-zero", run))

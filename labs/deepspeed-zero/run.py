@@ -31,6 +31,7 @@ import torch
 from zero import config_path, estimates, load_ds_config, load_pairs, tokenize_pairs
 
 from labkit.data import hub_or_json_fingerprint
+from labkit.errors import LabError
 from labkit.launch import LaunchSpec, check_nproc, launch
 from labkit.runner import RunContext, main
 from labkit.tiny import build_tiny_t5
@@ -82,6 +83,11 @@ def run(ctx: RunContext) -> dict:
             configs[stage].setdefault("checkpoint", {})["use_node_local_storage"] = True
     for nproc in cfg["nproc_per_node"]:
         check_nproc(nproc, ctx.device)
+    if training["bf16"] and ctx.device == "cuda" and not torch.cuda.is_bf16_supported():
+        raise LabError(
+            f"{torch.cuda.get_device_name(0)} has no bf16 (compute capability below 8.0, e.g. the course's T4): "
+            "SET=bf16=false trains in fp32 (T5 in fp16 overflows, so fp16 is no way out)"
+        )
 
     # 4. One launch per stage x processes per node; every rank runs train.py.
     jobs, commands = {}, {}
@@ -135,6 +141,7 @@ def run(ctx: RunContext) -> dict:
         1 - j["result"]["losses"][-1] / j["result"]["losses"][0] for j in jobs.values()
     )
     metrics["estimates"] = estimates()
+    print(memory_table(metrics), flush=True)
     curves = {name: (job["result"]["first_step"], job["result"]["losses"]) for name, job in jobs.items()}
     if resume:
         resumed = read_job(ctx.run_dir / f"{resume['job']}-resumed", True)["result"]
@@ -226,6 +233,18 @@ def summary_line(name: str, job: dict) -> str:
         f"[{name}] world {r['world_size']}, global batch {r['global_batch']}: loss {r['losses'][0]:.4f} -> "
         f"{r['losses'][-1]:.4f}, held-out {r['held_out_loss']:.4f}; peak MiB per rank: {memory}"
     )
+
+
+def memory_table(metrics: dict) -> str:
+    """DeepSpeed's model-state estimates for T5-large / T5-3B on 1 GPU, then this run's measured peaks."""
+    lines = ["DeepSpeed's estimate of model states on 1 GPU (GiB, GPU / CPU; activations excluded):"]
+    for r in (r for r in metrics["estimates"] if r["gpus"] == 1):
+        offload = " + offload" if r["offload"] else ""
+        lines.append(f"  {r['model']:<9} ZeRO-{r['stage']}{offload:<10} {r['gpu_gib']:6.2f} / {r['cpu_gib']:6.1f}")
+    lines.append("Measured here, peak per rank (MiB):")
+    for name, job in metrics["jobs"].items():
+        lines.append(f"  {name:<10} {job['peak_memory_mib_per_rank']} ({job['peak_memory_kind']})")
+    return "\n".join(lines)
 
 
 def left_out(jobs: dict, stages: list[int], resume_check: bool) -> dict:

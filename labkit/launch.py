@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -39,7 +40,8 @@ class LaunchSpec:
 
     Attributes:
         launcher: ``deepspeed`` or ``torchrun``.
-        nproc_per_node: processes per node (one per GPU; CPU: at most the cores).
+        nproc_per_node: processes per node (one per GPU; CPU: at most the cores); with a hostfile
+            the hostfile's ``slots`` decide instead (``--include`` narrows them).
         nnodes: nodes (torchrun: this command runs on every node; deepspeed: the hostfile's).
         node_rank: this node's rank (torchrun with ``nnodes > 1``; 0 elsewhere).
         master_addr: the rank-0 node's address (torchrun's rendezvous endpoint).
@@ -76,6 +78,9 @@ class LaunchSpec:
 
     @property
     def world_size(self) -> int:
+        """Ranks in all: the hostfile's slots with the deepspeed launcher, else processes x nodes."""
+        if self.hostfile and self.launcher == "deepspeed":
+            return sum(read_hostfile(self.hostfile).values())
         return self.nproc_per_node * self.nnodes
 
 
@@ -154,9 +159,13 @@ def command(spec: LaunchSpec, script: Path, args: list[str], job: int = 0) -> li
     port = spec.master_port + job
     if spec.launcher == "deepspeed":
         cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--master_port", str(port)]
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
         if spec.hostfile:
             cmd += ["--hostfile", str(spec.hostfile)]
             cmd += ["--include", spec.include] if spec.include else []
+        elif visible:  # --num_gpus would drop CUDA_VISIBLE_DEVICES and take GPUs 0..N-1 of the node
+            ids = visible.split(",")[: spec.nproc_per_node]
+            cmd += ["--include", f"localhost:{','.join(ids)}"]
         else:
             cmd += ["--num_gpus", str(spec.nproc_per_node)]
         return [*cmd, str(script), *args]
@@ -177,6 +186,22 @@ def shown(cmd: list[str]) -> str:
     return text
 
 
+def stop(proc: subprocess.Popen, grace_s: float = 30.0) -> None:
+    """Stop a launch: SIGTERM to its process group (the launchers then stop the ranks they started,
+    torchrun's in their own sessions and the deepspeed runner's remote ones included), SIGKILL to
+    the group after ``grace_s``."""
+    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, None)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
 def launch(spec: LaunchSpec, script: Path, args: list[str], log: Path, job: int = 0, env: dict | None = None) -> str:
     """Run ``script`` on every rank through the launcher; its output goes to ``log``.
 
@@ -187,6 +212,12 @@ def launch(spec: LaunchSpec, script: Path, args: list[str], log: Path, job: int 
         LabError: the launch failed or ran past ``spec.timeout_s`` (names the log and shows its tail).
     """
     if spec.hostfile:
+        if not shutil.which("pdsh"):
+            raise LabError(
+                "the deepspeed launcher with a hostfile starts remote ranks through pdsh and ssh, and this machine "
+                "has no pdsh: install pdsh and an ssh client (RUNTIME=native on the hosts), or use "
+                "launch.launcher=torchrun and run the same command on every node"
+            )
         check_hosts_reachable(list(read_hostfile(spec.hostfile)), timeout_s=min(10.0, spec.timeout_s))
     cmd = command(spec, script, args, job)
     print(f"+ {shown(cmd)}", flush=True)
@@ -196,9 +227,11 @@ def launch(spec: LaunchSpec, script: Path, args: list[str], log: Path, job: int 
         try:
             code = proc.wait(timeout=spec.timeout_s)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)  # the launcher and every rank it started
-            proc.wait()
+            stop(proc)
             code = None
+        except BaseException:  # Ctrl-C or any error here: no rank may keep running (and holding a GPU)
+            stop(proc)
+            raise
     if code != 0:
         lines = log.read_text(encoding="utf-8", errors="replace").splitlines()
         errors = [line for line in lines if "Error" in line or "error:" in line]

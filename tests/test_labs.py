@@ -243,4 +243,6 @@ def test_two_containers_train_as_two_nodes(lab, tmp_path):
     ranks = [json.loads((run_dir / "zero3-np2" / f"rank{r}.json").read_text()) for r in (0,)]
     node1 = latest_run(tmp_path / "node1", lab.name, "smoke")
     ranks.append(json.loads((node1 / "zero3-np2" / "rank1.json").read_text()))
+    node1_checks = verify_run(node1, lab.expected_path("smoke"))  # node 1 verifies too: rank 0's parts skipped
+    assert all(c.passed for c in node1_checks), [c for c in node1_checks if not c.passed]
     assert [r["host"] for r in ranks] == ["node0", "node1"] and {r["world_size"] for r in ranks} == {2}

@@ -51,8 +51,12 @@ def run(ctx: RunContext) -> dict:
         "train_examples": len(pairs["train"]),
         "eval_examples": len(pairs["validation"]),
         "dropped_rows": dropped,
-        "fingerprint": hub_or_json_fingerprint(cfg["data"], ctx.repo_root, ("train", "validation")),
+        "fingerprint": fingerprint(cfg["data"], ctx.repo_root),
     }
+    if not len(pairs["validation"]):
+        raise LabError("no validation pairs left (data.eval_samples, or the validation file): the lab needs some")
+    if cfg["resume_check"] and cfg["training"]["max_steps"] < 2:
+        raise LabError("resume_check needs max_steps >= 2 (a checkpoint half-way, then a resumed launch)")
 
     # 2. Model: T5 from the Hub (full) or a tiny T5 of the same architecture built here (smoke).
     training = cfg["training"]
@@ -73,17 +77,25 @@ def run(ctx: RunContext) -> dict:
     # 3. DeepSpeed configs: the lab's (configs/ds_zero<stage>[_offload].json) or yours, checked here
     #    before any process starts; "auto" values are filled on each rank from the training settings.
     stages = cfg["zero_stage"]
+    if cfg["ds_config"] and len(stages) != 1:
+        raise LabError(
+            f"ds_config={cfg['ds_config']} is one config: set zero_stage to its stage (e.g. SET=zero_stage=3)"
+        )
     configs = {}
     for stage in stages:
         path = Path(cfg["ds_config"]) if cfg["ds_config"] else config_path(LAB_DIR / "configs", stage, cfg["offload"])
-        configs[stage] = load_ds_config(
-            path if path.is_absolute() else ctx.repo_root / path, model_type, training["fp16"]
-        )
-        if launch_cfg["nnodes"] > 1:  # no shared filesystem between nodes: each node keeps its ranks' files
+        path = path if path.is_absolute() else ctx.repo_root / path
+        configs[stage] = load_ds_config(path, model_type, training["fp16"])
+        if configs[stage].get("zero_optimization", {}).get("stage", 0) != stage:
+            raise LabError(
+                f"{path} is a ZeRO-{configs[stage]['zero_optimization'].get('stage', 0)} config, not ZeRO-{stage}"
+            )
+        # Nodes share no filesystem: each keeps its own ranks' checkpoint files.
+        if launch_cfg["nnodes"] > 1 or launch_cfg["hostfile"]:
             configs[stage].setdefault("checkpoint", {})["use_node_local_storage"] = True
-    for nproc in cfg["nproc_per_node"]:
+    for nproc in [] if launch_cfg["hostfile"] else cfg["nproc_per_node"]:  # with a hostfile its slots decide
         check_nproc(nproc, ctx.device)
-    if training["bf16"] and ctx.device == "cuda" and not torch.cuda.is_bf16_supported():
+    if training["bf16"] and ctx.device == "cuda" and torch.cuda.get_device_capability()[0] < 8:
         raise LabError(
             f"{torch.cuda.get_device_name(0)} has no bf16 (compute capability below 8.0, e.g. the course's T4): "
             "SET=bf16=false trains in fp32 (T5 in fp16 overflows, so fp16 is no way out)"
@@ -124,15 +136,23 @@ def run(ctx: RunContext) -> dict:
 
     metrics = {"data": data, "model_type": model_type, "launch": {"commands": commands, **launch_cfg}}
     metrics["jobs"] = {name: job_metrics(job) for name, job in jobs.items()}
-    if not on_rank0_node:
+    if not on_rank0_node:  # metrics, models and plots are rank 0's; this node holds its ranks' files
         why = ONE_NODE_ONLY.format(rank=launch_cfg["node_rank"])
-        return {**metrics, "not_run": {p: why for p in ("reload.", "stages.", "resume.", "jobs.", "train.")}}
+        prefixes = ["reload.", "stages.", "resume.", "jobs.", "train.", "train_log.jsonl", "loss_curve.png"]
+        prefixes += [f"zero{stage}-np{world}/" for stage in (2, 3) for world in (1, 2)]
+        return {**metrics, "not_run": dict.fromkeys(prefixes, why)}
 
-    metrics["not_run"] = left_out(jobs, stages, cfg["resume_check"])
+    saved_checkpoint = f"zero{plan[-1][0]}-np{LaunchSpec.from_config(launch_cfg, plan[-1][1]).world_size}"
+    metrics["not_run"] = left_out(jobs, stages, saved_checkpoint if cfg["resume_check"] else None)
 
     # 6. Reload each saved model in plain Transformers (no DeepSpeed): its logits must be the trained
     #    model's; the stages must have trained the same weights; DeepSpeed's memory model beside ours.
-    metrics["reload"] = {"max_abs_logit_diff": max(reload_diff(ctx.run_dir / name) for name in jobs)}
+    dtype = torch.bfloat16 if training["bf16"] else torch.float32
+    reloads = [reload_diff(ctx.run_dir / name, dtype) for name in jobs]
+    metrics["reload"] = {
+        "max_abs_logit_diff": max(r[0] for r in reloads),
+        "argmax_agreement": min(r[1] for r in reloads),
+    }
     metrics["stages"] = compare_stages(ctx.run_dir, jobs, stages)
     metrics["resume"] = resume
     first = next(iter(jobs.values()))["result"]["losses"]
@@ -247,12 +267,21 @@ def memory_table(metrics: dict) -> str:
     return "\n".join(lines)
 
 
-def left_out(jobs: dict, stages: list[int], resume_check: bool) -> dict:
-    """``not_run`` for the checks of launches this run's settings left out (``SET=zero_stage=3``, ...)."""
+def fingerprint(cfg: dict, repo_root: Path) -> str:
+    """``hub_or_json_fingerprint`` with the Hub dataset's configuration (``wmt16`` ``ro-en``) in its name."""
+    named = {**cfg, "hub_dataset": f"{cfg['hub_dataset']}/{cfg['hub_config']}"}
+    return hub_or_json_fingerprint(named, repo_root, ("train", "validation"))
+
+
+def left_out(jobs: dict, stages: list[int], saved_checkpoint: str | None) -> dict:
+    """``not_run`` for the checks of launches this run's settings left out (``SET=zero_stage=3``, ...),
+    and for checkpoint files of every launch but the one that saved the checkpoint."""
     not_run = {}
     for stage in (2, 3):
         for world in (1, 2):
             name = f"zero{stage}-np{world}"
+            if name != saved_checkpoint:
+                not_run[f"{name}/checkpoint/"] = "only the last launch saves a ZeRO checkpoint (resume_check)"
             if name not in jobs:
                 not_run[f"jobs.{name}."] = not_run[f"{name}/"] = (
                     f"no launch {name} in this run (zero_stage, nproc_per_node)"
@@ -265,17 +294,18 @@ def left_out(jobs: dict, stages: list[int], resume_check: bool) -> dict:
                 else f"no launch with {world} process(es)"
             )
             not_run[f"stages.max_abs_weight_diff_np{world}"] = why
-    if not resume_check:
+    if not saved_checkpoint:
         not_run["resume."] = "resume_check is false"
     return not_run
 
 
-def reload_diff(folder: Path) -> float:
-    """Max |logit difference| between the saved model loaded by plain Transformers and the trained one."""
+def reload_diff(folder: Path, dtype: torch.dtype) -> tuple[float, float]:
+    """The saved model loaded by plain Transformers (in the training precision) vs the trained one:
+    ``(max |logit difference|, fraction of positions with the same most likely token)``."""
     from transformers import DataCollatorForSeq2Seq, T5ForConditionalGeneration
 
     saved = torch.load(folder / "logits.pt")
-    model = T5ForConditionalGeneration.from_pretrained(folder / "model").eval()
+    model = T5ForConditionalGeneration.from_pretrained(folder / "model", dtype=dtype).eval()
     job = json.loads((folder / "job.json").read_text(encoding="utf-8"))
     rows = [json.loads(line) for line in Path(job["tokenized"]).read_text(encoding="utf-8").splitlines()]
     held_out = [r for r in rows if r["split"] == "validation"]
@@ -287,7 +317,8 @@ def reload_diff(folder: Path) -> float:
     )
     with torch.no_grad():
         logits = model(**batch).logits.float()
-    return float((logits - saved["logits"]).abs().max())
+    agreement = (logits.argmax(-1) == saved["logits"].argmax(-1)).float().mean()
+    return float((logits - saved["logits"]).abs().max()), float(agreement)
 
 
 def compare_stages(run_dir: Path, jobs: dict, stages: list[int]) -> dict:

@@ -26,6 +26,7 @@ Per rank it writes ``rank<N>.json`` (losses, step times, peak memory); rank 0 al
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -57,6 +58,20 @@ def batches_for_step(
         first = start + (k * world + rank) * micro
         out.append([order[(first + i) % len(order)] for i in range(micro)])
     return out
+
+
+def same_inputs_everywhere(job: dict, tokenizer, rank: int) -> None:
+    """Stop unless every rank holds the same tokenized data and vocabulary (each node of a multi-node
+    run prepares its own copy; a mismatch would train on inconsistent data or hang)."""
+    digest = hashlib.sha256(Path(job["tokenized"]).read_bytes())
+    digest.update(json.dumps(tokenizer.get_vocab(), sort_keys=True).encode())
+    everyone = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(everyone, digest.hexdigest())
+    if len(set(everyone)) > 1:
+        raise SystemExit(
+            f"error: ranks hold different data or tokenizers (rank {rank}: {digest.hexdigest()[:12]}, all: "
+            f"{sorted({d[:12] for d in everyone})}): run every node from the same commit, data and model revision"
+        )
 
 
 def deepspeed_engine(ds_json: dict, training: dict, device: str, out: Path, load_model):
@@ -100,6 +115,7 @@ def main(job_path: str) -> None:
 
     training = job["training"]
     tokenizer = AutoTokenizer.from_pretrained(job["model"], revision=job["revision"])
+    same_inputs_everywhere(job, tokenizer, rank)
 
     def load():
         return T5ForConditionalGeneration.from_pretrained(job["model"], revision=job["revision"])
@@ -163,7 +179,11 @@ def main(job_path: str) -> None:
             for first in range(0, len(held_out), job["eval_batch_size"]):
                 indices = list(range(first, min(first + job["eval_batch_size"], len(held_out))))
                 held_loss.append(engine(**batch(indices, held_out)).loss.float().item() * len(indices))
-        engine.save_16bit_model(str(out / "model"))
+        if not engine.save_16bit_model(str(out / "model")):
+            raise SystemExit(
+                "error: the model was not saved: a ZeRO-3 config needs "
+                '"stage3_gather_16bit_weights_on_model_save": true (configs/ds_zero3.json has it)'
+            )
     report = {
         "rank": rank,
         "world_size": world,

@@ -115,6 +115,12 @@ def load_ds_config(path: Path, model_type: str, fp16: bool) -> dict:
             f"DeepSpeed config {path}: zero_optimization.stage is {stage!r}; ZeRO has stages 0, 1, 2 and 3 "
             "(configs/ has ds_zero2.json and ds_zero3.json)"
         )
+    zero = config.get("zero_optimization", {})
+    if stage == 3 and not zero.get("stage3_gather_16bit_weights_on_model_save"):
+        raise LabError(
+            f"DeepSpeed config {path}: ZeRO-3 without zero_optimization.stage3_gather_16bit_weights_on_model_save: "
+            "true saves no full model (each rank keeps only its partition); set it, as configs/ds_zero3.json does"
+        )
     fp16_on = config.get("fp16", {}).get("enabled") is True or (
         config.get("fp16", {}).get("enabled") == "auto" and fp16
     )

@@ -105,7 +105,8 @@ def test_batches_are_a_function_of_the_step_and_cover_the_data_once_per_epoch():
     assert step0 == [[[100, 101], [104, 105]], [[102, 103], [106, 107]]]
     epoch = [i for s in range(2) for r in range(2) for b in batches_for_step(s, r, 2, 2, 2, order) for i in b]
     assert sorted(epoch) == order
-    assert batches_for_step(5, 1, 2, 2, 2, order) == batches_for_step(5, 1, 2, 2, 2, order)
+    # step 5 reads rows 40-47 of the endless order: positions 8-15 again
+    assert batches_for_step(5, 1, 2, 2, 2, order) == [[110, 111], [114, 115]]
 
 
 def test_launcher_command_lines():
@@ -135,15 +136,18 @@ def test_bad_launch_settings_are_refused():
         LaunchSpec.from_config({**launch, "nnodes": 2}, 1)
 
 
-def test_more_processes_than_devices_is_refused():
+def test_more_processes_than_devices_is_refused(monkeypatch):
     from labkit.launch import devices_here
 
     have = devices_here("cpu")
     check_nproc(have, "cpu")
     with pytest.raises(LabError, match=rf"nproc_per_node={have + 1} but this node has {have} CPU core"):
         check_nproc(have + 1, "cpu")
-    with pytest.raises(LabError, match="nproc_per_node=1 but this node has 0 CUDA GPU"):
-        check_nproc(1, "cuda")
+    import labkit.launch
+
+    monkeypatch.setattr(labkit.launch, "devices_here", lambda device: 2)
+    with pytest.raises(LabError, match="nproc_per_node=3 but this node has 2 CUDA GPU"):
+        check_nproc(3, "cuda")
 
 
 def test_hostfile_is_parsed_by_deepspeed_and_bad_lines_are_named(tmp_path):
@@ -179,8 +183,8 @@ def test_memory_model_counts_t5_large_and_3b_as_deepspeed_does():
     assert count_params(T5_SIZES["t5-large"])[0] == 737_668_096  # google-t5/t5-large: 738M
     assert count_params(T5_SIZES["t5-3b"])[0] == 2_851_598_336  # google-t5/t5-3b: 2.85B
     rows = {(r["model"], r["stage"], r["offload"], r["gpus"]): r for r in estimates(gpus=(1, 8))}
-    # ZeRO-2 without offload, DeepSpeed's formula: 4 N bytes (16-bit weights and gradients) + 16 N / GPUs
-    # (fp32 master weights and Adam's two moments, partitioned, x the 1.5 buffer factor... on the CPU side)
+    # ZeRO-2 without offload, DeepSpeed's formula: 2 N bytes (16-bit weights) + 18 N / GPUs (16-bit gradients,
+    # fp32 master weights and Adam's two moments, partitioned): 20 N on one GPU
     assert rows[("t5-large", 2, False, 1)]["gpu_gib"] == pytest.approx(20 * 737_668_096 / 2**30, rel=1e-6)
     assert rows[("t5-3b", 3, False, 8)]["gpu_gib"] < rows[("t5-3b", 3, False, 1)]["gpu_gib"] / 6
     assert rows[("t5-3b", 3, True, 1)]["gpu_gib"] < 1 < rows[("t5-3b", 3, True, 1)]["cpu_gib"]
@@ -188,3 +192,31 @@ def test_memory_model_counts_t5_large_and_3b_as_deepspeed_does():
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__]))
+
+
+def test_visible_gpus_reach_the_deepspeed_launcher_as_include(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6")
+    spec = LaunchSpec.from_config(smoke_cfg()["launch"], 2)
+    assert "--include localhost:4,5 train.py" in shown(command(spec, Path("train.py"), []))
+
+
+def test_hostfile_launch_needs_pdsh_and_counts_its_slots(tmp_path, monkeypatch):
+    hosts = tmp_path / "hostfile"
+    hosts.write_text("node0 slots=4\nnode1 slots=4\n", encoding="utf-8")
+    spec = LaunchSpec.from_config({**smoke_cfg()["launch"], "hostfile": str(hosts), "nnodes": 2}, 1)
+    assert spec.world_size == 8
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    from labkit.launch import launch
+
+    with pytest.raises(LabError, match="has no pdsh"):
+        launch(spec, Path("train.py"), [], tmp_path / "launch.log")
+    assert not (tmp_path / "launch.log").exists()
+
+
+def test_zero3_config_that_cannot_save_a_full_model_is_refused(tmp_path):
+    config = json.loads(config_path(CONFIGS, 3, False).read_text())
+    config["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] = False
+    bad = tmp_path / "ds.json"
+    bad.write_text(json.dumps(config), encoding="utf-8")
+    with pytest.raises(LabError, match="saves no full model"):
+        load_ds_config(bad, "t5", False)

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from labkit.errors import LabError
-from labkit.metrics import read_jsonl
+from labkit.metrics import plot_loss, read_jsonl
 
 
 def attention(requested: str, device: str) -> str:
@@ -268,6 +268,41 @@ class ChatTemplateRecipe:
         return generate(model, tokenizer, prompts, max_new_tokens, prompt_special_tokens=False)
 
 
+def train_between_evaluations(trainer, train_data, out: Path, title: str) -> dict:
+    """``trainer.train()`` between two evaluations (eval mode: dropout off) of the training set and the
+    held-out set, then ``loss_curve.png`` from ``out/train_log.jsonl``.
+
+    Returns:
+        ``{"train_before", "eval_before", "train_after", "eval_after"}`` (mean token cross-entropy,
+        nats) and ``"result"`` (``trainer.train()``'s ``TrainOutput``).
+    """
+    losses = {"train_before": trainer.evaluate(train_data, metric_key_prefix="train")["train_loss"]}
+    losses["eval_before"] = trainer.evaluate()["eval_loss"]
+    losses["result"] = trainer.train()
+    losses["train_after"] = trainer.evaluate(train_data, metric_key_prefix="train")["train_loss"]
+    losses["eval_after"] = trainer.evaluate()["eval_loss"]
+    plot_loss(out / "train_log.jsonl", out / "loss_curve.png", title)
+    return losses
+
+
+def save_adapter(model, tokenizer, out: Path, probe_ids: list[int]) -> tuple[Path, dict, torch.Tensor]:
+    """Save the adapter and tokenizer to ``out/adapter`` and the trained model's logits on one probe
+    row (``probe_ids``), for the reload check; drops an empty ``out/checkpoints``.
+
+    Returns:
+        ``(adapter folder, probe batch {"input_ids": (1, len) long}, logits (1, len, vocab) float32)``.
+    """
+    from labkit.rundir import remove_if_empty
+
+    adapter_dir = out / "adapter"
+    model.save_pretrained(adapter_dir)
+    tokenizer.save_pretrained(adapter_dir)
+    probe = {"input_ids": torch.tensor([probe_ids])}
+    trained_logits = logits_on(model, probe)
+    remove_if_empty(out / "checkpoints")
+    return adapter_dir, probe, trained_logits
+
+
 def chat_qlora(ctx, dsd, columns: tuple[str, str], lengths_cfg: tuple[int, int], recipe=None) -> dict:
     """Steps 2-6 of the GLM chat labs (course chapters 9-10), on ``dsd`` (``train``, ``validation``).
 
@@ -289,8 +324,7 @@ def chat_qlora(ctx, dsd, columns: tuple[str, str], lengths_cfg: tuple[int, int],
     from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
-    from labkit.metrics import JsonlLogger, plot_loss, training_summary
-    from labkit.rundir import remove_if_empty
+    from labkit.metrics import JsonlLogger, training_summary
 
     cfg, out = ctx.config, ctx.run_dir
     recipe = recipe or ChatTemplateRecipe()
@@ -334,20 +368,10 @@ def chat_qlora(ctx, dsd, columns: tuple[str, str], lengths_cfg: tuple[int, int],
         data_collator=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, padding=True),
         callbacks=[JsonlLogger(out / "train_log.jsonl")],
     )
-    train_before = trainer.evaluate(data["train"], metric_key_prefix="train")["train_loss"]
-    eval_before = trainer.evaluate()["eval_loss"]
-    result = trainer.train()
-    train_after = trainer.evaluate(data["train"], metric_key_prefix="train")["train_loss"]
-    eval_after = trainer.evaluate()["eval_loss"]
-    plot_loss(out / "train_log.jsonl", out / "loss_curve.png", f"{ctx.lab.name} ({ctx.profile})")
+    losses = train_between_evaluations(trainer, data["train"], out, f"{ctx.lab.name} ({ctx.profile})")
 
     # 5. Save the adapter and tokenizer; reload on a fresh base prepared as for training; same logits.
-    adapter_dir = out / "adapter"
-    model.save_pretrained(adapter_dir)
-    tokenizer.save_pretrained(adapter_dir)
-    probe = {"input_ids": torch.tensor([data["validation"][0]["input_ids"]])}
-    trained_logits = logits_on(model, probe)
-    remove_if_empty(out / "checkpoints")
+    adapter_dir, probe, trained_logits = save_adapter(model, tokenizer, out, data["validation"][0]["input_ids"])
     del trainer, model
     gc.collect()
     if ctx.device == "cuda":
@@ -377,8 +401,8 @@ def chat_qlora(ctx, dsd, columns: tuple[str, str], lengths_cfg: tuple[int, int],
         "eval_examples": len(data["validation"]),
         "lora": {"trainable_params": trainable, "all_params": total},
         "quantization": quantized,
-        "train": training_summary(train_before, train_after, result),
-        "eval": {"loss_before": eval_before, "loss_after": eval_after},
+        "train": training_summary(losses["train_before"], losses["train_after"], losses["result"]),
+        "eval": {"loss_before": losses["eval_before"], "loss_after": losses["eval_after"]},
         "generation": {
             "samples": len(after),
             "changed_by_tuning": sum(b["text"] != a["text"] for b, a in zip(before, after)) / len(after),

@@ -34,9 +34,18 @@ from trl import SFTConfig, SFTTrainer
 
 from labkit.data import check_texts, hub_or_json_fingerprint, load_hub_or_json, subsample
 from labkit.errors import LabError
-from labkit.metrics import JsonlLogger, plot_loss, training_summary
-from labkit.qlora import attention, check_packing, generate, load_4bit, logits_on, quantization_counts, trained_tokens
-from labkit.rundir import remove_if_empty
+from labkit.metrics import JsonlLogger, training_summary
+from labkit.qlora import (
+    attention,
+    check_packing,
+    generate,
+    load_4bit,
+    logits_on,
+    quantization_counts,
+    save_adapter,
+    train_between_evaluations,
+    trained_tokens,
+)
 from labkit.runner import RunContext, main
 from labkit.tiny import build_tiny_llama
 
@@ -153,20 +162,11 @@ def run(ctx: RunContext) -> dict:
         processing_class=tokenizer,
         callbacks=[JsonlLogger(out / "train_log.jsonl")],
     )
-    train_before = trainer.evaluate(data["train"], metric_key_prefix="train")["train_loss"]
-    eval_before = trainer.evaluate()["eval_loss"]
-    result = trainer.train()
-    train_after = trainer.evaluate(data["train"], metric_key_prefix="train")["train_loss"]
-    eval_after = trainer.evaluate()["eval_loss"]
-    plot_loss(out / "train_log.jsonl", out / "loss_curve.png", f"{ctx.lab.name} ({ctx.profile})")
+    losses = train_between_evaluations(trainer, data["train"], out, f"{ctx.lab.name} ({ctx.profile})")
+    result = losses["result"]
 
     # 4. Save the adapter (and tokenizer), reload it on a fresh base, check it reproduces the logits.
-    adapter_dir = out / "adapter"
-    model.save_pretrained(adapter_dir)
-    tokenizer.save_pretrained(adapter_dir)
-    probe = {"input_ids": torch.tensor([data["test"][0]["input_ids"]])}
-    trained_logits = logits_on(model, probe)
-    remove_if_empty(out / "checkpoints")
+    adapter_dir, probe, trained_logits = save_adapter(model, tokenizer, out, data["test"][0]["input_ids"])
     del trainer, model
     gc.collect()
     if ctx.device == "cuda":
@@ -204,11 +204,11 @@ def run(ctx: RunContext) -> dict:
         "lora": {"trainable_params": trainable, "all_params": total},
         "quantization": quantized,
         "train": {
-            **training_summary(train_before, train_after, result),
+            **training_summary(losses["train_before"], losses["train_after"], result),
             # TRL logs the tokens trained on (prompt and completion, no padding) as num_tokens.
             "tokens_per_second": round(trained_tokens(out / "train_log.jsonl") / result.metrics["train_runtime"], 1),
         },
-        "eval": {"loss_before": eval_before, "loss_after": eval_after},
+        "eval": {"loss_before": losses["eval_before"], "loss_after": losses["eval_after"]},
         "generation": {
             "samples": len(after),
             "stopped_with_eos_before": sum(g["stopped"] for g in before) / len(before),

@@ -6,7 +6,10 @@ verification against expected outputs (:mod:`labkit.verify`) and tiny-model buil
 smoke profile (:mod:`labkit.tiny`). Lab code imports from here and stays short.
 """
 
+import importlib.util
 import logging
+import os
+import sys
 
 from labkit.errors import LabError
 
@@ -29,3 +32,32 @@ class _DropMessage(logging.Filter):
 logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(
     _DropMessage("Failed to load CPU gemm_4bit_forward from kernels-community")
 )
+
+
+#: Why torch_npu is installed but cannot load in this process (set by the guard below), else None.
+TORCH_NPU_UNLOADABLE: str | None = None
+
+
+def _torch_npu_guard() -> None:
+    """Keep torch and the Hugging Face libraries importable where torch_npu is installed but cannot load.
+
+    torch >= 2.5 imports every installed device plugin at ``import torch`` (the ``torch.backends`` entry
+    points) and raises if one fails, and Transformers' / Accelerate's NPU checks import torch_npu
+    whenever it is installed; torch_npu fails without CANN's runtime or the host driver (the Ascend
+    image on a machine without an NPU, CI's stand-in base). Then this process treats torch_npu as not
+    installed: auto-loading off (``TORCH_DEVICE_BACKEND_AUTOLOAD=0``, torch's own switch) and
+    ``sys.modules["torch_npu"] = None`` (Python's way to make an import fail, so ``find_spec`` says
+    absent). CPU work runs; asking for the NPU gives the reason (:func:`labkit.device.npu_problem`).
+    """
+    global TORCH_NPU_UNLOADABLE
+    if "torch_npu" in sys.modules or importlib.util.find_spec("torch_npu") is None:
+        return
+    from labkit.ascend import cann_problem
+
+    if why := cann_problem():
+        TORCH_NPU_UNLOADABLE = why
+        os.environ.setdefault("TORCH_DEVICE_BACKEND_AUTOLOAD", "0")
+        sys.modules["torch_npu"] = None
+
+
+_torch_npu_guard()

@@ -40,7 +40,8 @@ class Lab:
         broken_fails: the checks that run must fail (the break is caught where it should be).
         meta: the whole ``lab.yaml``; its optional ``variants`` maps a variant name to the
             ``profiles`` it runs and its own ``dockerfile`` and ``requirements`` lock (the
-            quantization lab's ``course`` variant pins the course's older libraries).
+            quantization lab's ``course`` variant pins the course's older libraries), and optionally
+            the shared ``image`` it builds on (llama2-sft's ``npu`` variant: ``ascend``).
     """
 
     name: str
@@ -73,6 +74,12 @@ class Lab:
         """``<lab>`` or ``<lab>-<variant>``: the image (and native environment) that runs ``profile``."""
         variant = self.variant_of(profile) if profile else None
         return f"{self.name}-{variant}" if variant else self.name
+
+    def base_image(self, profile: str | None = None) -> str:
+        """The shared image (``images/<name>``) under the image that runs ``profile``: the variant's
+        ``image`` when it names one, else the lab's."""
+        variant = self.variant_of(profile) if profile else None
+        return self.meta["variants"][variant].get("image", self.image) if variant else self.image
 
     def dockerfile(self, profile: str | None = None) -> Path:
         variant = self.variant_of(profile) if profile else None

@@ -5,10 +5,11 @@ Host tooling only (no torch): ``tasks.py`` calls :func:`ensure_env` before a nat
 How an environment is made, from wheels alone (no compiler, no system libraries):
 
 1. ``uv venv --python 3.11`` (the locks are resolved for CPython 3.11 on Linux x86_64).
-2. torch at the shared image's pin (``images/<image>/requirements.in``) with the image lock as
-   constraints, *without* hash checking: the host's index decides the build (PyPI's CUDA 13 wheel,
-   or a CPU wheel a machine offers through ``UV_FIND_LINKS``), and the two builds hash differently.
-   A variant whose lock pins its own torch (the quantization lab's course stack) skips this step.
+2. The shared image's Python layer (``images/<image>/requirements.in``: torch, and for the Ascend
+   image torch_npu and CANN's Python dependencies) with the image lock as constraints, *without*
+   hash checking: the host's index decides the torch build (PyPI's CUDA wheel, or a CPU wheel a
+   machine offers through ``UV_FIND_LINKS``), and the builds hash differently. A variant whose lock
+   pins its own torch (the quantization lab's course stack) skips this step.
 3. The lab's lock, hash-checked (``--require-hashes --no-deps``: the lock is complete), minus the
    packages ``lab.yaml`` ``native.replace`` swaps for a local project (with the reason there).
 4. ``uv pip check``.
@@ -56,6 +57,25 @@ def torch_pin(image: str) -> str:
     return match.group(0)
 
 
+def image_constraints(image: str) -> Path:
+    """The constraints (the lock without hashes) of shared image ``image`` for this machine:
+    ``constraints-<uname -m>.txt`` for an image locked per architecture (the Ascend one), else
+    ``constraints.txt``.
+
+    Raises:
+        LabError: the image has no lock for this architecture (names the ones it has).
+    """
+    folder = IMAGES_DIR / image
+    for name in (f"constraints-{os.uname().machine}.txt", "constraints.txt"):
+        if (folder / name).is_file():
+            return folder / name
+    have = ", ".join(sorted(p.name for p in folder.glob("constraints*.txt"))) or "none"
+    raise LabError(
+        f"images/{image} has no lock for {os.uname().machine} (it has: {have}): regenerate with `invoke lock` "
+        "(the x86_64 Ascend lock needs https://download.pytorch.org/whl/cpu), or use RUNTIME=docker"
+    )
+
+
 def replacements(lab: Lab, profile: str | None) -> dict[str, Path]:
     """``lab.yaml`` ``native.replace``: locked package -> local project installed in its place.
 
@@ -93,7 +113,8 @@ def without_packages(lock_text: str, names: set[str]) -> str:
 
 def env_inputs(lab: Lab, profile: str | None) -> list[Path]:
     """Files whose content defines the environment: the image constraints, the lab lock, replacements."""
-    files = [IMAGES_DIR / lab.image / "constraints.txt", IMAGES_DIR / lab.image / "requirements.in"]
+    image = IMAGES_DIR / lab.base_image(profile)
+    files = [image_constraints(lab.base_image(profile)), image / "requirements.in"]
     files.append(lab.requirements(profile))
     for folder in replacements(lab, profile).values():
         files += sorted(p for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
@@ -165,8 +186,10 @@ def _build(lab: Lab, profile: str | None, target: Path, python: Path) -> None:
     lock = lab.requirements(profile)
     on_python = ["--python", str(python)]
     if not re.search(r"^torch==", lock.read_text(encoding="utf-8"), re.MULTILINE):
-        constraints = IMAGES_DIR / lab.image / "constraints.txt"
-        _uv(["pip", "install", *on_python, "-c", str(constraints), torch_pin(lab.image)], "installing torch")
+        image = IMAGES_DIR / lab.base_image(profile)
+        torch_pin(lab.base_image(profile))  # the image layer must pin torch
+        layer = ["-c", str(image_constraints(image.name)), "-r", str(image / "requirements.in")]
+        _uv(["pip", "install", *on_python, *layer], f"installing the {image.name} image's layer (torch)")
     replace = replacements(lab, profile)
     if replace:
         trimmed = target / "requirements-native.txt"

@@ -47,28 +47,92 @@ def check_packing(packing: bool, attn: str) -> None:
         )
 
 
-def load_4bit(path: str, quantization: dict, device: str, attn: str, revision: str | None = None, **kwargs):
-    """``AutoModelForCausalLM`` in 4-bit: ``quantization`` holds ``BitsAndBytesConfig`` settings with
-    ``bnb_4bit_compute_dtype`` by name (``bfloat16``); the model's other weights load in that dtype.
-    On CUDA Accelerate places the layers (``device_map="auto"``), elsewhere everything goes to ``device``.
+def quantized(quantization: dict) -> bool:
+    """Whether a profile's ``model.quantization`` (``BitsAndBytesConfig`` settings) quantizes at all:
+    ``load_in_4bit`` or ``load_in_8bit``; with both false the model loads in ``bnb_4bit_compute_dtype``
+    and the adapter is plain LoRA (the npu variants' bf16 LoRA)."""
+    return bool(quantization.get("load_in_4bit") or quantization.get("load_in_8bit"))
+
+
+def check_quantization(quantization: dict, device: str) -> None:
+    """Refuse, in one line, a quantization the device cannot run, before any weight loads.
+
+    On an Ascend NPU bitsandbytes quantizes only through its Ascend backend, which is NF4-only
+    (``quantize_4bit`` checks ``quant_type == "nf4"``; bitsandbytes#1422, #1442) and which the PyPI
+    wheels do not ship (no ``bitsandbytes.backends.npu``; porting it to the main line is #1695);
+    LLM.int8 has no NPU kernel at all (the first matmul stops with NotImplementedError).
+
+    Raises:
+        LabError: 8-bit on an NPU; 4-bit other than NF4 on an NPU; NF4 on an NPU with a bitsandbytes
+            that has no Ascend backend. Each says to use bf16 LoRA (``quantization.load_in_4bit=false``).
+    """
+    if device != "npu" or not quantized(quantization):
+        return
+    way_out = "use bf16 LoRA instead: SET=load_in_4bit=false (the npu profiles' setting)"
+    if quantization.get("load_in_8bit"):
+        raise LabError(f"load_in_8bit on an Ascend NPU: bitsandbytes has no 8-bit (LLM.int8) NPU kernel; {way_out}")
+    kind = quantization.get("bnb_4bit_quant_type", "fp4")
+    if kind != "nf4":
+        raise LabError(
+            f"bnb_4bit_quant_type={kind} on an Ascend NPU: bitsandbytes' Ascend backend is NF4-only; {way_out}"
+        )
+    if importlib.util.find_spec("bitsandbytes.backends.npu") is None:
+        from importlib.metadata import version
+
+        raise LabError(
+            f"load_in_4bit on an Ascend NPU: bitsandbytes {version('bitsandbytes')} has no Ascend backend (PyPI "
+            f"wheels are CUDA/CPU; NF4 on NPU needs a source build with it, bitsandbytes#1695); {way_out}"
+        )
+
+
+def load_causal_lm(path: str, quantization: dict, device: str, attn: str, revision: str | None = None, **kwargs):
+    """``AutoModelForCausalLM`` as a profile's ``model.quantization`` says: 4-bit (or 8-bit) with
+    ``BitsAndBytesConfig`` (``bnb_4bit_compute_dtype`` given by name, ``bfloat16``), the model's
+    other weights in that dtype; with ``load_in_4bit`` and ``load_in_8bit`` false, the whole model in
+    that dtype (bf16 LoRA). Placement: :func:`labkit.device.model_device_map` (``"auto"`` for one CUDA
+    process, else ``{"": "npu:N"}`` / ``{"": "cpu"}``; never integer ids on an NPU).
+
+    Raises:
+        LabError: a quantization the device cannot run (:func:`check_quantization`).
     """
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
+    from labkit.device import check_device_map, model_device_map
+
+    check_quantization(quantization, device)
     q = dict(quantization)
     q["bnb_4bit_compute_dtype"] = getattr(torch, q["bnb_4bit_compute_dtype"])
+    device_map = model_device_map(device)
+    check_device_map(device_map, device)
     model = AutoModelForCausalLM.from_pretrained(
         path,
         revision=revision,
-        quantization_config=BitsAndBytesConfig(**q),
+        quantization_config=BitsAndBytesConfig(**q) if quantized(quantization) else None,
         attn_implementation=attn,
-        device_map={"": device} if device != "cuda" else "auto",
+        device_map=device_map,
         dtype=q["bnb_4bit_compute_dtype"],
         **kwargs,
     )
     model.config.use_cache = False
-    if device == "cpu":
+    if device == "cpu" and quantized(quantization):
         keep_4bit_trainable_on_cpu(model)
     return model
+
+
+def load_4bit(path: str, quantization: dict, device: str, attn: str, revision: str | None = None, **kwargs):
+    """The GLM labs' loader: :func:`load_causal_lm` (their profiles load in 4-bit NF4)."""
+    return load_causal_lm(path, quantization, device, attn, revision, **kwargs)
+
+
+def prepare_for_training(model, quantization: dict):
+    """A loaded model made ready for LoRA: ``prepare_model_for_kbit_training`` (frozen, norms and
+    embeddings in fp32, gradient checkpointing without re-entrancy) when it is quantized; a bf16
+    model is left as loaded (the Trainer turns gradient checkpointing on; LoRA freezes the base)."""
+    if not quantized(quantization):
+        return model
+    from peft import prepare_model_for_kbit_training
+
+    return prepare_model_for_kbit_training(model, gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def keep_4bit_trainable_on_cpu(model) -> int:

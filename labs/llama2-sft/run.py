@@ -28,20 +28,24 @@ import labkit  # noqa: F401  (first: it quiets a bitsandbytes start-up message)
 
 import torch
 from datasets import Dataset, DatasetDict, load_dataset
-from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoTokenizer
 from trl import SFTConfig, SFTTrainer
 
 from labkit.data import check_texts, hub_or_json_fingerprint, load_hub_or_json, subsample
+from labkit.device import bf16_problem
 from labkit.errors import LabError
 from labkit.metrics import JsonlLogger, training_summary
 from labkit.qlora import (
     attention,
     check_packing,
+    check_quantization,
     generate,
-    load_4bit,
+    load_causal_lm,
     logits_on,
+    prepare_for_training,
     quantization_counts,
+    quantized,
     save_adapter,
     train_between_evaluations,
     trained_tokens,
@@ -110,8 +114,9 @@ def tokenized(rows: Dataset, task: str, tokenizer, max_length: int, policy: str)
 
 
 def load_base(path: str, cfg: dict, device: str, attn: str, revision: str | None = None):
-    """The base model in 4-bit (``model.quantization``: BitsAndBytesConfig settings), the course's way."""
-    model = load_4bit(path, cfg["quantization"], device, attn, revision)
+    """The base model in 4-bit (``model.quantization``: BitsAndBytesConfig settings), the course's way;
+    in bf16 when ``load_in_4bit`` is false (the npu variant's bf16 LoRA)."""
+    model = load_causal_lm(path, cfg["quantization"], device, attn, revision)
     model.config.pretraining_tp = 1  # as the course: no tensor-parallel slicing of the MLP
     return model
 
@@ -120,10 +125,16 @@ def run(ctx: RunContext) -> dict:
     cfg, out = ctx.config, ctx.run_dir
     task, train_cfg = cfg["task"], cfg["training"]
 
+    # 0. What this device can run, refused in one line before any download: quantization (an NPU has
+    #    no bitsandbytes backend in the PyPI wheels: bf16 LoRA there) and bf16 (not on a T4 or a 910A).
+    check_quantization(cfg["model"]["quantization"], ctx.device)
+    if train_cfg["bf16"] and (why := bf16_problem(ctx.device)):
+        raise LabError(f"training.bf16 is true but {why}: SET=\"bf16=false bnb_4bit_compute_dtype=float16\"")
+
     # 1. Data: Dolly rows, checked; prompt/completion text in the course's template.
     dsd, dropped = load_dolly(cfg["data"], ctx.repo_root)
 
-    # 2. Tokenizer (pad = <unk>, not </s>) and the exact loss mask; the 4-bit model with LoRA.
+    # 2. Tokenizer (pad = <unk>, not </s>) and the exact loss mask; the 4-bit (or bf16) model with LoRA.
     model_path = cfg["model"]["name_or_path"]
     if cfg["model"]["build_tiny"]:
         texts = [prompt_text(r, task) + completion_of(r, task) for split in dsd.values() for r in split]
@@ -140,12 +151,12 @@ def run(ctx: RunContext) -> dict:
     check_packing(train_cfg["packing"], attn)
     print(f"data: {len(data['train'])} train / {len(data['test'])} held-out rows; attention: {attn}", flush=True)
     model = load_base(model_path, cfg["model"], ctx.device, attn, cfg["model"]["revision"])
-    model = prepare_model_for_kbit_training(model, gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = prepare_for_training(model, cfg["model"]["quantization"])
     model = get_peft_model(model, LoraConfig(**cfg["lora"]))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     print(f"trainable params: {trainable:,} || all params: {total:,}", flush=True)
-    quantized = quantization_counts(model)  # every decoder Linear 4-bit; lm_head stays bf16 as in the course
+    counts = quantization_counts(model)  # every decoder Linear 4-bit (lm_head stays bf16, as in the course), or none
 
     # 3. SFTTrainer; losses before and after, in eval mode, on the training rows and the held-out ones.
     args = SFTConfig(
@@ -169,13 +180,18 @@ def run(ctx: RunContext) -> dict:
     adapter_dir, probe, trained_logits = save_adapter(model, tokenizer, out, data["test"][0]["input_ids"])
     del trainer, model
     gc.collect()
-    if ctx.device == "cuda":
-        torch.cuda.empty_cache()
+    if ctx.device in ("cuda", "npu"):
+        getattr(torch, ctx.device).empty_cache()
     # The base as training saw it (prepare_model_for_kbit_training keeps norms and embeddings in fp32)
-    # and the adapter in bf16, as TRL trains a quantized model's adapter (QLoRA paper, sec. 3).
+    # and the adapter in bf16, as TRL trains a quantized model's adapter (QLoRA paper, sec. 3); a bf16
+    # base (npu variant) as loaded, its adapter in fp32 as get_peft_model made it.
     base = load_base(model_path, cfg["model"], ctx.device, attn, cfg["model"]["revision"])
-    base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
-    reloaded = PeftModel.from_pretrained(base, adapter_dir, autocast_adapter_dtype=False)
+    is_quantized = quantized(cfg["model"]["quantization"])
+    if is_quantized:
+        from peft import prepare_model_for_kbit_training
+
+        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
+    reloaded = PeftModel.from_pretrained(base, adapter_dir, autocast_adapter_dtype=not is_quantized)
     max_diff = float((logits_on(reloaded, probe) - trained_logits).abs().max())
 
     # 5. Generate on held-out rows without the adapter (before) and with it (after), same prompts.
@@ -202,7 +218,7 @@ def run(ctx: RunContext) -> dict:
             "fingerprint": hub_or_json_fingerprint(cfg["data"], ctx.repo_root, ("train", "test")),
         },
         "lora": {"trainable_params": trainable, "all_params": total},
-        "quantization": quantized,
+        "quantization": counts,
         "train": {
             **training_summary(losses["train_before"], losses["train_after"], result),
             # TRL logs the tokens trained on (prompt and completion, no padding) as num_tokens.

@@ -636,17 +636,58 @@ def lock(c, lab=None):
                 uv_compile(c, lock_file.with_suffix(".in"), lock_file, *LINUX, "--generate-hashes")
 
 
+def doctor_npu(docker_runtimes: str) -> tuple[list, list[str]]:
+    """``invoke doctor``'s Ascend lines: ``npu-smi info`` (cards, health), the driver version against the
+    Ascend image's CANN, and every device node or driver file a container needs, one line each.
+
+    Returns:
+        ``(cards, problems)``: the cards npu-smi lists; problem tags for the exit status. A host with
+        neither npu-smi nor /dev/davinci* gets one line and no problem (it is not an Ascend host).
+    """
+    from labkit import ascend
+
+    cards, smi_driver, trouble = ascend.npu_smi()
+    if not cards and not trouble and not ascend.card_nodes():
+        print("npu             : none found (npu-smi, /dev/davinci*)")
+        return [], []
+    problems = []
+    if trouble:
+        print(f"npu             : {trouble}")
+        problems.append("npu")
+    for card in cards:
+        health = "" if card.health == "OK" else f": health {card.health} (npu-smi info -t health -i {card.npu_id})"
+        memory = f"{card.memory_gib:.1f} GiB HBM" if card.memory_gib else "HBM unknown"
+        print(f"npu             : {card.npu_id}: Ascend {card.name}, {memory}{health}")
+        problems += ["npu"] if health else []
+    cann = ascend.image_cann(SHARED_IMAGES["ascend"] / "Dockerfile")
+    driver = ascend.driver_version() or smi_driver
+    old = ascend.driver_problem(driver, cann) if driver else None
+    print(
+        f"npu driver      : {driver or 'unknown (no /usr/local/Ascend/driver/version.info)'}; images/ascend is CANN "
+        f"{cann}, documented with driver {ascend.CANN_DRIVER.get(cann or '', '?')}" + (f": {old}" if old else "")
+    )
+    problems += ["npu-driver"] if old or not driver else []
+    for line in ascend.missing_pieces():
+        print(f"npu mount       : {line}")
+        problems.append("npu-mount")
+    if "ascend" in docker_runtimes:
+        print("npu runtime     : Ascend Docker Runtime registered; the labs pass the devices themselves")
+    return cards, problems
+
+
 @task(positional=[], help={"lab": "also check whether this lab's full profile fits the GPU (measured table)"})
 def doctor(c, lab=None):
-    """Check the host: runtimes (Docker, native), the GPU and driver, and whether a lab's full profile fits.
+    """Check the host: runtimes (Docker, native), the GPU and driver, Ascend NPUs (npu-smi, the driver
+    against the image's CANN, device nodes and driver mounts), and whether a lab's full profile fits.
 
-    Exit status 1 when no runtime is usable, the GPU is unusable (old driver, lost NVML), or the
-    lab's full profile does not fit the GPU.
+    Exit status 1 when no runtime is usable, the GPU or NPU is unusable (old driver, lost NVML, a
+    missing device node or driver file), or the lab's full profile does not fit the GPU.
     """
     from labkit import benchtable, hostcheck
     from labkit.native import PYTHON_VERSION, VENVS_DIR, uv_command
 
     problems = []
+    runtimes = ""
     engine = engine_error()
     why = engine or buildkit_error()
     print(f"docker          : {engine or 'engine answers; ' + (why or 'BuildKit ok: images build')}")
@@ -683,6 +724,8 @@ def doctor(c, lab=None):
         problems += ["driver"] if old else []
     if not gpus and not gpu_trouble:
         print("gpu             : none found (nvidia-smi): labs run their smoke profile")
+    npus, npu_problems = doctor_npu(runtimes if not engine else "")
+    problems += npu_problems
     if lab:
         spec = lab_or_exit(lab)
         memory = max((g.memory_gib for g in gpus), default=None)

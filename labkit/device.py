@@ -84,7 +84,7 @@ def select_device(requested: str) -> str:
         return found or "cpu"
     if requested == "cpu" or requested == found or (requested == "accelerator" and found):
         return found if requested == "accelerator" else requested
-    want = "a CUDA GPU or an Ascend NPU" if requested == "accelerator" else f"a {requested.upper()} device"
+    want = {"accelerator": "a CUDA GPU or an Ascend NPU", "npu": "an Ascend NPU"}.get(requested, "a CUDA GPU")
     import importlib.util
 
     import labkit

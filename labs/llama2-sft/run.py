@@ -129,7 +129,7 @@ def run(ctx: RunContext) -> dict:
     #    no bitsandbytes backend in the PyPI wheels: bf16 LoRA there) and bf16 (not on a T4 or a 910A).
     check_quantization(cfg["model"]["quantization"], ctx.device)
     if train_cfg["bf16"] and (why := bf16_problem(ctx.device)):
-        raise LabError(f"training.bf16 is true but {why}: SET=\"bf16=false bnb_4bit_compute_dtype=float16\"")
+        raise LabError(f'training.bf16 is true but {why}: SET="bf16=false bnb_4bit_compute_dtype=float16"')
 
     # 1. Data: Dolly rows, checked; prompt/completion text in the course's template.
     dsd, dropped = load_dolly(cfg["data"], ctx.repo_root)

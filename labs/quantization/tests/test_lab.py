@@ -116,7 +116,7 @@ def test_full_profile_without_cuda_stops_with_a_clear_error(tmp_path, capsys):
     if torch.cuda.is_available():
         pytest.skip("this host has a GPU")
     assert run.main("quantization", run.run, ["--profile", "full", "--output-root", str(tmp_path)]) == 2
-    assert "needs a CUDA device" in capsys.readouterr().err
+    assert "needs a CUDA GPU" in capsys.readouterr().err
     assert not any(tmp_path.rglob("metrics.json"))
 
 

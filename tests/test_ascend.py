@@ -1,0 +1,339 @@
+"""Ascend NPUs without the hardware: the device recipe a container gets, npu-smi and driver checks,
+the compose service against the documented recipe, the digest pinning, and (with a Docker engine and
+QEMU for arm64) the Ascend image itself and the llama2-sft npu variant in it.
+
+The image tests take the ``lab`` parameter (llama2-sft, the lab with an npu variant) so they run on
+that lab's test worker, one after another: the Ascend image is built once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from invoke import Context, Exit
+
+import tasks
+from labkit import ascend
+from labkit.config import REPO_ROOT, get_lab
+from labkit.errors import LabError
+
+NPU_SMI = """\
++------------------------------------------------------------------------------------------------+
+| npu-smi 26.0.rc1                 Version: 26.0.rc1                                             |
++---------------------------+---------------+----------------------------------------------------+
+| NPU   Name                | Health        | Power(W)    Temp(C)           Hugepages-Usage(page)|
+| Chip                      | Bus-Id        | AICore(%)   Memory-Usage(MB)  HBM-Usage(MB)        |
++===========================+===============+====================================================+
+| 0     910B3               | OK            | 95.1        41                0    / 0             |
+| 0                         | 0000:C1:00.0  | 0           0    / 0          3400 / 65536         |
++===========================+===============+====================================================+
+| 1     910B3               | Warning       | 93.0        40                0    / 0             |
+| 0                         | 0000:C2:00.0  | 0           0    / 0          3391 / 65536         |
++===========================+===============+====================================================+
++---------------------------+---------------+----------------------------------------------------+
+| NPU     Chip              | Process id    | Process name             | Process memory(MB)      |
++===========================+===============+====================================================+
+| No running processes found in NPU 0                                                            |
++===========================+===============+====================================================+
+"""
+
+
+def fake_host(root: Path, cards=(0, 1, 2, 3), missing=()) -> Path:
+    """A host tree under ``root`` with the device nodes (plain files) and driver files of an Ascend host."""
+    for path in [f"/dev/davinci{c}" for c in cards] + list(ascend.CONTROL_NODES) + ["/usr/local/bin/npu-smi"]:
+        if path not in missing:
+            (root / path.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+            (root / path.lstrip("/")).write_text("")
+    for path in ascend.DRIVER_MOUNTS:
+        if path not in missing:
+            target = root / path.lstrip("/")
+            if path.endswith(("lib64", "dcmi")):
+                target.mkdir(parents=True, exist_ok=True)
+            else:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_text("Version=26.0.rc1\n")
+    return root
+
+
+def fake_tool(tmp_path, monkeypatch, name: str, output: str, code: int = 0) -> None:
+    tool = tmp_path / "bin" / name
+    tool.parent.mkdir(exist_ok=True)
+    tool.write_text(f"#!/bin/sh\ncat <<'OUT'\n{output}\nOUT\nexit {code}\n")
+    tool.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tool.parent}:{os.environ['PATH']}")
+
+
+def test_a_container_gets_the_chosen_cards_renumbered_from_zero_without_privileged(tmp_path):
+    host = fake_host(tmp_path)
+    if os.geteuid() == 0:
+        os.chown(host / "dev" / "davinci2", 0, 1234)  # the host's HwHiAiUser group
+    args = ascend.docker_args("2,3", root=host)
+    devices = [args[i + 1] for i, a in enumerate(args) if a == "--device"]
+    assert devices == ["/dev/davinci2", "/dev/davinci3", *ascend.CONTROL_NODES]
+    mounts = [args[i + 1] for i, a in enumerate(args) if a == "-v"]
+    assert [m for m in mounts if not m.endswith(":/usr/local/bin/npu-smi:ro")] == [
+        f"{p}:{p}:ro" for p in ascend.DRIVER_MOUNTS
+    ]
+    assert "ASCEND_RT_VISIBLE_DEVICES=0,1" in args  # host ids 2,3 inside would fail with 207004
+    assert "--privileged" not in args and not any("davinci0" in a for a in args)
+    if os.geteuid() == 0:
+        assert args[args.index("--group-add") + 1] == "1234"
+    every = ascend.docker_args(None, root=host)
+    assert "ASCEND_RT_VISIBLE_DEVICES=0,1,2,3" in every
+
+
+def test_every_missing_piece_of_the_recipe_is_named(tmp_path):
+    host = fake_host(tmp_path, missing=("/dev/devmm_svm", "/usr/local/Ascend/driver/lib64"))
+    with pytest.raises(LabError) as info:
+        ascend.docker_args(None, root=host)
+    text = str(info.value)
+    assert "/dev/devmm_svm missing" in text and "/usr/local/Ascend/driver/lib64 missing" in text
+    assert "libascend_hal.so" in text and "invoke doctor" in text and len(ascend.missing_pieces(host)) == 2
+    with pytest.raises(LabError, match=r"ASCEND_VISIBLE_DEVICES=7: no /dev/davinci7 on this host \(cards here: 0, 1"):
+        ascend.docker_args("7", root=fake_host(tmp_path / "b"))
+    with pytest.raises(LabError, match="no /dev/davinciN device node"):
+        ascend.docker_args(None, root=fake_host(tmp_path / "c", cards=()))
+
+
+def test_npu_smi_cards_memory_and_driver_are_read(tmp_path, monkeypatch):
+    cards = ascend.parse_npu_smi(NPU_SMI)
+    assert [(c.npu_id, c.name, c.health, c.hbm_total_mib) for c in cards] == [
+        (0, "910B3", "OK", 65536),
+        (1, "910B3", "Warning", 65536),
+    ]
+    assert cards[0].memory_gib == 64.0
+    fake_tool(tmp_path, monkeypatch, "npu-smi", NPU_SMI)
+    found, driver, problem = ascend.npu_smi()
+    assert len(found) == 2 and driver == "26.0.rc1" and problem is None
+    fake_tool(tmp_path, monkeypatch, "npu-smi", "dcmi module initialize failed. ret is -8005", code=1)
+    assert "another container holds the device" in ascend.npu_smi()[2]
+
+
+def test_driver_releases_are_ordered_and_an_old_driver_is_named():
+    assert ascend.version_key("25.0.RC1") < ascend.version_key("25.0.0") < ascend.version_key("25.5.0")
+    assert ascend.version_key("25.5.0") < ascend.version_key("26.0.rc1") < ascend.version_key("26.0.0")
+    assert ascend.version_key("26.0.rc1.b030") == ascend.version_key("26.0.RC1")  # build tags ignored
+    assert ascend.driver_problem("26.0.rc1", "9.0.0") is None and ascend.driver_problem("26.0.0", "9.0.0") is None
+    old = ascend.driver_problem("25.5.0", "9.0.0")
+    assert "driver 25.5.0 is older than CANN 9.0.0 is documented with (26.0.RC1)" in old and "561103" in old
+    assert ascend.driver_problem("1.0", "no-such-cann") is None
+
+
+def test_the_ascend_image_names_its_cann_and_the_driver_it_needs(tmp_path):
+    cann = ascend.image_cann(REPO_ROOT / "images" / "ascend" / "Dockerfile")
+    assert cann == "9.0.0" and ascend.CANN_DRIVER[cann] == "26.0.RC1"
+    info = tmp_path / "version.info"
+    info.write_text("Version=26.0.rc1\nascendhal_version=7.35.23\n")
+    assert ascend.driver_version(info) == "26.0.rc1" and ascend.driver_version(tmp_path / "none") is None
+    pins = (REPO_ROOT / "images" / "ascend" / "requirements.in").read_text()
+    assert "torch==2.10.0\n" in pins and "torch-npu==2.10.0\n" in pins  # the 9.0.0 row of the matrix
+
+
+def test_doctor_on_an_ascend_host_names_the_cards_an_old_driver_and_missing_mounts(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DOCKER", "/nonexistent/docker")
+    fake_tool(tmp_path, monkeypatch, "npu-smi", NPU_SMI)
+    monkeypatch.setattr(ascend, "driver_version", lambda *a: "25.5.0")
+    monkeypatch.setattr(
+        ascend, "missing_pieces", lambda *a, **k: ["/dev/hisi_hdc missing: every NPU container needs it"]
+    )
+    with pytest.raises(Exit):
+        tasks.doctor(Context())
+    out = capsys.readouterr().out
+    assert "npu             : 0: Ascend 910B3, 64.0 GiB HBM" in out
+    assert "1: Ascend 910B3, 64.0 GiB HBM: health Warning" in out
+    assert (
+        "npu driver      : 25.5.0; images/ascend is CANN 9.0.0, documented with driver 26.0.RC1: Ascend driver" in out
+    )
+    assert "npu mount       : /dev/hisi_hdc missing" in out
+
+
+def test_doctor_without_npus_says_so_in_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DOCKER", "/nonexistent/docker")
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.path.dirname(tasks.sys.executable)}")
+    monkeypatch.setattr(ascend, "card_nodes", lambda *a: [])
+    tasks.doctor(Context())
+    assert "npu             : none found (npu-smi, /dev/davinci*)" in capsys.readouterr().out
+
+
+def test_compose_npu_service_is_the_documented_recipe():
+    compose = yaml.safe_load((REPO_ROOT / "compose.yaml").read_text())
+    service = compose["services"]["llama2-sft-npu"]
+    assert service["devices"] == ["${ASCEND_DEVICE:-/dev/davinci0}", *ascend.CONTROL_NODES]
+    volumes = service["volumes"]
+    for path in ascend.DRIVER_MOUNTS:
+        assert f"{path}:{path}:ro" in volumes
+    assert f"${{NPU_SMI:-/usr/local/bin/npu-smi}}:{ascend.NPU_SMI_IN_CONTAINER}:ro" in volumes
+    assert "ASCEND_RT_VISIBLE_DEVICES=0" in service["environment"] and service["group_add"]
+    assert not service.get("privileged") and "deploy" not in service  # no NVIDIA reservation
+    assert service["build"]["dockerfile"] == "labs/llama2-sft/Dockerfile.npu"
+    assert compose["services"]["ascend"]["build"]["dockerfile"] == "images/ascend/Dockerfile"
+
+
+def test_an_npu_profile_in_a_container_gets_the_npu_recipe_a_cpu_one_nothing():
+    lab = get_lab("llama2-sft")
+    assert tasks.container_accelerator(lab, "npu-full", {"device": "npu"}) == "npu"
+    assert tasks.container_accelerator(lab, "npu-smoke", {"device": "cpu"}) is None
+    assert tasks.container_accelerator(lab, "full", {"device": "accelerator"}) == "cuda"
+
+
+def test_docker_run_for_npu_passes_devices_and_no_gpus(tmp_path, monkeypatch):
+    host = fake_host(tmp_path)
+    real = ascend.docker_args
+    monkeypatch.setattr(ascend, "docker_args", lambda visible=None: real(visible, root=host))
+    cmd = tasks.docker_run([], {}, accelerator="npu")
+    assert "--gpus" not in cmd and "--privileged" not in cmd
+    assert cmd.count("--device") == 4 + len(ascend.CONTROL_NODES)
+    assert tasks.docker_run([], {}, accelerator="cuda")[-2:] == ["--gpus", "all"]
+
+
+def test_a_full_run_on_an_ascend_host_takes_the_npu_variant(monkeypatch, capsys):
+    monkeypatch.setattr(tasks, "host_accelerator", lambda: "npu")
+    assert tasks.npu_variant(get_lab("llama2-sft"), "full") == "npu"
+    assert "running llama2-sft's npu variant" in capsys.readouterr().out
+    assert tasks.npu_variant(get_lab("llama2-sft"), "smoke") == ""
+    with pytest.raises(Exit, match="bert-yelp runs on NPUs only through an npu variant.*labs with one: llama2-sft"):
+        tasks.npu_variant(get_lab("bert-yelp"), "full")
+    monkeypatch.setattr(tasks, "host_accelerator", lambda: "cuda")
+    assert tasks.npu_variant(get_lab("bert-yelp"), "full") == ""
+
+
+def test_a_variant_builds_on_its_own_shared_image_for_its_platform(monkeypatch):
+    calls = []
+    monkeypatch.setattr(tasks, "ascend_image_error", lambda: None)
+    monkeypatch.setattr(tasks, "docker_error", lambda: None)
+    monkeypatch.setattr(
+        tasks,
+        "build_image",
+        lambda c, dockerfile, tag, base, platform=None: calls.append(
+            (dockerfile.relative_to(REPO_ROOT).as_posix(), tag, base, platform)
+        ),
+    )
+    monkeypatch.setenv("ASCEND_PLATFORM", "linux/arm64")
+    monkeypatch.setenv("ASCEND_BASE_IMAGE", "labs-standin-base:bookworm-arm64")
+    tasks.build(Context(), lab="llama2-sft", profile="npu-smoke")
+    assert calls == [
+        ("images/ascend/Dockerfile", "llm-labs/ascend:dev", "labs-standin-base:bookworm-arm64", "linux/arm64"),
+        ("labs/llama2-sft/Dockerfile.npu", "llm-labs/llama2-sft-npu:dev", "llm-labs/ascend:dev", "linux/arm64"),
+    ]
+    calls.clear()
+    tasks.build(Context(), lab="llama2-sft")
+    assert [c[1] for c in calls] == ["llm-labs/cuda:dev", "llm-labs/llama2-sft:dev"] and calls[1][3] is None
+
+
+def test_pin_base_records_the_registry_digest(tmp_path):
+    dockerfile = tmp_path / "Dockerfile"
+    dockerfile.write_text((REPO_ROOT / "images" / "ascend" / "Dockerfile").read_text())
+    digest = "sha256:" + "ab" * 32
+    docker = tmp_path / "docker"
+    docker.write_text(f'#!/bin/sh\ncase "$1" in pull) exit 0;; image) echo "quay.io/ascend/cann@{digest}";; esac\n')
+    docker.chmod(0o755)
+    script = REPO_ROOT / "images" / "ascend" / "pin-base"
+    subprocess.run([str(script), str(dockerfile)], env={**os.environ, "DOCKER": str(docker)}, check=True)
+    text = dockerfile.read_text()
+    assert f"ARG BASE_IMAGE=quay.io/ascend/cann:9.0.0-910b-ubuntu22.04-py3.11@{digest}\n" in text
+    assert "digest: not recorded yet" not in text and "digest: recorded by images/ascend/pin-base" in text
+    docker.write_text("#!/bin/sh\nexit 1\n")  # registry unreachable: nothing changes
+    before = dockerfile.read_text()
+    result = subprocess.run(
+        [str(script), str(dockerfile)], env={**os.environ, "DOCKER": str(docker)}, capture_output=True, text=True
+    )
+    assert result.returncode == 1 and "cannot pull" in result.stderr and dockerfile.read_text() == before
+
+
+# --- the image itself (Docker engine; on x86_64 QEMU for linux/arm64) ---------------------------------
+
+
+def image_unbuildable() -> str | None:
+    """Why the Ascend image cannot be built here, or None: its lock for the target architecture and
+    QEMU (tasks.ascend_image_error), and a base: ASCEND_BASE_IMAGE (CI's arm64 stand-in) or an arm64
+    host that can pull the CANN image."""
+    if why := tasks.ascend_image_error():
+        return why
+    if not (os.environ.get("ASCEND_BASE_IMAGE") or os.uname().machine == "aarch64"):
+        return "set ASCEND_BASE_IMAGE (CI: the arm64 stand-in) or run on an arm64 host that pulls the CANN base"
+    return None
+
+
+needs_image = pytest.mark.skipif(bool(image_unbuildable()), reason=f"no Ascend image here: {image_unbuildable()}")
+
+
+def docker(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    platform = tasks.image_platform("ascend")
+    cmd = [*tasks.docker_cli(), *args]
+    if platform and args[0] == "run":
+        cmd.insert(len(tasks.docker_cli()) + 1, f"--platform={platform}")
+    return subprocess.run(cmd, capture_output=True, text=True, check=check)
+
+
+@needs_image
+@pytest.mark.labs("llama2-sft")
+def test_ascend_image_layout_user_and_cann_environment(lab, tmp_path):
+    tasks.images(Context(), name="ascend")
+    image = tasks.image_tag("ascend")
+    config = json.loads(docker("image", "inspect", "--format", "{{json .Config}}", image).stdout)
+    assert config["User"] == "1000:1000" and config["Entrypoint"] == ["ascend-env"]
+    env = dict(e.split("=", 1) for e in config["Env"])
+    assert env["HF_HOME"] == "/cache/huggingface" and env["BASH_ENV"] == "/etc/ascend-env.sh"
+    assert "/cache/huggingface" in config["Volumes"]
+    arch = docker("image", "inspect", "--format", "{{.Architecture}}", image).stdout.strip()
+    assert arch == {"linux/arm64": "arm64"}.get(tasks.image_platform("ascend") or "", arch)
+    # the user is in the driver's HwHiAiUser group; torch and torch_npu at the matrix row's versions
+    probe = (
+        "id -un; id -gn; python -c 'from importlib.metadata import version as v; "
+        'print(v("torch"), v("torch-npu"))\'; test -x /usr/local/bin/pip-install-locked && echo locked'
+    )
+    out = docker("run", "--rm", "--entrypoint", "bash", image, "-c", probe).stdout.split("\n")
+    assert out[:4] == ["lab", "HwHiAiUser", "2.10.0 2.10.0", "locked"] or out[2].startswith("2.10.0+cpu 2.10.0")
+    # CANN's set_env.sh reaches every process: the entrypoint (python here) and non-interactive bash
+    fake = tmp_path / "set_env.sh"
+    fake.write_text("export LABS_FAKE_CANN=sourced\nexport LD_LIBRARY_PATH=/fake/cann/lib64:$LD_LIBRARY_PATH\n")
+    mount = ["-v", f"{fake}:/usr/local/Ascend/ascend-toolkit/set_env.sh:ro"]
+    via_entrypoint = docker(
+        "run", "--rm", *mount, image, "python", "-c", "import os; print(os.environ['LABS_FAKE_CANN'])"
+    )
+    assert via_entrypoint.stdout.strip() == "sourced"
+    assert "libascendcl.so libhccl.so libascend_hal.so not on LD_LIBRARY_PATH" in via_entrypoint.stderr
+    via_bash = docker("run", "--rm", *mount, "--entrypoint", "bash", image, "-c", "echo $LABS_FAKE_CANN")
+    assert via_bash.stdout.strip() == "sourced"
+    # without CANN torch still imports (ascend-env: auto-load off); torch_npu fails as upstream does
+    plain = docker("run", "--rm", image, "python", "-c", "import torch; import torch_npu", check=False)
+    assert plain.returncode != 0 and "libhccl.so: cannot open shared object file" in plain.stderr
+
+
+@needs_image
+@pytest.mark.labs("llama2-sft")
+def test_npu_variant_smoke_verifies_in_its_image_and_asking_for_the_npu_says_why_not(lab, tmp_path):
+    """The npu variant's image (arm64 under QEMU in CI: 5 minutes) runs npu-smoke and verifies; the same
+    image asked for the NPU on a machine without CANN stops in one line naming the missing libraries."""
+    tasks.build(Context(), lab=lab.name, profile="npu-smoke")
+    outputs = tmp_path / "outputs"
+    outputs.mkdir()
+    code, _ = tasks.run_lab(lab, "npu-smoke", "docker", [], outputs)
+    assert code == 0
+    run_dir = (outputs / lab.name / "npu-smoke" / "latest").resolve()
+    from labkit.verify import format_table, verify_run
+
+    checks = verify_run(run_dir, lab.expected_path("npu-smoke"))
+    print(format_table(checks))
+    assert all(c.passed for c in checks), [c for c in checks if not c.passed]
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["runtime"] == "docker" and manifest["image_id"].startswith("sha256:")
+    cmd = tasks.docker_run([(str(outputs), "/opt/labs/outputs")], {"HF_HUB_OFFLINE": "1"}, accelerator=None)
+    cmd += [f"--platform={p}" for p in [tasks.image_platform("ascend")] if p]
+    cmd += [
+        tasks.image_tag("llama2-sft-npu"),
+        "--profile",
+        "npu-smoke",
+        "--set",
+        "device=npu",
+        "--set",
+        "use_cpu=false",
+    ]
+    code, tail = tasks.run_streaming(cmd)
+    assert code == 2
+    assert "error: this profile needs an Ascend NPU, but PyTorch sees none: torch_npu needs CANN's runtime" in tail

@@ -1,7 +1,8 @@
 # Thin wrapper over tasks.py (invoke). `make help` lists the targets.
 #   make lab-whisper-lora [PROFILE=auto|smoke|full] [RUNTIME=auto|docker|native] [SET="learning_rate=0"]
 #   make lab-quantization VARIANT=course   (a lab variant: the course's pinned libraries)
-#   make lab-deepspeed-zero NPROC=2        (processes per node: SET=nproc_per_node=2)
+#   make lab-deepspeed-zero NPROC=2        (processes per node: SET=nproc_per_node=2; llama2-sft too)
+#   make lab-llama2-sft VARIANT=npu        (the Ascend NPU variant: images/ascend)
 #   make test [LAB=whisper-lora]
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -20,7 +21,7 @@ NPROC ?=
 help: ## Show the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 22
 	@echo "lab-<name>            Build, run and verify one lab; labs: $$(ls labs | paste -sd' ')"
-	@echo "                      PROFILE=auto|smoke|full RUNTIME=auto|docker|native SET=\"key=value ...\" [VARIANT=course] [NPROC=N]"
+	@echo "                      PROFILE=auto|smoke|full RUNTIME=auto|docker|native SET=\"key=value ...\" [VARIANT=course|npu] [NPROC=N]"
 	@echo "bench-<name>          Full-profile step on random weights: peak memory, samples/s (BATCH_SIZES=1,4,16)"
 
 $(VENV)/.installed: requirements-dev.txt
@@ -41,8 +42,8 @@ bench-%: $(VENV)/.installed
 list: $(VENV)/.installed ## List the labs
 	@$(INVOKE) list
 
-images: $(VENV)/.installed ## Build the shared CUDA image (BASE_IMAGE=... to change its base)
-	$(INVOKE) images
+images: $(VENV)/.installed ## Build the shared CUDA image (BASE_IMAGE=...); IMAGE=ascend for the Ascend one (ASCEND_BASE_IMAGE, ASCEND_PLATFORM)
+	$(INVOKE) images --name $(or $(IMAGE),cuda)
 
 smoke: $(VENV)/.installed ## Run every lab's smoke profile natively and verify it
 	@for lab in $$(ls labs); do $(INVOKE) run --lab $$lab --profile smoke --runtime native || exit 1; done
@@ -53,5 +54,5 @@ test: $(VENV)/.installed ## The whole test suite (LAB=<name> for one lab)
 report: $(VENV)/.installed ## Write outputs/report.html: every lab's newest runs, checks, plots, manifests
 	$(INVOKE) report
 
-doctor: $(VENV)/.installed ## Check Docker, the NVIDIA runtime and the GPU
+doctor: $(VENV)/.installed ## Check Docker, the NVIDIA runtime, the GPU and Ascend NPUs (npu-smi, driver, mounts)
 	$(INVOKE) doctor $(if $(LAB),--lab $(LAB))

@@ -41,7 +41,8 @@ class Lab:
         meta: the whole ``lab.yaml``; its optional ``variants`` maps a variant name to the
             ``profiles`` it runs and its own ``dockerfile`` and ``requirements`` lock (the
             quantization lab's ``course`` variant pins the course's older libraries), and optionally
-            the shared ``image`` it builds on (llama2-sft's ``npu`` variant: ``ascend``).
+            the shared ``image`` it builds on (llama2-sft's ``npu`` variant: ``ascend``); ``launch:
+            torchrun`` lets :mod:`labkit.runner` start a profile's ``nproc_per_node`` ranks.
     """
 
     name: str

@@ -334,7 +334,8 @@ class ChatTemplateRecipe:
 
 def train_between_evaluations(trainer, train_data, out: Path, title: str) -> dict:
     """``trainer.train()`` between two evaluations (eval mode: dropout off) of the training set and the
-    held-out set, then ``loss_curve.png`` from ``out/train_log.jsonl``.
+    held-out set (every rank takes part when several train), then ``loss_curve.png`` from
+    ``out/train_log.jsonl`` (rank 0).
 
     Returns:
         ``{"train_before", "eval_before", "train_after", "eval_after"}`` (mean token cross-entropy,
@@ -345,7 +346,8 @@ def train_between_evaluations(trainer, train_data, out: Path, title: str) -> dic
     losses["result"] = trainer.train()
     losses["train_after"] = trainer.evaluate(train_data, metric_key_prefix="train")["train_loss"]
     losses["eval_after"] = trainer.evaluate()["eval_loss"]
-    plot_loss(out / "train_log.jsonl", out / "loss_curve.png", title)
+    if trainer.is_world_process_zero():  # one writer when several processes train (the log is rank 0's)
+        plot_loss(out / "train_log.jsonl", out / "loss_curve.png", title)
     return losses
 
 

@@ -5,11 +5,21 @@ A lab's script defines ``run(ctx) -> metrics`` and ends with ``raise SystemExit(
 full profile finds no accelerator), creates a fresh run directory, seeds everything, calls ``run``
 and writes ``metrics.json`` and ``manifest.json``. A :class:`LabError` prints one clear line and
 exits 2; the run directory is kept with ``status: failed`` and the error in its manifest.
+
+Several processes (a lab whose ``lab.yaml`` says ``launch: torchrun``, and a profile's
+``nproc_per_node`` > 1: ``make lab-<name> NPROC=N``; deepspeed-zero launches its own): ``main`` makes
+the run directory and the manifest as above, checks there are that many devices, and starts the
+same script on every rank with ``torchrun`` (:mod:`labkit.launch`), handing the run directory over
+in ``LABS_RUN_DIR``. Each rank seeds, runs ``run`` on its own device (``cuda:N`` / ``npu:N`` by
+``LOCAL_RANK``; the Trainer joins them through NCCL, HCCL or gloo) and records its peak memory in
+``ranks/rank<N>.json``; rank 0 writes ``metrics.json``. The lab's ``run`` does the single-process
+steps (saving, reloading, generating) on ``ctx.is_main`` only.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -59,8 +69,9 @@ class RunContext:
         profile: profile name (``smoke``, ``full``).
         config: the profile's settings with overrides applied.
         device: ``cuda``, ``npu`` or ``cpu`` (resolved from ``config["device"]``).
-        run_dir: this run's fresh output folder.
+        run_dir: this run's fresh output folder (shared by every rank).
         repo_root: the repository root (relative data paths resolve against it).
+        rank, world_size: this process among the run's (``RANK`` / ``WORLD_SIZE``; 0 and 1 alone).
     """
 
     lab: Lab
@@ -69,6 +80,19 @@ class RunContext:
     device: str
     run_dir: Path
     repo_root: Path = REPO_ROOT
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the process that saves, reloads, generates and writes ``metrics.json``."""
+        return self.rank == 0
+
+
+#: The run directory a multi-process run's ranks share (set by :func:`main` for the launcher).
+RUN_DIR_ENV = "LABS_RUN_DIR"
+#: A launch of several processes may take as long as the training: a week, then it is stopped.
+LAUNCH_TIMEOUT_S = 7 * 24 * 3600
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -86,6 +110,75 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def nproc_per_node(lab: Lab, config: dict) -> int:
+    """Processes the runner starts for this run: the profile's ``nproc_per_node`` for a lab whose
+    ``lab.yaml`` has ``launch: torchrun``, else 1 (a lab that launches ranks itself keeps its own)."""
+    return int(config.get("nproc_per_node", 1)) if lab.meta.get("launch") == "torchrun" else 1
+
+
+def _rank_main(lab: Lab, args: argparse.Namespace, config: dict, run: Callable[[RunContext], dict]) -> int:
+    """One rank of a multi-process run: the shared run directory, this rank's device, ``run``;
+    ``ranks/rank<N>.json`` (device, peak memory) and, on rank 0, ``metrics.json``."""
+    from transformers import set_seed
+
+    from labkit.device import local_rank, peak_memory_bytes, placement, reset_peak_memory, select_device
+    from labkit.metrics import write_metrics
+    from labkit.rundir import write_json
+
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    try:
+        device = select_device(config["device"])
+        if device in ("cuda", "npu"):
+            import torch
+
+            getattr(torch, device).set_device(local_rank())  # torch.cuda / torch.npu: this rank's card
+        run_dir = Path(os.environ[RUN_DIR_ENV])
+        set_seed(config["seed"])
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "tensorboard")
+        reset_peak_memory(device)
+        metrics = run(RunContext(lab, args.profile, config, device, run_dir, rank=rank, world_size=world))
+        (run_dir / "ranks").mkdir(exist_ok=True)
+        mine = {
+            "rank": rank,
+            "world_size": world,
+            "device": placement(device),
+            "peak_memory_bytes": peak_memory_bytes(device),
+        }
+        write_json(run_dir / "ranks" / f"rank{rank}.json", mine)
+        if rank == 0:
+            write_metrics(run_dir, metrics)
+        return 0
+    except LabError as exc:
+        print(f"error: rank {rank}: {exc}", file=sys.stderr, flush=True)
+        return 2
+
+
+def _launch_ranks(lab: Lab, args: argparse.Namespace, config: dict, device: str, run_dir: Path) -> dict:
+    """Start ``nproc_per_node`` ranks of the lab's script with torchrun on this node and wait.
+
+    Returns:
+        ``{"launch": <the command as typed>, "ranks": [rank0.json, ...]}`` for the manifest.
+
+    Raises:
+        LabError: more processes than devices (before starting), or a rank failed (the log's tail).
+    """
+    from labkit.launch import LaunchSpec, check_nproc, launch
+
+    nproc = nproc_per_node(lab, config)
+    check_nproc(nproc, device)  # again: main checked before making the run directory
+    spec = LaunchSpec(launcher="torchrun", nproc_per_node=nproc, timeout_s=LAUNCH_TIMEOUT_S)
+    script = lab.dir / lab.entrypoint
+    argv = ["--profile", args.profile, "--output-root", str(args.output_root)]
+    argv += [arg for o in args.overrides for arg in ("--set", o)]
+    env = {**os.environ, RUN_DIR_ENV: str(run_dir)}
+    print(f"[{lab.name}] {nproc} processes on this node; their output: {run_dir / 'ranks.log'}", flush=True)
+    command = launch(spec, script, argv, run_dir / "ranks.log", env=env)
+    ranks = [json.loads(p.read_text(encoding="utf-8")) for p in sorted((run_dir / "ranks").glob("rank*.json"))]
+    if len(ranks) != nproc or not (run_dir / "metrics.json").is_file():
+        raise LabError(f"{command}: {len(ranks)} of {nproc} ranks finished; see {run_dir / 'ranks.log'}")
+    return {"launch": command, "ranks": ranks}
+
+
 def main(lab_name: str, run: Callable[[RunContext], dict], argv: list[str] | None = None) -> int:
     """Run ``run`` under one profile; returns the process exit status (0 ok, 2 bad input)."""
     args = parse_args(argv)
@@ -93,10 +186,17 @@ def main(lab_name: str, run: Callable[[RunContext], dict], argv: list[str] | Non
     try:
         lab = get_lab(lab_name)
         config, applied = load_profile(lab, args.profile, args.overrides)
+        if os.environ.get(RUN_DIR_ENV):  # a rank started by _launch_ranks
+            return _rank_main(lab, args, config, run)
         from labkit.device import accelerator_info, peak_memory_bytes, reset_peak_memory, select_device
         from labkit.rundir import base_manifest, finish_manifest, new_run_dir, write_json
 
         device = select_device(config["device"])
+        nproc = nproc_per_node(lab, config)
+        if nproc > 1:  # several processes: enough devices, before any output
+            from labkit.launch import check_nproc
+
+            check_nproc(nproc, device)
         if args.profile.endswith("smoke"):
             print(SMOKE_BANNER.format(full=args.profile.removesuffix("smoke") + "full"), flush=True)
         run_dir = new_run_dir(args.output_root, lab.name, args.profile)
@@ -110,16 +210,17 @@ def main(lab_name: str, run: Callable[[RunContext], dict], argv: list[str] | Non
         # Trainer's TensorBoardCallback (report_to: tensorboard) writes its event files here.
         os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "tensorboard")
         reset_peak_memory(device)
-        metrics = run(RunContext(lab, args.profile, config, device, run_dir))
-        from labkit.metrics import write_metrics
+        if nproc > 1:
+            launched = _launch_ranks(lab, args, config, device, run_dir)
+            peak = max(r["peak_memory_bytes"] for r in launched["ranks"])  # the largest rank's
+        else:
+            metrics = run(RunContext(lab, args.profile, config, device, run_dir))
+            from labkit.metrics import write_metrics
 
-        write_metrics(run_dir, metrics)
+            write_metrics(run_dir, metrics)
+            launched, peak = {}, peak_memory_bytes(device)
         finish_manifest(
-            run_dir,
-            manifest,
-            "completed",
-            accelerator=accelerator_info(device),
-            peak_memory_bytes=peak_memory_bytes(device),
+            run_dir, manifest, "completed", accelerator=accelerator_info(device), peak_memory_bytes=peak, **launched
         )
         print(f"[{lab.name}] done: {run_dir}", flush=True)
         return 0

@@ -136,9 +136,10 @@ def run(ctx: RunContext) -> dict:
 
     # 2. Tokenizer (pad = <unk>, not </s>) and the exact loss mask; the 4-bit (or bf16) model with LoRA.
     model_path = cfg["model"]["name_or_path"]
-    if cfg["model"]["build_tiny"]:
+    if cfg["model"]["build_tiny"]:  # the same seed on every rank: the same model, each rank its own copy
         texts = [prompt_text(r, task) + completion_of(r, task) for split in dsd.values() for r in split]
-        model_path = str(build_tiny_llama(out / "tiny-model", texts, seed=cfg["seed"], **cfg["model"]["tiny"]))
+        where = out / "tiny-model" if ctx.is_main else out / "ranks" / f"rank{ctx.rank}" / "tiny-model"
+        model_path = str(build_tiny_llama(where, texts, seed=cfg["seed"], **cfg["model"]["tiny"]))
     tokenizer = AutoTokenizer.from_pretrained(model_path, revision=cfg["model"]["revision"])
     tokenizer.pad_token = tokenizer.unk_token
     tokenizer.padding_side = "right"
@@ -175,6 +176,8 @@ def run(ctx: RunContext) -> dict:
     )
     losses = train_between_evaluations(trainer, data["train"], out, f"{ctx.lab.name} ({ctx.profile})")
     result = losses["result"]
+    if not ctx.is_main:  # several processes (NPROC): saving, reloading and generating are rank 0's
+        return {}
 
     # 4. Save the adapter (and tokenizer), reload it on a fresh base, check it reproduces the logits.
     adapter_dir, probe, trained_logits = save_adapter(model, tokenizer, out, data["test"][0]["input_ids"])

@@ -205,3 +205,20 @@ def test_npu_smoke_path_verifies_and_a_broken_run_fails(tmp_path):
     broken = verify_run(run_npu_smoke(tmp_path, *LAB.broken_override.split()), LAB.expected_path("npu-smoke"))
     failed = {c.name for c in broken if not c.passed}
     assert set(LAB.broken_fails) <= failed and "manifest status" not in failed
+
+
+def test_two_processes_train_as_one_run_the_multi_card_path(tmp_path):
+    """nproc_per_node=2 (make lab-llama2-sft NPROC=2): the runner makes one run directory and starts
+    two ranks with torchrun (gloo on the CPU; HCCL across NPUs, NCCL across GPUs), which train one
+    model together: each step consumes 2 x 8 rows, so 64 steps are 4 epochs of the 256 rows (2 alone).
+    Rank 0 alone saves, reloads and generates; the run verifies like a single-process one."""
+    run_dir = run_npu_smoke(tmp_path, "nproc_per_node=2")
+    checks = verify_run(run_dir, LAB.expected_path("npu-smoke"))
+    assert all(c.passed for c in checks), [c for c in checks if not c.passed]
+    ranks = [json.loads((run_dir / "ranks" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [(r["rank"], r["world_size"], r["device"]) for r in ranks] == [(0, 2, "cpu"), (1, 2, "cpu")]
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["launch"].startswith("torchrun --nproc_per_node 2 ") and len(manifest["ranks"]) == 2
+    last = [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines() if '"loss"' in line][-1]
+    assert last["step"] == 64 and last["epoch"] == pytest.approx(4.0)
+    assert not (run_dir / "ranks" / "rank1" / "adapter").exists() and (run_dir / "adapter").is_dir()

@@ -85,6 +85,20 @@ def check_quantization(quantization: dict, device: str) -> None:
         )
 
 
+def check_device_support(quantization: dict, bf16: bool, device: str) -> None:
+    """Step 0 of the LLM labs: what ``device`` cannot run, refused in one line before any download:
+    the quantization (:func:`check_quantization`) and bf16 training (:func:`labkit.device.bf16_problem`).
+
+    Raises:
+        LabError: naming the setting and the way out.
+    """
+    from labkit.device import bf16_problem
+
+    check_quantization(quantization, device)
+    if bf16 and (why := bf16_problem(device)):
+        raise LabError(f'training.bf16 is true but {why}: SET="bf16=false bnb_4bit_compute_dtype=float16"')
+
+
 def load_causal_lm(path: str, quantization: dict, device: str, attn: str, revision: str | None = None, **kwargs):
     """``AutoModelForCausalLM`` as a profile's ``model.quantization`` says: 4-bit (or 8-bit) with
     ``BitsAndBytesConfig`` (``bnb_4bit_compute_dtype`` given by name, ``bfloat16``), the model's
@@ -156,10 +170,10 @@ def quantization_counts(model) -> dict:
     ``lm_head`` and the LoRA matrices are plain Linear by design and not counted."""
     import bitsandbytes as bnb
 
-    quantized = sum(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
+    four_bit = sum(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
     left = [n for n, m in model.named_modules() if type(m) is torch.nn.Linear and "lora_" not in n]
     left = [n for n in left if not n.endswith(("lm_head", "output_layer"))]
-    return {"linear4bit_modules": quantized, "linear_modules_not_quantized": len(left)}
+    return {"linear4bit_modules": four_bit, "linear_modules_not_quantized": len(left)}
 
 
 @dataclass
@@ -374,7 +388,8 @@ def chat_qlora(ctx, dsd, columns: tuple[str, str], lengths_cfg: tuple[int, int],
 
     2. prompts through the chat template, answers as the only targets (:func:`tokenize_chat`);
     3. the model in 4-bit NF4 + double quant (``model.quantization``), ``prepare_model_for_kbit_training``,
-       LoRA (``lora``: PEFT's ``LoraConfig`` names);
+       LoRA (``lora``: PEFT's ``LoraConfig`` names); with ``load_in_4bit: false`` the model in bf16 and
+       plain LoRA (the npu variants; an NPU refuses 4-bit, :func:`check_device_support`);
     4. ``Trainer`` (``training``: ``TrainingArguments`` names); losses before and after, eval mode;
     5. the adapter saved, reloaded on a fresh base prepared as for training, logits compared;
     6. held-out prompts answered with the adapter disabled (exactly the base model) and enabled,
@@ -394,6 +409,8 @@ def chat_qlora(ctx, dsd, columns: tuple[str, str], lengths_cfg: tuple[int, int],
 
     cfg, out = ctx.config, ctx.run_dir
     recipe = recipe or ChatTemplateRecipe()
+    quantization = cfg["model"]["quantization"]
+    check_device_support(quantization, cfg["training"]["bf16"], ctx.device)  # an NPU: bf16 LoRA only
     # 2. Tokenizer and chat template; prompt and answer tokenized separately, the prompt masked.
     model_path = cfg["model"]["name_or_path"]
     if cfg["model"]["build_tiny"]:
@@ -410,14 +427,14 @@ def chat_qlora(ctx, dsd, columns: tuple[str, str], lengths_cfg: tuple[int, int],
 
     # 3. The model in 4-bit, prepared for k-bit training, with LoRA.
     attn = attention(cfg["attn_implementation"], ctx.device)
-    model = recipe.model(model_path, cfg["model"]["quantization"], ctx.device, attn, cfg["model"]["revision"])
-    model = prepare_model_for_kbit_training(model, gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = recipe.model(model_path, quantization, ctx.device, attn, cfg["model"]["revision"])
+    model = prepare_for_training(model, quantization)
     model = get_peft_model(model, LoraConfig(**cfg["lora"]))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     print(f"data: {len(data['train'])} train / {len(data['validation'])} held-out rows; attention: {attn}")
     print(f"trainable params: {trainable:,} || all params: {total:,}", flush=True)
-    quantized = quantization_counts(model)
+    counts = quantization_counts(model)
 
     # 4. Trainer; losses before and after, in eval mode, on the training rows and the held-out ones.
     args = TrainingArguments(
@@ -440,10 +457,11 @@ def chat_qlora(ctx, dsd, columns: tuple[str, str], lengths_cfg: tuple[int, int],
     adapter_dir, probe, trained_logits = save_adapter(model, tokenizer, out, data["validation"][0]["input_ids"])
     del trainer, model
     gc.collect()
-    if ctx.device == "cuda":
-        torch.cuda.empty_cache()
-    base = recipe.model(model_path, cfg["model"]["quantization"], ctx.device, attn, cfg["model"]["revision"])
-    base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
+    if ctx.device in ("cuda", "npu"):
+        getattr(torch, ctx.device).empty_cache()
+    base = recipe.model(model_path, quantization, ctx.device, attn, cfg["model"]["revision"])
+    if quantized(quantization):  # as training saw it; a bf16 base (npu variant) stays as loaded
+        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
     reloaded = PeftModel.from_pretrained(base, adapter_dir)
     max_diff = float((logits_on(reloaded, probe) - trained_logits).abs().max())
 
@@ -466,7 +484,7 @@ def chat_qlora(ctx, dsd, columns: tuple[str, str], lengths_cfg: tuple[int, int],
         "train_examples": len(data["train"]),
         "eval_examples": len(data["validation"]),
         "lora": {"trainable_params": trainable, "all_params": total},
-        "quantization": quantized,
+        "quantization": counts,
         "train": training_summary(losses["train_before"], losses["train_after"], losses["result"]),
         "eval": {"loss_before": losses["eval_before"], "loss_after": losses["eval_after"]},
         "generation": {

@@ -19,7 +19,7 @@ from invoke import Context, Exit
 
 import tasks
 from labkit import ascend
-from labkit.config import REPO_ROOT, get_lab
+from labkit.config import REPO_ROOT, get_lab, list_labs
 from labkit.errors import LabError
 
 NPU_SMI = """\
@@ -160,9 +160,20 @@ def test_doctor_without_npus_says_so_in_one_line(tmp_path, monkeypatch, capsys):
     assert "npu             : none found (npu-smi, /dev/davinci*)" in capsys.readouterr().out
 
 
-def test_compose_npu_service_is_the_documented_recipe():
+NPU_LABS = [lab.name for lab in list_labs() if "npu" in lab.meta.get("variants", {})]
+
+
+def test_the_chapter_9_and_14_labs_have_npu_variants_on_the_ascend_image():
+    assert NPU_LABS == ["chatglm-qlora", "llama2-sft"]
+    for name in NPU_LABS:
+        variant = get_lab(name).meta["variants"]["npu"]
+        assert variant["image"] == "ascend" and variant["profiles"] == ["npu-smoke", "npu-full"]
+
+
+@pytest.mark.parametrize("name", NPU_LABS)
+def test_compose_npu_service_is_the_documented_recipe(name):
     compose = yaml.safe_load((REPO_ROOT / "compose.yaml").read_text())
-    service = compose["services"]["llama2-sft-npu"]
+    service = compose["services"][f"{name}-npu"]
     assert service["devices"] == ["${ASCEND_DEVICE:-/dev/davinci0}", *ascend.CONTROL_NODES]
     volumes = service["volumes"]
     for path in ascend.DRIVER_MOUNTS:
@@ -170,7 +181,7 @@ def test_compose_npu_service_is_the_documented_recipe():
     assert f"${{NPU_SMI:-/usr/local/bin/npu-smi}}:{ascend.NPU_SMI_IN_CONTAINER}:ro" in volumes
     assert "ASCEND_RT_VISIBLE_DEVICES=0" in service["environment"] and service["group_add"]
     assert not service.get("privileged") and "deploy" not in service  # no NVIDIA reservation
-    assert service["build"]["dockerfile"] == "labs/llama2-sft/Dockerfile.npu"
+    assert service["build"]["dockerfile"] == f"labs/{name}/Dockerfile.npu" and name in service["profiles"]
     assert compose["services"]["ascend"]["build"]["dockerfile"] == "images/ascend/Dockerfile"
 
 
@@ -196,7 +207,7 @@ def test_a_full_run_on_an_ascend_host_takes_the_npu_variant(monkeypatch, capsys)
     assert tasks.npu_variant(get_lab("llama2-sft"), "full") == "npu"
     assert "running llama2-sft's npu variant" in capsys.readouterr().out
     assert tasks.npu_variant(get_lab("llama2-sft"), "smoke") == ""
-    with pytest.raises(Exit, match="bert-yelp runs on NPUs only through an npu variant.*labs with one: llama2-sft"):
+    with pytest.raises(Exit, match="bert-yelp runs on NPUs only through an npu variant.*labs with one: chatglm-qlora, llama2-sft"):
         tasks.npu_variant(get_lab("bert-yelp"), "full")
     monkeypatch.setattr(tasks, "host_accelerator", lambda: "cuda")
     assert tasks.npu_variant(get_lab("bert-yelp"), "full") == ""
@@ -307,9 +318,9 @@ def test_ascend_image_layout_user_and_cann_environment(lab, tmp_path):
 
 @needs_image
 @pytest.mark.labs("llama2-sft")
-def test_npu_variant_smoke_verifies_in_its_image_and_asking_for_the_npu_says_why_not(lab, tmp_path):
-    """The npu variant's image (arm64 under QEMU in CI: 5 minutes) runs npu-smoke and verifies; the same
-    image asked for the NPU on a machine without CANN stops in one line naming the missing libraries."""
+def test_npu_variant_smoke_verifies_in_its_image(lab, tmp_path):
+    """The npu variant's image (arm64 under QEMU in CI: 5-10 minutes) runs npu-smoke and verifies:
+    torch 2.10 + torch_npu 2.10 installed, no CANN, the CPU trains the bf16 LoRA path."""
     tasks.build(Context(), lab=lab.name, profile="npu-smoke")
     outputs = tmp_path / "outputs"
     outputs.mkdir()
@@ -323,10 +334,21 @@ def test_npu_variant_smoke_verifies_in_its_image_and_asking_for_the_npu_says_why
     assert all(c.passed for c in checks), [c for c in checks if not c.passed]
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["runtime"] == "docker" and manifest["image_id"].startswith("sha256:")
-    cmd = tasks.docker_run([(str(outputs), "/opt/labs/outputs")], {"HF_HUB_OFFLINE": "1"}, accelerator=None)
+    packages = manifest["packages"]
+    assert (packages.get("torch-npu") or packages.get("torch_npu")) == "2.10.0"
+
+
+@needs_image
+@pytest.mark.labs(*NPU_LABS)
+def test_npu_variant_image_without_cann_says_why_there_is_no_npu(lab, tmp_path):
+    """Each npu variant's image on a machine without CANN (the stand-in base): asked for the NPU, the
+    lab stops in one line naming the missing libraries, before any output is written."""
+    tasks.build(Context(), lab=lab.name, profile="npu-smoke")
+    tmp_path.chmod(0o777)
+    cmd = tasks.docker_run([(str(tmp_path), "/opt/labs/outputs")], {"HF_HUB_OFFLINE": "1"}, accelerator=None)
     cmd += [f"--platform={p}" for p in [tasks.image_platform("ascend")] if p]
     cmd += [
-        tasks.image_tag("llama2-sft-npu"),
+        tasks.image_tag(f"{lab.name}-npu"),
         "--profile",
         "npu-smoke",
         "--set",
@@ -337,3 +359,4 @@ def test_npu_variant_smoke_verifies_in_its_image_and_asking_for_the_npu_says_why
     code, tail = tasks.run_streaming(cmd)
     assert code == 2
     assert "error: this profile needs an Ascend NPU, but PyTorch sees none: torch_npu needs CANN's runtime" in tail
+    assert not list(tmp_path.rglob("manifest.json"))

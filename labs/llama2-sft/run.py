@@ -33,13 +33,12 @@ from transformers import AutoTokenizer
 from trl import SFTConfig, SFTTrainer
 
 from labkit.data import check_texts, hub_or_json_fingerprint, load_hub_or_json, subsample
-from labkit.device import bf16_problem
 from labkit.errors import LabError
 from labkit.metrics import JsonlLogger, training_summary
 from labkit.qlora import (
     attention,
+    check_device_support,
     check_packing,
-    check_quantization,
     generate,
     load_causal_lm,
     logits_on,
@@ -127,9 +126,7 @@ def run(ctx: RunContext) -> dict:
 
     # 0. What this device can run, refused in one line before any download: quantization (an NPU has
     #    no bitsandbytes backend in the PyPI wheels: bf16 LoRA there) and bf16 (not on a T4 or a 910A).
-    check_quantization(cfg["model"]["quantization"], ctx.device)
-    if train_cfg["bf16"] and (why := bf16_problem(ctx.device)):
-        raise LabError(f'training.bf16 is true but {why}: SET="bf16=false bnb_4bit_compute_dtype=float16"')
+    check_device_support(cfg["model"]["quantization"], train_cfg["bf16"], ctx.device)
 
     # 1. Data: Dolly rows, checked; prompt/completion text in the course's template.
     dsd, dropped = load_dolly(cfg["data"], ctx.repo_root)

@@ -206,3 +206,38 @@ def test_course_variant_without_hub_or_gpu_says_what_it_needs(monkeypatch):
         cfg = load_profile(LAB, profile)[0]
         assert cfg["model"]["trust_remote_code"] and cfg["model"]["revision"] == "b098244"
         assert cfg["lora"]["target_modules"] == ["query_key_value"] and cfg["lora"]["r"] == 4
+
+
+def run_npu_smoke(root, *overrides: str):
+    """The npu variant's smoke profile (course chapter 16: bf16 LoRA) run as a script on this CPU."""
+    import os
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, str(LAB.dir / "run.py"), "--profile", "npu-smoke", "--output-root", str(root)]
+    cmd += [arg for o in overrides for arg in ("--set", o)]
+    result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return (root / LAB.name / "npu-smoke" / "latest").resolve()
+
+
+def test_npu_smoke_path_trains_bf16_lora_verifies_and_a_broken_run_fails(tmp_path):
+    """npu-smoke's path (nothing quantized: an NPU refuses bitsandbytes' 4-bit) passes its expected
+    outputs here, and learning rate 0 fails them; its image's run: tests/test_ascend.py."""
+    from labkit.verify import verify_run
+
+    good = verify_run(run_npu_smoke(tmp_path), LAB.expected_path("npu-smoke"))
+    assert all(c.passed for c in good) and not any(c.skipped for c in good), [c for c in good if not c.passed]
+    metrics = json.loads((tmp_path / LAB.name / "npu-smoke" / "latest" / "metrics.json").read_text())
+    assert metrics["quantization"] == {"linear4bit_modules": 0, "linear_modules_not_quantized": 12}
+    broken = verify_run(run_npu_smoke(tmp_path, *LAB.broken_override.split()), LAB.expected_path("npu-smoke"))
+    assert set(LAB.broken_fails) <= {c.name for c in broken if not c.passed}
+
+
+def test_npu_profiles_refuse_4bit_on_an_npu_before_loading():
+    from labkit.qlora import check_device_support
+
+    cfg = load_profile(LAB, "npu-full")[0]
+    check_device_support(cfg["model"]["quantization"], False, "npu")  # bf16 LoRA passes
+    with pytest.raises(LabError, match="load_in_4bit on an Ascend NPU"):
+        check_device_support(load_profile(LAB, "full")[0]["model"]["quantization"], False, "npu")

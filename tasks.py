@@ -140,7 +140,8 @@ def npu_variant(spec, profile: str) -> str:
     said in one line; ``""`` elsewhere or for the smoke profile.
 
     Raises:
-        Exit: a full run on an Ascend host of a lab without an ``npu`` variant (names the labs with one).
+        Exit: ``PROFILE=full`` on an Ascend host for a lab without an ``npu`` variant (names the labs
+            with one); ``PROFILE=auto`` falls back to smoke before it gets here.
     """
     if profile != "full" or host_accelerator() != "npu":
         return ""
@@ -221,7 +222,13 @@ def build_image(c, dockerfile: Path, tag: str, base_image: str | None, platform:
     result = subprocess.run(cmd, cwd=REPO_ROOT, env={**os.environ, "DOCKER_BUILDKIT": "1"}, check=False)
     if result.returncode != 0:
         hint = ""
-        if not base_image or "nvidia/cuda" in base_image or "ascend/cann" in base_image:
+        if "ascend" in str(dockerfile):
+            hint = (
+                ". If the CANN base could not be pulled: build an arm64 Debian stand-in (no CANN: CPU only) with "
+                "`STANDIN_ARCH=arm64 images/standin/build.sh labs-standin-base:bookworm-arm64` and pass "
+                "ASCEND_BASE_IMAGE=labs-standin-base:bookworm-arm64 ASCEND_PLATFORM=linux/arm64 (QEMU on x86_64)"
+            )
+        elif not base_image or "nvidia/cuda" in base_image:
             hint = (
                 ". If the base image could not be pulled (no registry access), build a local stand-in with "
                 "images/standin/build.sh and pass BASE_IMAGE=labs-standin-base:bookworm"
@@ -311,7 +318,10 @@ def run_lab(spec, profile: str, runtime: str, overrides: list[str], root: Path) 
             f"(make lab-{spec.name} does)"
         )
     env = {"LAB_IMAGE_ID": inspect.stdout.strip(), "LABS_GIT_COMMIT": git_describe(), **offline}
-    cmd = docker_run([(str(root), "/opt/labs/outputs")], env, accelerator=container_accelerator(spec, profile, config))
+    from labkit.runner import nproc_per_node
+
+    accelerator = container_accelerator(spec, profile, config)
+    cmd = docker_run([(str(root), "/opt/labs/outputs")], env, accelerator, cards=nproc_per_node(spec, config))
     if platform := image_platform(spec.base_image(profile)):
         cmd += ["--platform", platform]
     if cv_dir and data.get("source") == "common_voice_dir":
@@ -339,13 +349,15 @@ def container_accelerator(spec, profile: str, config: dict) -> str | None:
     return "npu" if spec.base_image(profile) == "ascend" else "cuda"
 
 
-def docker_run(mounts: list[tuple[str, str]], env: dict[str, str], accelerator: str | None) -> list[str]:
+def docker_run(
+    mounts: list[tuple[str, str]], env: dict[str, str], accelerator: str | None, cards: int | None = None
+) -> list[str]:
     """``docker run --rm`` with the shared settings: 8 GB of shared memory, the Hugging Face cache
     volume, ``mounts`` (host path, container path), ``env`` plus PASSED_ENV from ours (names only:
     values such as HF_TOKEN never appear on the command line), our uid when not root, and the
     accelerator: ``--gpus all`` for ``cuda``; for ``npu`` the Ascend device nodes, the host driver
     mounted read-only and ``ASCEND_RT_VISIBLE_DEVICES`` (:func:`labkit.ascend.docker_args`; no
-    ``--privileged``; ``ASCEND_VISIBLE_DEVICES`` picks host cards).
+    ``--privileged``): ``ASCEND_VISIBLE_DEVICES``' host cards, else the first ``cards`` (all if None).
 
     Raises:
         LabError: ``npu`` on a host that lacks a piece of the Ascend recipe (each missing piece named).
@@ -361,7 +373,12 @@ def docker_run(mounts: list[tuple[str, str]], env: dict[str, str], accelerator: 
     if accelerator == "npu":
         from labkit.ascend import docker_args
 
-        return cmd + docker_args(os.environ.get("ASCEND_VISIBLE_DEVICES"))
+        npu = docker_args(os.environ.get("ASCEND_VISIBLE_DEVICES"), count=cards)
+        given = [a.removeprefix("/dev/davinci") for a in npu if a.startswith("/dev/davinci") and a[12:].isdigit()]
+        print(
+            f"NPU: host card(s) {', '.join(given)}, npu:0-{len(given) - 1} inside (ASCEND_VISIBLE_DEVICES picks others)"
+        )
+        return cmd + npu
     return cmd + (["--gpus", "all"] if accelerator == "cuda" else [])
 
 
@@ -386,7 +403,17 @@ def git_describe() -> str:
 def run(c, lab, profile="auto", runtime="auto", set="", variant=""):  # noqa: A002 (invoke flag name)
     """Run a lab (building its image when the runtime is docker) and verify the run."""
     spec = lab_or_exit(lab)
-    profile = resolve_profile(profile)
+    requested, profile = profile, resolve_profile(profile)
+    if (
+        requested == "auto"
+        and not variant
+        and host_accelerator() == "npu"
+        and "npu" not in spec.meta.get("variants", {})
+    ):
+        print(
+            f"This host's accelerator is an Ascend NPU and {spec.name} has no npu variant: running its SMOKE profile."
+        )
+        profile = "smoke"
     variant = variant or npu_variant(spec, profile)
     if variant:
         if variant not in spec.meta.get("variants", {}):
@@ -493,6 +520,12 @@ def bench(c, lab, batch_sizes="", steps=5, warmup=1, arch="full", device="accele
     spec = lab_or_exit(lab)
     if not (spec.dir / "bench.py").is_file():
         raise fail(f"lab {spec.name} has no bench.py")
+    if device == "npu" or (device == "accelerator" and host_accelerator() == "npu"):
+        raise fail(
+            "invoke bench measures the CUDA (or CPU) image's step; an NPU bench is not written yet (the npu "
+            f"variants train bf16 LoRA, not bench.py's 4-bit step): run `make lab-{spec.name} VARIANT=npu` and read "
+            "peak_memory_bytes and train.samples_per_second in its manifest and metrics"
+        )
     runtime = resolve_runtime(runtime)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     out = output_root() / spec.name / "bench" / stamp
@@ -722,11 +755,23 @@ def doctor(c, lab=None):
             f"gpu             : {gpu.name}, {gpu.memory_gib:.1f} GiB, driver {gpu.driver}" + (f": {old}" if old else "")
         )
         problems += ["driver"] if old else []
-    if not gpus and not gpu_trouble:
-        print("gpu             : none found (nvidia-smi): labs run their smoke profile")
     npus, npu_problems = doctor_npu(runtimes if not engine else "")
     problems += npu_problems
-    if lab:
+    if not gpus and not gpu_trouble:
+        also = "; NPU runs take a lab's npu variant (VARIANT=npu)" if npus else ": labs run their smoke profile"
+        print(f"gpu             : none found (nvidia-smi){also}")
+    if lab and npus and not gpus:
+        spec = lab_or_exit(lab)
+        has = "npu" in spec.meta.get("variants", {})
+        print(
+            f"{spec.name:<16}: "
+            + (
+                "npu variant: make lab-" + spec.name + " VARIANT=npu; its NPU memory is not measured yet"
+                if has
+                else "no npu variant: on this host it runs its smoke profile only"
+            )
+        )
+    elif lab:
         spec = lab_or_exit(lab)
         memory = max((g.memory_gib for g in gpus), default=None)
         try:

@@ -159,20 +159,26 @@ def card_nodes(dev: Path = Path("/dev")) -> list[int]:
     return sorted(int(p.name[7:]) for p in Path(dev).glob("davinci[0-9]*") if p.name[7:].isdigit())
 
 
-def chosen_cards(visible: str | None, dev: Path = Path("/dev")) -> list[int]:
-    """The host cards a container gets: ``ASCEND_VISIBLE_DEVICES`` (physical ids, comma-separated, as the
-    Ascend Docker Runtime reads it) or every ``/dev/davinciN``.
+def chosen_cards(visible: str | None, dev: Path = Path("/dev"), count: int | None = None) -> list[int]:
+    """The host cards a container gets: ``ASCEND_VISIBLE_DEVICES`` (physical ids as the Ascend Docker
+    Runtime reads them: ``0,1`` or ``0-3``), else the first ``count`` cards (every card when ``count``
+    is None): a one-card run takes one card, leaving the others to other containers.
 
     Raises:
-        LabError: an id that is not a card of this host (names the ones there are).
+        LabError: an id that is not a card of this host, or fewer cards than ``count`` (names them).
     """
     present = card_nodes(dev)
     if not visible or not visible.strip():
-        return present
+        if count is not None and count > len(present):
+            raise LabError(f"{count} NPU(s) wanted, this host has {len(present)} (/dev/davinci*)")
+        return present[:count] if count is not None else present
     try:
-        wanted = [int(v) for v in visible.replace(" ", "").split(",") if v]
+        wanted = []
+        for part in filter(None, visible.replace(" ", "").split(",")):
+            low, _, high = part.partition("-")
+            wanted += list(range(int(low), int(high or low) + 1))
     except ValueError:
-        raise LabError(f"ASCEND_VISIBLE_DEVICES={visible!r}: use physical NPU ids, e.g. 0,1") from None
+        raise LabError(f"ASCEND_VISIBLE_DEVICES={visible!r}: use physical NPU ids, e.g. 0,1 or 0-3") from None
     absent = [w for w in wanted if w not in present]
     if absent:
         raise LabError(
@@ -200,8 +206,9 @@ def missing_pieces(root: Path = Path("/"), cards: list[int] | None = None) -> li
     return lines
 
 
-def docker_args(visible: str | None = None, root: Path = Path("/")) -> list[str]:
-    """``docker run`` arguments that give a container the chosen NPUs without ``--privileged``.
+def docker_args(visible: str | None = None, root: Path = Path("/"), count: int | None = None) -> list[str]:
+    """``docker run`` arguments that give a container the chosen NPUs without ``--privileged``: the
+    cards of ``ASCEND_VISIBLE_DEVICES`` (``visible``), else the first ``count`` (:func:`chosen_cards`).
 
     ``--device`` for each chosen ``/dev/davinciN`` and the control nodes, read-only mounts of
     :data:`DRIVER_MOUNTS` and npu-smi, ``--group-add`` the group owning the device nodes (the host's
@@ -212,7 +219,7 @@ def docker_args(visible: str | None = None, root: Path = Path("/")) -> list[str]
         LabError: this host lacks a piece (lists every missing one) or ``visible`` names no card here.
     """
     root = Path(root)
-    cards = chosen_cards(visible, root / "dev")
+    cards = chosen_cards(visible, root / "dev", count)
     missing = missing_pieces(root)
     if missing or not cards:
         raise LabError(
@@ -241,10 +248,15 @@ def library_dirs() -> list[str]:
 
 
 def missing_libraries() -> list[str]:
-    """Which of CANN's runtime libraries and the driver's library no ``LD_LIBRARY_PATH`` directory holds."""
+    """Which of CANN's runtime libraries and the driver's library the dynamic loader cannot find: in no
+    ``LD_LIBRARY_PATH`` directory and not in its cache (``ctypes.util.find_library``: ld.so.conf, as a
+    host-wide driver install registers itself)."""
+    import ctypes.util
+
     dirs = library_dirs()
     wanted = (*CANN_LIBRARIES, DRIVER_LIBRARY)
-    return [lib for lib in wanted if not any(os.path.exists(os.path.join(d, lib)) for d in dirs)]
+    here = [lib for lib in wanted if not any(os.path.exists(os.path.join(d, lib)) for d in dirs)]
+    return [lib for lib in here if not ctypes.util.find_library(lib.removeprefix("lib").removesuffix(".so"))]
 
 
 def cann_problem() -> str | None:

@@ -200,7 +200,7 @@ def accelerator_info(device: str) -> dict:
             memory_gib=round(props.total_memory / 2**30, 2),
             driver=driver_version(),
             torch_npu=getattr(torch_npu, "__version__", None),
-            cann=os.environ.get("ASCEND_TOOLKIT_HOME"),
+            ascend_toolkit_home=os.environ.get("ASCEND_TOOLKIT_HOME"),  # /usr/local/Ascend/cann-<version>
         )
     else:
         info.update(name=_cpu_name(), count=os.cpu_count())

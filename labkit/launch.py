@@ -84,6 +84,14 @@ class LaunchSpec:
         return self.nproc_per_node * self.nnodes
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on now (the kernel's pick), for a one-node rendezvous that must not
+    meet another run's (two labs, or two tests, launching at once)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
 def devices_here(device: str) -> int:
     """How many processes this node can give a device each: GPUs / NPUs, or CPU cores on a CPU."""
     import torch

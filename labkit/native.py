@@ -72,7 +72,8 @@ def image_constraints(image: str) -> Path:
     have = ", ".join(sorted(p.name for p in folder.glob("constraints*.txt"))) or "none"
     raise LabError(
         f"images/{image} has no lock for {os.uname().machine} (it has: {have}): regenerate with `invoke lock` "
-        "(the x86_64 Ascend lock needs https://download.pytorch.org/whl/cpu), or use RUNTIME=docker"
+        "(the x86_64 Ascend lock needs https://download.pytorch.org/whl/cpu), or run on an aarch64 host; "
+        "RUNTIME=docker with ASCEND_PLATFORM=linux/arm64 runs the aarch64 image under QEMU (CPU only)"
     )
 
 

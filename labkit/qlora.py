@@ -87,7 +87,9 @@ def check_quantization(quantization: dict, device: str) -> None:
 
 def check_device_support(quantization: dict, bf16: bool, device: str) -> None:
     """Step 0 of the LLM labs: what ``device`` cannot run, refused in one line before any download:
-    the quantization (:func:`check_quantization`) and bf16 training (:func:`labkit.device.bf16_problem`).
+    the quantization (:func:`check_quantization`) and, on an NPU, bf16 training on a first-generation
+    910 (:func:`labkit.device.bf16_problem`). On CUDA the Trainer decides bf16 as before (torch
+    emulates it below compute capability 8, the course's T4).
 
     Raises:
         LabError: naming the setting and the way out.
@@ -95,7 +97,7 @@ def check_device_support(quantization: dict, bf16: bool, device: str) -> None:
     from labkit.device import bf16_problem
 
     check_quantization(quantization, device)
-    if bf16 and (why := bf16_problem(device)):
+    if bf16 and device == "npu" and (why := bf16_problem(device)):
         raise LabError(f'training.bf16 is true but {why}: SET="bf16=false bnb_4bit_compute_dtype=float16"')
 
 

@@ -160,13 +160,12 @@ def _launch_ranks(lab: Lab, args: argparse.Namespace, config: dict, device: str,
         ``{"launch": <the command as typed>, "ranks": [rank0.json, ...]}`` for the manifest.
 
     Raises:
-        LabError: more processes than devices (before starting), or a rank failed (the log's tail).
+        LabError: a rank failed (the log's tail); :func:`main` has refused more processes than devices.
     """
-    from labkit.launch import LaunchSpec, check_nproc, launch
+    from labkit.launch import LaunchSpec, free_port, launch
 
     nproc = nproc_per_node(lab, config)
-    check_nproc(nproc, device)  # again: main checked before making the run directory
-    spec = LaunchSpec(launcher="torchrun", nproc_per_node=nproc, timeout_s=LAUNCH_TIMEOUT_S)
+    spec = LaunchSpec(launcher="torchrun", nproc_per_node=nproc, master_port=free_port(), timeout_s=LAUNCH_TIMEOUT_S)
     script = lab.dir / lab.entrypoint
     argv = ["--profile", args.profile, "--output-root", str(args.output_root)]
     argv += [arg for o in args.overrides for arg in ("--set", o)]
@@ -209,11 +208,11 @@ def main(lab_name: str, run: Callable[[RunContext], dict], argv: list[str] | Non
         write_json(run_dir / "manifest.json", {k: v for k, v in manifest.items() if k != "_t0"})
         # Trainer's TensorBoardCallback (report_to: tensorboard) writes its event files here.
         os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "tensorboard")
-        reset_peak_memory(device)
-        if nproc > 1:
+        if nproc > 1:  # this process touches no card while the ranks run (a context would hold card 0)
             launched = _launch_ranks(lab, args, config, device, run_dir)
             peak = max(r["peak_memory_bytes"] for r in launched["ranks"])  # the largest rank's
         else:
+            reset_peak_memory(device)
             metrics = run(RunContext(lab, args.profile, config, device, run_dir))
             from labkit.metrics import write_metrics
 

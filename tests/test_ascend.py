@@ -72,6 +72,7 @@ def test_a_container_gets_the_chosen_cards_renumbered_from_zero_without_privileg
     host = fake_host(tmp_path)
     if os.geteuid() == 0:
         os.chown(host / "dev" / "davinci2", 0, 1234)  # the host's HwHiAiUser group
+    gid = (host / "dev" / "davinci2").stat().st_gid
     args = ascend.docker_args("2,3", root=host)
     devices = [args[i + 1] for i, a in enumerate(args) if a == "--device"]
     assert devices == ["/dev/davinci2", "/dev/davinci3", *ascend.CONTROL_NODES]
@@ -81,10 +82,14 @@ def test_a_container_gets_the_chosen_cards_renumbered_from_zero_without_privileg
     ]
     assert "ASCEND_RT_VISIBLE_DEVICES=0,1" in args  # host ids 2,3 inside would fail with 207004
     assert "--privileged" not in args and not any("davinci0" in a for a in args)
-    if os.geteuid() == 0:
-        assert args[args.index("--group-add") + 1] == "1234"
-    every = ascend.docker_args(None, root=host)
-    assert "ASCEND_RT_VISIBLE_DEVICES=0,1,2,3" in every
+    assert (args[args.index("--group-add") + 1] == str(gid)) if gid else "--group-add" not in args
+    assert "ASCEND_RT_VISIBLE_DEVICES=0,1,2,3" in ascend.docker_args("0-3", root=host)  # the runtime's range form
+    one = ascend.docker_args(None, root=host, count=1)  # by default a run takes as many cards as ranks
+    assert [one[i + 1] for i, a in enumerate(one) if a == "--device"][0] == "/dev/davinci0"
+    assert "ASCEND_RT_VISIBLE_DEVICES=0" in one and "/dev/davinci1" not in one
+    assert "ASCEND_RT_VISIBLE_DEVICES=0,1,2,3" in ascend.docker_args(None, root=host)
+    with pytest.raises(LabError, match="8 NPU.s. wanted, this host has 4"):
+        ascend.docker_args(None, root=host, count=8)
 
 
 def test_every_missing_piece_of_the_recipe_is_named(tmp_path):
@@ -181,7 +186,8 @@ def test_compose_npu_service_is_the_documented_recipe(name):
     assert f"${{NPU_SMI:-/usr/local/bin/npu-smi}}:{ascend.NPU_SMI_IN_CONTAINER}:ro" in volumes
     assert "ASCEND_RT_VISIBLE_DEVICES=0" in service["environment"] and service["group_add"]
     assert not service.get("privileged") and "deploy" not in service  # no NVIDIA reservation
-    assert service["build"]["dockerfile"] == f"labs/{name}/Dockerfile.npu" and name in service["profiles"]
+    assert service["build"]["dockerfile"] == f"labs/{name}/Dockerfile.npu"
+    assert service["profiles"] == [f"{name}-npu"]  # not the CUDA service's profile: CUDA hosts never build it
     assert compose["services"]["ascend"]["build"]["dockerfile"] == "images/ascend/Dockerfile"
 
 
@@ -195,10 +201,10 @@ def test_an_npu_profile_in_a_container_gets_the_npu_recipe_a_cpu_one_nothing():
 def test_docker_run_for_npu_passes_devices_and_no_gpus(tmp_path, monkeypatch):
     host = fake_host(tmp_path)
     real = ascend.docker_args
-    monkeypatch.setattr(ascend, "docker_args", lambda visible=None: real(visible, root=host))
-    cmd = tasks.docker_run([], {}, accelerator="npu")
+    monkeypatch.setattr(ascend, "docker_args", lambda visible=None, count=None: real(visible, root=host, count=count))
+    cmd = tasks.docker_run([], {}, accelerator="npu", cards=2)
     assert "--gpus" not in cmd and "--privileged" not in cmd
-    assert cmd.count("--device") == 4 + len(ascend.CONTROL_NODES)
+    assert cmd.count("--device") == 2 + len(ascend.CONTROL_NODES)
     assert tasks.docker_run([], {}, accelerator="cuda")[-2:] == ["--gpus", "all"]
 
 
@@ -207,10 +213,31 @@ def test_a_full_run_on_an_ascend_host_takes_the_npu_variant(monkeypatch, capsys)
     assert tasks.npu_variant(get_lab("llama2-sft"), "full") == "npu"
     assert "running llama2-sft's npu variant" in capsys.readouterr().out
     assert tasks.npu_variant(get_lab("llama2-sft"), "smoke") == ""
-    with pytest.raises(Exit, match="bert-yelp runs on NPUs only through an npu variant.*labs with one: chatglm-qlora, llama2-sft"):
+    with pytest.raises(
+        Exit, match="bert-yelp runs on NPUs only through an npu variant.*labs with one: chatglm-qlora, llama2-sft"
+    ):
         tasks.npu_variant(get_lab("bert-yelp"), "full")
     monkeypatch.setattr(tasks, "host_accelerator", lambda: "cuda")
     assert tasks.npu_variant(get_lab("bert-yelp"), "full") == ""
+
+
+def test_auto_on_an_ascend_host_runs_the_smoke_profile_of_a_lab_without_an_npu_variant(monkeypatch, capsys):
+    seen = {}
+    monkeypatch.setattr(tasks, "host_accelerator", lambda: "npu")
+    monkeypatch.setattr(tasks, "resolve_runtime", lambda runtime: "native")
+    monkeypatch.setattr(tasks, "run_lab", lambda spec, profile, *a: seen.setdefault("profile", profile) and (9, ""))
+    with pytest.raises(Exit):
+        tasks.run(Context(), lab="bert-yelp")
+    assert seen["profile"] == "smoke" and "has no npu variant: running its SMOKE profile" in capsys.readouterr().out
+    seen.clear()
+    with pytest.raises(Exit):
+        tasks.run(Context(), lab="llama2-sft")
+    assert seen["profile"] == "npu-full"
+
+
+def test_bench_on_an_npu_says_it_is_not_written_yet():
+    with pytest.raises(Exit, match="an NPU bench is not written yet"):
+        tasks.bench(Context(), lab="llama2-sft", device="npu")
 
 
 def test_a_variant_builds_on_its_own_shared_image_for_its_platform(monkeypatch):
@@ -299,7 +326,7 @@ def test_ascend_image_layout_user_and_cann_environment(lab, tmp_path):
         'print(v("torch"), v("torch-npu"))\'; test -x /usr/local/bin/pip-install-locked && echo locked'
     )
     out = docker("run", "--rm", "--entrypoint", "bash", image, "-c", probe).stdout.split("\n")
-    assert out[:4] == ["lab", "HwHiAiUser", "2.10.0 2.10.0", "locked"] or out[2].startswith("2.10.0+cpu 2.10.0")
+    assert out[:4] == ["lab", "HwHiAiUser", "2.10.0 2.10.0", "locked"]
     # CANN's set_env.sh reaches every process: the entrypoint (python here) and non-interactive bash
     fake = tmp_path / "set_env.sh"
     fake.write_text("export LABS_FAKE_CANN=sourced\nexport LD_LIBRARY_PATH=/fake/cann/lib64:$LD_LIBRARY_PATH\n")
@@ -311,6 +338,15 @@ def test_ascend_image_layout_user_and_cann_environment(lab, tmp_path):
     assert "libascendcl.so libhccl.so libascend_hal.so not on LD_LIBRARY_PATH" in via_entrypoint.stderr
     via_bash = docker("run", "--rm", *mount, "--entrypoint", "bash", image, "-c", "echo $LABS_FAKE_CANN")
     assert via_bash.stdout.strip() == "sourced"
+    # with CANN's and the driver's libraries on the path, torch's plugin auto-load stays on
+    libs = tmp_path / "lib64"
+    libs.mkdir()
+    for lib in (*ascend.CANN_LIBRARIES, ascend.DRIVER_LIBRARY):
+        (libs / lib).write_text("")
+    probe = "import os; print(os.environ.get('TORCH_DEVICE_BACKEND_AUTOLOAD', 'on'))"
+    found = docker("run", "--rm", *mount, "-v", f"{libs}:/fake/cann/lib64:ro", image, "python", "-c", probe)
+    assert found.stdout.strip() == "on" and "not on LD_LIBRARY_PATH" not in found.stderr
+    assert docker("run", "--rm", image, "python", "-c", probe).stdout.strip() == "0"  # no CANN: off, said
     # without CANN torch still imports (ascend-env: auto-load off); torch_npu fails as upstream does
     plain = docker("run", "--rm", image, "python", "-c", "import torch; import torch_npu", check=False)
     assert plain.returncode != 0 and "libhccl.so: cannot open shared object file" in plain.stderr

@@ -112,7 +112,8 @@ def test_every_lab_has_a_compose_service_with_a_gpu_and_the_cache(lab):
 
 @pytest.mark.skipif(not shutil.which("docker-compose"), reason="no docker-compose binary (make venv installs it)")
 def test_compose_file_is_valid_for_every_profile(lab):
-    for profile in ("images", lab.name):
+    npu = [f"{lab.name}-npu"] if "npu" in lab.meta.get("variants", {}) else []
+    for profile in ("images", lab.name, *npu):
         result = subprocess.run(
             ["docker-compose", "-f", "compose.yaml", "--profile", profile, "config", "-q"],
             cwd=REPO_ROOT,

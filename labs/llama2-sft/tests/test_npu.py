@@ -222,3 +222,20 @@ def test_two_processes_train_as_one_run_the_multi_card_path(tmp_path):
     last = [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines() if '"loss"' in line][-1]
     assert last["step"] == 64 and last["epoch"] == pytest.approx(4.0)
     assert not (run_dir / "ranks" / "rank1" / "adapter").exists() and (run_dir / "adapter").is_dir()
+
+
+def test_a_failing_rank_fails_the_run_naming_its_error_and_too_many_ranks_are_refused_first(tmp_path):
+    """A rank that stops (bad input it alone reads: the data file) fails the whole run: exit 2, the
+    manifest says failed with the rank's error, the log is named. More ranks than devices are refused
+    before any run directory is made."""
+    cmd = [sys.executable, str(LAB.dir / "run.py"), "--profile", "npu-smoke", "--output-root", str(tmp_path)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    bad = cmd + ["--set", "nproc_per_node=2", "--set", f"data.files.train={tmp_path / 'missing.jsonl'}"]
+    result = subprocess.run(bad, capture_output=True, text=True, env=env)
+    assert result.returncode == 2 and "exited with 1; log: " in result.stderr
+    assert "missing.jsonl" in result.stderr  # the rank's own one-line error, in the log's tail
+    manifest = json.loads(next(tmp_path.rglob("manifest.json")).read_text())
+    assert manifest["status"] == "failed" and "missing.jsonl" in manifest["error"]
+    too_many = subprocess.run(cmd + ["--set", f"nproc_per_node={os.cpu_count() + 1}"], capture_output=True, text=True)
+    assert too_many.returncode == 2 and "this node has" in too_many.stderr
+    assert len(list(tmp_path.rglob("manifest.json"))) == 1  # the refused run made no directory

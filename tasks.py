@@ -116,17 +116,22 @@ def docker_error() -> str | None:
 
 
 def host_accelerator() -> str | None:
-    """``cuda`` if nvidia-smi lists a GPU, ``npu`` if npu-smi answers, else None (no torch needed)."""
-    for tool, args, kind in (("nvidia-smi", ["-L"], "cuda"), ("npu-smi", ["info"], "npu")):
-        if shutil.which(tool) and subprocess.run([tool, *args], capture_output=True, check=False).returncode == 0:
+    """``cuda`` if nvidia-smi lists a GPU, ``npu`` if npu-smi answers (on PATH or in /usr/local/sbin:
+    :func:`labkit.ascend.find_npu_smi`), else None (no torch needed)."""
+    from labkit.ascend import find_npu_smi
+
+    for tool, args, kind in ((shutil.which("nvidia-smi"), ["-L"], "cuda"), (find_npu_smi(), ["info"], "npu")):
+        if tool and subprocess.run([tool, *args], capture_output=True, check=False).returncode == 0:
             return kind
     return None
 
 
-def resolve_profile(profile: str) -> str:
+def resolve_profile(profile: str, accelerator: str | None = None) -> str:
+    """``auto`` becomes ``full`` on a host with an accelerator (``accelerator``, probed when not given),
+    else ``smoke`` with a banner; other profiles stay."""
     if profile != "auto":
         return profile
-    if host_accelerator():
+    if accelerator or host_accelerator():
         return "full"
     print(
         "No GPU or NPU found on this host: running the SMOKE profile "
@@ -135,19 +140,24 @@ def resolve_profile(profile: str) -> str:
     return "smoke"
 
 
-def npu_variant(spec, profile: str) -> str:
-    """On an Ascend host a full run takes the lab's ``npu`` variant (its image has torch_npu): ``"npu"``,
-    said in one line; ``""`` elsewhere or for the smoke profile.
+def npu_variant(spec, requested: str, profile: str, accelerator: str | None) -> tuple[str, str]:
+    """``(profile, variant)`` for a run on an Ascend host (``accelerator == "npu"``): a full run takes the
+    lab's ``npu`` variant (its image has torch_npu), said in one line; ``PROFILE=auto`` of a lab without
+    one falls back to its smoke profile, said too. Elsewhere, or for the smoke profile: unchanged, no variant.
 
     Raises:
-        Exit: ``PROFILE=full`` on an Ascend host for a lab without an ``npu`` variant (names the labs
-            with one); ``PROFILE=auto`` falls back to smoke before it gets here.
+        Exit: ``PROFILE=full`` on an Ascend host for a lab without an ``npu`` variant (names the labs with one).
     """
-    if profile != "full" or host_accelerator() != "npu":
-        return ""
+    if profile != "full" or accelerator != "npu":
+        return profile, ""
     if "npu" in spec.meta.get("variants", {}):
         print(f"This host has Ascend NPUs: running {spec.name}'s npu variant (VARIANT=npu, the llm-labs/ascend image).")
-        return "npu"
+        return profile, "npu"
+    if requested == "auto":
+        print(
+            f"This host's accelerator is an Ascend NPU and {spec.name} has no npu variant: running its SMOKE profile."
+        )
+        return "smoke", ""
     have = [lab.name for lab in list_labs() if "npu" in lab.meta.get("variants", {})]
     raise fail(
         f"this host's accelerator is an Ascend NPU, and {spec.name} runs on NPUs only through an npu variant, "
@@ -374,7 +384,8 @@ def docker_run(
         from labkit.ascend import docker_args
 
         npu = docker_args(os.environ.get("ASCEND_VISIBLE_DEVICES"), count=cards)
-        given = [a.removeprefix("/dev/davinci") for a in npu if a.startswith("/dev/davinci") and a[12:].isdigit()]
+        devices = [node.removeprefix("/dev/davinci") for flag, node in zip(npu, npu[1:]) if flag == "--device"]
+        given = [d for d in devices if d.isdigit()]  # the cards (the control nodes are not numbered)
         print(
             f"NPU: host card(s) {', '.join(given)}, npu:0-{len(given) - 1} inside (ASCEND_VISIBLE_DEVICES picks others)"
         )
@@ -403,18 +414,10 @@ def git_describe() -> str:
 def run(c, lab, profile="auto", runtime="auto", set="", variant=""):  # noqa: A002 (invoke flag name)
     """Run a lab (building its image when the runtime is docker) and verify the run."""
     spec = lab_or_exit(lab)
-    requested, profile = profile, resolve_profile(profile)
-    if (
-        requested == "auto"
-        and not variant
-        and host_accelerator() == "npu"
-        and "npu" not in spec.meta.get("variants", {})
-    ):
-        print(
-            f"This host's accelerator is an Ascend NPU and {spec.name} has no npu variant: running its SMOKE profile."
-        )
-        profile = "smoke"
-    variant = variant or npu_variant(spec, profile)
+    accelerator = host_accelerator()  # probed once: nvidia-smi, npu-smi
+    requested, profile = profile, resolve_profile(profile, accelerator)
+    if not variant:
+        profile, variant = npu_variant(spec, requested, profile, accelerator)
     if variant:
         if variant not in spec.meta.get("variants", {}):
             known = ", ".join(spec.meta.get("variants", {})) or "none"

@@ -208,17 +208,17 @@ def test_docker_run_for_npu_passes_devices_and_no_gpus(tmp_path, monkeypatch):
     assert tasks.docker_run([], {}, accelerator="cuda")[-2:] == ["--gpus", "all"]
 
 
-def test_a_full_run_on_an_ascend_host_takes_the_npu_variant(monkeypatch, capsys):
-    monkeypatch.setattr(tasks, "host_accelerator", lambda: "npu")
-    assert tasks.npu_variant(get_lab("llama2-sft"), "full") == "npu"
+def test_a_full_run_on_an_ascend_host_takes_the_npu_variant(capsys):
+    assert tasks.npu_variant(get_lab("llama2-sft"), "full", "full", "npu") == ("full", "npu")
     assert "running llama2-sft's npu variant" in capsys.readouterr().out
-    assert tasks.npu_variant(get_lab("llama2-sft"), "smoke") == ""
+    assert tasks.npu_variant(get_lab("llama2-sft"), "smoke", "smoke", "npu") == ("smoke", "")
     with pytest.raises(
         Exit, match="bert-yelp runs on NPUs only through an npu variant.*labs with one: chatglm-qlora, llama2-sft"
     ):
-        tasks.npu_variant(get_lab("bert-yelp"), "full")
-    monkeypatch.setattr(tasks, "host_accelerator", lambda: "cuda")
-    assert tasks.npu_variant(get_lab("bert-yelp"), "full") == ""
+        tasks.npu_variant(get_lab("bert-yelp"), "full", "full", "npu")
+    assert tasks.npu_variant(get_lab("bert-yelp"), "auto", "full", "npu") == ("smoke", "")
+    assert "has no npu variant: running its SMOKE profile" in capsys.readouterr().out
+    assert tasks.npu_variant(get_lab("bert-yelp"), "full", "full", "cuda") == ("full", "")
 
 
 def test_auto_on_an_ascend_host_runs_the_smoke_profile_of_a_lab_without_an_npu_variant(monkeypatch, capsys):
@@ -297,7 +297,8 @@ def image_unbuildable() -> str | None:
     return None
 
 
-needs_image = pytest.mark.skipif(bool(image_unbuildable()), reason=f"no Ascend image here: {image_unbuildable()}")
+UNBUILDABLE = image_unbuildable()  # probed once at collection (it asks the Docker engine)
+needs_image = pytest.mark.skipif(bool(UNBUILDABLE), reason=f"no Ascend image here: {UNBUILDABLE}")
 
 
 def docker(*args: str, check: bool = True) -> subprocess.CompletedProcess:

@@ -198,13 +198,14 @@ def test_an_npu_profile_in_a_container_gets_the_npu_recipe_a_cpu_one_nothing():
     assert tasks.container_accelerator(lab, "full", {"device": "accelerator"}) == "cuda"
 
 
-def test_docker_run_for_npu_passes_devices_and_no_gpus(tmp_path, monkeypatch):
+def test_docker_run_for_npu_passes_devices_and_no_gpus(tmp_path, monkeypatch, capsys):
     host = fake_host(tmp_path)
     real = ascend.docker_args
     monkeypatch.setattr(ascend, "docker_args", lambda visible=None, count=None: real(visible, root=host, count=count))
     cmd = tasks.docker_run([], {}, accelerator="npu", cards=2)
     assert "--gpus" not in cmd and "--privileged" not in cmd
     assert cmd.count("--device") == 2 + len(ascend.CONTROL_NODES)
+    assert "NPU: host card(s) 0, 1, npu:0-1 inside" in capsys.readouterr().out
     assert tasks.docker_run([], {}, accelerator="cuda")[-2:] == ["--gpus", "all"]
 
 

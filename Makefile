@@ -1,7 +1,7 @@
 # Thin wrapper over tasks.py (invoke). `make help` lists the targets.
 #   make lab-whisper-lora [PROFILE=auto|smoke|full] [RUNTIME=auto|docker|native] [SET="learning_rate=0"]
 #   make lab-quantization VARIANT=course   (a lab variant: the course's pinned libraries)
-#   make lab-deepspeed-zero NPROC=2        (processes per node: SET=nproc_per_node=2; llama2-sft too)
+#   make lab-deepspeed-zero NPROC=2        (processes per node, one per card: the profile's nproc_per_node)
 #   make lab-llama2-sft VARIANT=npu        (the Ascend NPU variant: images/ascend)
 #   make test [LAB=whisper-lora]
 SHELL := /bin/bash
@@ -14,6 +14,8 @@ SET ?=
 VARIANT ?=
 LAB ?=
 BATCH_SIZES ?=
+ARCH ?=
+DEVICE ?=
 NPROC ?=
 
 .PHONY: help list images smoke test doctor venv report
@@ -23,6 +25,7 @@ help: ## Show the targets
 	@echo "lab-<name>            Build, run and verify one lab; labs: $$(ls labs | paste -sd' ')"
 	@echo "                      PROFILE=auto|smoke|full RUNTIME=auto|docker|native SET=\"key=value ...\" [VARIANT=course|npu] [NPROC=N]"
 	@echo "bench-<name>          Full-profile step on random weights: peak memory, samples/s (BATCH_SIZES=1,4,16)"
+	@echo "                      on a CPU: ARCH=tiny DEVICE=cpu (the same step at tiny scale)"
 
 $(VENV)/.installed: requirements-dev.txt
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "error: the tooling needs Python >= 3.11 ($(PYTHON) is older): set PYTHON=/path/to/python3.11" >&2; exit 2; }
@@ -34,10 +37,10 @@ $(VENV)/.installed: requirements-dev.txt
 venv: $(VENV)/.installed ## Create the tooling virtualenv (.venv)
 
 lab-%: $(VENV)/.installed
-	$(INVOKE) run --lab $* --profile $(PROFILE) --runtime $(RUNTIME) --set "$(SET)$(if $(NPROC), nproc_per_node=$(NPROC))" --variant "$(VARIANT)"
+	$(INVOKE) run --lab $* --profile $(PROFILE) --runtime $(RUNTIME) --set "$(SET)" --variant "$(VARIANT)" --nproc "$(NPROC)"
 
 bench-%: $(VENV)/.installed
-	$(INVOKE) bench --lab $* --runtime $(RUNTIME) $(if $(BATCH_SIZES),--batch-sizes $(BATCH_SIZES))
+	$(INVOKE) bench --lab $* --runtime $(RUNTIME) $(if $(BATCH_SIZES),--batch-sizes $(BATCH_SIZES)) $(if $(ARCH),--arch $(ARCH)) $(if $(DEVICE),--device $(DEVICE))
 
 list: $(VENV)/.installed ## List the labs
 	@$(INVOKE) list

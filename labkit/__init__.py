@@ -1,63 +1,12 @@
-"""labkit: the machinery every lab shares.
+"""labkit: the machinery every lab shares, in two sides.
 
-Profiles and config loading (:mod:`labkit.config`), device selection (:mod:`labkit.device`),
-run directories and manifests (:mod:`labkit.rundir`), metric logging (:mod:`labkit.metrics`),
-verification against expected outputs (:mod:`labkit.verify`) and tiny-model builders for the
-smoke profile (:mod:`labkit.tiny`). Lab code imports from here and stays short.
+- :mod:`labkit.host`: what runs on the host, importable without torch: the run plan, the
+  accelerator probe (NVIDIA, Ascend), Docker and BuildKit, native environments, locks, ``doctor``.
+  ``tasks.py`` is its command line.
+- :mod:`labkit.lab`: what runs inside a lab's run (torch, Transformers): the entry point, devices,
+  data, metrics, tiny models, launching ranks, benchmarks, LLM helpers.
+
+Both sides share the torch-free modules here: :mod:`labkit.errors` (:class:`LabError`),
+:mod:`labkit.config` (labs, profiles, overrides), :mod:`labkit.rundir` (run directories,
+manifests), :mod:`labkit.verify` (expected outputs) and :mod:`labkit.report` (the runs report).
 """
-
-import importlib.util
-import logging
-import os
-import sys
-
-from labkit.errors import LabError
-
-__all__ = ["LabError"]
-
-
-class _DropMessage(logging.Filter):
-    def __init__(self, prefix: str):
-        super().__init__()
-        self.prefix = prefix
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith(self.prefix)
-
-
-# bitsandbytes >= 0.49, on CPUs with AVX512-BF16, tries an optional 4-bit CPU kernel from the Hub
-# (`kernels` package, kernels-community/quantization-bitsandbytes) when it is imported, and warns
-# when it cannot; it then uses its own CPU kernel. Labs run offline without `kernels`, so the
-# warning says nothing useful: entry scripts import labkit first, before any library loads it.
-logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(
-    _DropMessage("Failed to load CPU gemm_4bit_forward from kernels-community")
-)
-
-
-#: Why torch_npu is installed but cannot load in this process (set by the guard below), else None.
-TORCH_NPU_UNLOADABLE: str | None = None
-
-
-def _torch_npu_guard() -> None:
-    """Keep torch and the Hugging Face libraries importable where torch_npu is installed but cannot load.
-
-    torch >= 2.5 imports every installed device plugin at ``import torch`` (the ``torch.backends`` entry
-    points) and raises if one fails, and Transformers' / Accelerate's NPU checks import torch_npu
-    whenever it is installed; torch_npu fails without CANN's runtime or the host driver (the Ascend
-    image on a machine without an NPU, CI's stand-in base). Then this process treats torch_npu as not
-    installed: auto-loading off (``TORCH_DEVICE_BACKEND_AUTOLOAD=0``, torch's own switch) and
-    ``sys.modules["torch_npu"] = None`` (Python's way to make an import fail, so ``find_spec`` says
-    absent). CPU work runs; asking for the NPU gives the reason (:func:`labkit.device.npu_problem`).
-    """
-    global TORCH_NPU_UNLOADABLE
-    if "torch_npu" in sys.modules or importlib.util.find_spec("torch_npu") is None:
-        return
-    from labkit.ascend import cann_problem
-
-    if why := cann_problem():
-        TORCH_NPU_UNLOADABLE = why
-        os.environ.setdefault("TORCH_DEVICE_BACKEND_AUTOLOAD", "0")
-        sys.modules["torch_npu"] = None
-
-
-_torch_npu_guard()

@@ -23,6 +23,17 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 LABS_DIR = REPO_ROOT / "labs"
 
 
+#: The two kinds of profile every lab (and every lab variant) has: ``smoke`` (a tiny model of the same
+#: architecture, bundled data, CPU, offline) and ``full`` (the course's model and data on an accelerator).
+KINDS = ("smoke", "full")
+
+
+def profile_name(kind: str, variant: str | None = None) -> str:
+    """The file name (``profiles/<name>.yaml``, ``expected/<name>.yaml``, ``outputs/<lab>/<name>/``) of
+    profile ``kind`` in ``variant``: ``smoke``, or ``course-smoke`` for the course variant's."""
+    return f"{variant}-{kind}" if variant else kind
+
+
 @dataclass(frozen=True)
 class Lab:
     """Metadata of one lab, read from ``labs/<name>/lab.yaml``.
@@ -33,16 +44,16 @@ class Lab:
         title, chapter, summary: what the course chapter teaches.
         image: shared base image the lab's Dockerfile builds on (``cuda`` or ``ascend``).
         entrypoint: script run for every profile, relative to the lab folder.
-        profiles: profile names, each with ``profiles/<name>.yaml``.
+        variants: ``lab.yaml`` ``variants``: a variant name (``course``, ``npu``) maps to its own
+            ``dockerfile`` and ``requirements`` lock (the quantization lab's ``course`` variant pins the
+            course's older libraries) and optionally the shared ``image`` it builds on (``npu``:
+            ``ascend``). Every variant has both :data:`KINDS` of profile (``course-smoke``, ``course-full``).
         gpu_memory_gib: accelerator memory the full profile needs, in GiB (``invoke doctor``).
-        broken_override: space-separated ``key=value`` overrides that break the pipeline (learning
-            rate 0, say); the test suite runs them and expects verification to fail.
+        broken_override: ``key=value`` overrides (shell-quoted) that break the pipeline (learning rate 0,
+            say); the test suite runs them and expects verification to fail.
         broken_fails: the checks that run must fail (the break is caught where it should be).
-        meta: the whole ``lab.yaml``; its optional ``variants`` maps a variant name to the
-            ``profiles`` it runs and its own ``dockerfile`` and ``requirements`` lock (the
-            quantization lab's ``course`` variant pins the course's older libraries), and optionally
-            the shared ``image`` it builds on (llama2-sft's ``npu`` variant: ``ascend``); ``launch:
-            torchrun`` lets :mod:`labkit.runner` start a profile's ``nproc_per_node`` ranks.
+        meta: the whole ``lab.yaml``; ``launches_itself: true`` says the lab starts its ranks itself
+            (deepspeed-zero), else :mod:`labkit.lab.runner` starts ``nproc_per_node`` of them with torchrun.
     """
 
     name: str
@@ -52,11 +63,31 @@ class Lab:
     summary: str
     image: str
     entrypoint: str
-    profiles: tuple[str, ...]
+    variants: dict
     gpu_memory_gib: float
     broken_override: str
     broken_fails: tuple[str, ...]
     meta: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def profiles(self) -> tuple[str, ...]:
+        """Every profile name: ``smoke``, ``full``, then each variant's (``course-smoke``, ...)."""
+        return tuple(self._profile_table())
+
+    def _profile_table(self) -> dict[str, tuple[str, str | None]]:
+        return {profile_name(k, v): (k, v) for v in (None, *self.variants) for k in KINDS}
+
+    def profile_of(self, name: str) -> tuple[str, str | None]:
+        """``(kind, variant)`` of profile file ``name`` (``course-smoke`` -> ``("smoke", "course")``),
+        looked up in the lab's own table of names.
+
+        Raises:
+            LabError: the lab has no such profile (lists them).
+        """
+        table = self._profile_table()
+        if name not in table:
+            raise LabError(f"lab {self.name!r} has no profile {name!r}. Profiles: {', '.join(table)}")
+        return table[name]
 
     def profile_path(self, profile: str) -> Path:
         return self.dir / "profiles" / f"{profile}.yaml"
@@ -64,36 +95,25 @@ class Lab:
     def expected_path(self, profile: str) -> Path:
         return self.dir / "expected" / f"{profile}.yaml"
 
-    def variant_of(self, profile: str) -> str | None:
-        """The variant whose image runs ``profile`` (lab.yaml ``variants``); None for the lab's default."""
-        for name, variant in self.meta.get("variants", {}).items():
-            if profile in variant["profiles"]:
-                return name
-        return None
-
-    def image_name(self, profile: str | None = None) -> str:
-        """``<lab>`` or ``<lab>-<variant>``: the image (and native environment) that runs ``profile``."""
-        variant = self.variant_of(profile) if profile else None
+    def image_name(self, variant: str | None = None) -> str:
+        """``<lab>`` or ``<lab>-<variant>``: the image (and native environment) of ``variant``."""
         return f"{self.name}-{variant}" if variant else self.name
 
-    def base_image(self, profile: str | None = None) -> str:
-        """The shared image (``images/<name>``) under the image that runs ``profile``: the variant's
-        ``image`` when it names one, else the lab's."""
-        variant = self.variant_of(profile) if profile else None
-        return self.meta["variants"][variant].get("image", self.image) if variant else self.image
+    def base_image(self, variant: str | None = None) -> str:
+        """The shared image (``images/<name>``) under ``variant``'s image: its ``image``, else the lab's."""
+        return self.variants[variant].get("image", self.image) if variant else self.image
 
-    def dockerfile(self, profile: str | None = None) -> Path:
-        variant = self.variant_of(profile) if profile else None
-        return self.dir / (self.meta["variants"][variant]["dockerfile"] if variant else "Dockerfile")
+    def dockerfile(self, variant: str | None = None) -> Path:
+        """The Dockerfile of ``variant``'s image; the lab's own image is built from the one shared
+        ``labs/Dockerfile`` (``ARG LAB``) unless the lab keeps its own ``Dockerfile``."""
+        if variant:
+            return self.dir / self.variants[variant]["dockerfile"]
+        own = self.dir / "Dockerfile"
+        return own if own.is_file() else self.dir.parent / "Dockerfile"
 
-    def requirements(self, profile: str | None = None) -> Path:
-        """The hash-locked requirements of the image that runs ``profile``."""
-        variant = self.variant_of(profile) if profile else None
-        return self.dir / (self.meta["variants"][variant]["requirements"] if variant else "requirements.txt")
-
-    def image_profiles(self) -> list[str | None]:
-        """One profile per image this lab builds (None stands for the default image)."""
-        return [None] + [v["profiles"][0] for v in self.meta.get("variants", {}).values()]
+    def requirements(self, variant: str | None = None) -> Path:
+        """The hash-locked requirements of ``variant``'s image (the lab's own for ``None``)."""
+        return self.dir / (self.variants[variant]["requirements"] if variant else "requirements.txt")
 
 
 def read_yaml(path: Path) -> Any:
@@ -129,7 +149,6 @@ def _load_lab(lab_dir: Path) -> Lab:
         "summary",
         "image",
         "entrypoint",
-        "profiles",
         "gpu_memory_gib",
         "broken_override",
         "broken_fails",
@@ -145,7 +164,7 @@ def _load_lab(lab_dir: Path) -> Lab:
         summary=meta["summary"],
         image=meta["image"],
         entrypoint=meta["entrypoint"],
-        profiles=tuple(meta["profiles"]),
+        variants=dict(meta.get("variants") or {}),
         gpu_memory_gib=float(meta["gpu_memory_gib"]),
         broken_override=meta["broken_override"],
         broken_fails=tuple(meta["broken_fails"]),
@@ -165,8 +184,7 @@ def load_profile(lab: Lab, profile: str, overrides: list[str] | None = None) -> 
             override, unknown or ambiguous key (lists the valid keys), or a value whose type does
             not match the profile's.
     """
-    if profile not in lab.profiles:
-        raise LabError(f"lab {lab.name!r} has no profile {profile!r}. Profiles: {', '.join(lab.profiles)}")
+    lab.profile_of(profile)  # LabError naming the lab's profiles
     config = read_yaml(lab.profile_path(profile))
     if not isinstance(config, dict):
         raise LabError(f"{lab.profile_path(profile)} must hold a mapping of settings")

@@ -11,16 +11,23 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from helpers import run_lab
 from invoke import Context, Exit
 
 import tasks
-from labkit import ascend
 from labkit.config import REPO_ROOT, get_lab, list_labs
 from labkit.errors import LabError
+from labkit.host import ascend, plan, runs
+from labkit.host import docker as host_docker
+from labkit.host.nvidia import Gpu
+from labkit.host.probe import Accelerators
+
+NPU_HOST = Accelerators(npus=(ascend.Npu(0, "910B3", "OK", 0, 65536),))
 
 NPU_SMI = """\
 +------------------------------------------------------------------------------------------------+
@@ -159,20 +166,20 @@ def test_doctor_on_an_ascend_host_names_the_cards_an_old_driver_and_missing_moun
 
 def test_doctor_without_npus_says_so_in_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("DOCKER", "/nonexistent/docker")
-    monkeypatch.setenv("PATH", f"{tmp_path}:{os.path.dirname(tasks.sys.executable)}")
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.path.dirname(sys.executable)}")
     monkeypatch.setattr(ascend, "card_nodes", lambda *a: [])
     tasks.doctor(Context())
     assert "npu             : none found (npu-smi, /dev/davinci*)" in capsys.readouterr().out
 
 
-NPU_LABS = [lab.name for lab in list_labs() if "npu" in lab.meta.get("variants", {})]
+NPU_LABS = [lab.name for lab in list_labs() if "npu" in lab.variants]
 
 
 def test_the_chapter_9_and_14_labs_have_npu_variants_on_the_ascend_image():
     assert NPU_LABS == ["chatglm-qlora", "llama2-sft"]
     for name in NPU_LABS:
-        variant = get_lab(name).meta["variants"]["npu"]
-        assert variant["image"] == "ascend" and variant["profiles"] == ["npu-smoke", "npu-full"]
+        lab = get_lab(name)
+        assert lab.base_image("npu") == "ascend" and {"npu-smoke", "npu-full"} <= set(lab.profiles)
 
 
 @pytest.mark.parametrize("name", NPU_LABS)
@@ -192,69 +199,71 @@ def test_compose_npu_service_is_the_documented_recipe(name):
 
 
 def test_an_npu_profile_in_a_container_gets_the_npu_recipe_a_cpu_one_nothing():
-    lab = get_lab("llama2-sft")
-    assert tasks.container_accelerator(lab, "npu-full", {"device": "npu"}) == "npu"
-    assert tasks.container_accelerator(lab, "npu-smoke", {"device": "cpu"}) is None
-    assert tasks.container_accelerator(lab, "full", {"device": "accelerator"}) == "cuda"
+    def planned(profile):
+        return plan.resolve("llama2-sft", profile, "native", host=NPU_HOST)
+
+    assert planned("npu-full").container_accelerator == "npu"
+    assert planned("npu-smoke").container_accelerator is None
+    assert plan.resolve("llama2-sft", "full", "native", host=Accelerators()).container_accelerator == "cuda"
 
 
 def test_docker_run_for_npu_passes_devices_and_no_gpus(tmp_path, monkeypatch, capsys):
     host = fake_host(tmp_path)
     real = ascend.docker_args
     monkeypatch.setattr(ascend, "docker_args", lambda visible=None, count=None: real(visible, root=host, count=count))
-    cmd = tasks.docker_run([], {}, accelerator="npu", cards=2)
+    cmd = host_docker.run_args([], {}, accelerator="npu", cards=2)
     assert "--gpus" not in cmd and "--privileged" not in cmd
     assert cmd.count("--device") == 2 + len(ascend.CONTROL_NODES)
     assert "NPU: host card(s) 0, 1, npu:0-1 inside" in capsys.readouterr().out
-    assert tasks.docker_run([], {}, accelerator="cuda")[-2:] == ["--gpus", "all"]
+    assert host_docker.run_args([], {}, accelerator="cuda")[-2:] == ["--gpus", "all"]
 
 
 def test_a_full_run_on_an_ascend_host_takes_the_npu_variant(capsys):
-    assert tasks.npu_variant(get_lab("llama2-sft"), "full", "full", "npu") == ("full", "npu")
+    gpu_host = Accelerators(gpus=(Gpu("L4", 22.5, "580.1"),))
+    assert plan.choose_variant(get_lab("llama2-sft"), "full", "full", "", NPU_HOST) == ("full", "npu")
     assert "running llama2-sft's npu variant" in capsys.readouterr().out
-    assert tasks.npu_variant(get_lab("llama2-sft"), "smoke", "smoke", "npu") == ("smoke", "")
+    assert plan.choose_variant(get_lab("llama2-sft"), "smoke", "smoke", "", NPU_HOST) == ("smoke", None)
     with pytest.raises(
-        Exit, match="bert-yelp runs on NPUs only through an npu variant.*labs with one: chatglm-qlora, llama2-sft"
+        LabError, match="bert-yelp runs on NPUs only through an npu variant.*labs with one: chatglm-qlora, llama2-sft"
     ):
-        tasks.npu_variant(get_lab("bert-yelp"), "full", "full", "npu")
-    assert tasks.npu_variant(get_lab("bert-yelp"), "auto", "full", "npu") == ("smoke", "")
+        plan.choose_variant(get_lab("bert-yelp"), "full", "full", "", NPU_HOST)
+    assert plan.choose_variant(get_lab("bert-yelp"), "auto", "full", "", NPU_HOST) == ("smoke", None)
     assert "has no npu variant: running its SMOKE profile" in capsys.readouterr().out
-    assert tasks.npu_variant(get_lab("bert-yelp"), "full", "full", "cuda") == ("full", "")
+    assert plan.choose_variant(get_lab("bert-yelp"), "full", "full", "", gpu_host) == ("full", None)
 
 
 def test_auto_on_an_ascend_host_runs_the_smoke_profile_of_a_lab_without_an_npu_variant(monkeypatch, capsys):
     seen = {}
-    monkeypatch.setattr(tasks, "host_accelerator", lambda: "npu")
-    monkeypatch.setattr(tasks, "resolve_runtime", lambda runtime: "native")
-    monkeypatch.setattr(tasks, "run_lab", lambda spec, profile, *a: seen.setdefault("profile", profile) and (9, ""))
+    monkeypatch.setattr(plan, "probe", lambda: NPU_HOST)
+    monkeypatch.setattr(runs, "run", lambda p, root=None: seen.setdefault("profile", p.profile) and (9, ""))
     with pytest.raises(Exit):
-        tasks.run(Context(), lab="bert-yelp")
+        tasks.run(Context(), lab="bert-yelp", runtime="native")
     assert seen["profile"] == "smoke" and "has no npu variant: running its SMOKE profile" in capsys.readouterr().out
     seen.clear()
     with pytest.raises(Exit):
-        tasks.run(Context(), lab="llama2-sft")
+        tasks.run(Context(), lab="llama2-sft", runtime="native")
     assert seen["profile"] == "npu-full"
 
 
 def test_bench_on_an_npu_says_it_is_not_written_yet():
-    with pytest.raises(Exit, match="an NPU bench is not written yet"):
+    with pytest.raises(Exit, match="^error: invoke bench measures.*an NPU bench is not written yet"):
         tasks.bench(Context(), lab="llama2-sft", device="npu")
 
 
 def test_a_variant_builds_on_its_own_shared_image_for_its_platform(monkeypatch):
     calls = []
-    monkeypatch.setattr(tasks, "ascend_image_error", lambda: None)
-    monkeypatch.setattr(tasks, "docker_error", lambda: None)
+    monkeypatch.setattr(host_docker, "ascend_image_error", lambda: None)
+    monkeypatch.setattr(host_docker, "docker_error", lambda: None)
     monkeypatch.setattr(
-        tasks,
+        host_docker,
         "build_image",
-        lambda c, dockerfile, tag, base, platform=None: calls.append(
+        lambda dockerfile, tag, base, platform=None, build_args=None: calls.append(
             (dockerfile.relative_to(REPO_ROOT).as_posix(), tag, base, platform)
         ),
     )
     monkeypatch.setenv("ASCEND_PLATFORM", "linux/arm64")
     monkeypatch.setenv("ASCEND_BASE_IMAGE", "labs-standin-base:bookworm-arm64")
-    tasks.build(Context(), lab="llama2-sft", profile="npu-smoke")
+    tasks.build(Context(), lab="llama2-sft", variant="npu")
     assert calls == [
         ("images/ascend/Dockerfile", "llm-labs/ascend:dev", "labs-standin-base:bookworm-arm64", "linux/arm64"),
         ("labs/llama2-sft/Dockerfile.npu", "llm-labs/llama2-sft-npu:dev", "llm-labs/ascend:dev", "linux/arm64"),
@@ -289,9 +298,9 @@ def test_pin_base_records_the_registry_digest(tmp_path):
 
 def image_unbuildable() -> str | None:
     """Why the Ascend image cannot be built here, or None: its lock for the target architecture and
-    QEMU (tasks.ascend_image_error), and a base: ASCEND_BASE_IMAGE (CI's arm64 stand-in) or an arm64
+    QEMU (labkit.host.docker.ascend_image_error), and a base: ASCEND_BASE_IMAGE (CI's arm64 stand-in) or an arm64
     host that can pull the CANN image."""
-    if why := tasks.ascend_image_error():
+    if why := host_docker.ascend_image_error():
         return why
     if not (os.environ.get("ASCEND_BASE_IMAGE") or os.uname().machine == "aarch64"):
         return "set ASCEND_BASE_IMAGE (CI: the arm64 stand-in) or run on an arm64 host that pulls the CANN base"
@@ -303,10 +312,10 @@ needs_image = pytest.mark.skipif(bool(UNBUILDABLE), reason=f"no Ascend image her
 
 
 def docker(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    platform = tasks.image_platform("ascend")
-    cmd = [*tasks.docker_cli(), *args]
+    platform = host_docker.image_platform("ascend")
+    cmd = [*host_docker.docker_cli(), *args]
     if platform and args[0] == "run":
-        cmd.insert(len(tasks.docker_cli()) + 1, f"--platform={platform}")
+        cmd.insert(len(host_docker.docker_cli()) + 1, f"--platform={platform}")
     return subprocess.run(cmd, capture_output=True, text=True, check=check)
 
 
@@ -314,14 +323,14 @@ def docker(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 @pytest.mark.labs("llama2-sft")
 def test_ascend_image_layout_user_and_cann_environment(lab, tmp_path):
     tasks.images(Context(), name="ascend")
-    image = tasks.image_tag("ascend")
+    image = host_docker.image_tag("ascend")
     config = json.loads(docker("image", "inspect", "--format", "{{json .Config}}", image).stdout)
     assert config["User"] == "1000:1000" and config["Entrypoint"] == ["ascend-env"]
     env = dict(e.split("=", 1) for e in config["Env"])
     assert env["HF_HOME"] == "/cache/huggingface" and env["BASH_ENV"] == "/etc/ascend-env.sh"
     assert "/cache/huggingface" in config["Volumes"]
     arch = docker("image", "inspect", "--format", "{{.Architecture}}", image).stdout.strip()
-    assert arch == {"linux/arm64": "arm64"}.get(tasks.image_platform("ascend") or "", arch)
+    assert arch == {"linux/arm64": "arm64"}.get(host_docker.image_platform("ascend") or "", arch)
     # the user is in the driver's HwHiAiUser group; torch and torch_npu at the matrix row's versions
     probe = (
         "id -un; id -gn; python -c 'from importlib.metadata import version as v; "
@@ -359,10 +368,10 @@ def test_ascend_image_layout_user_and_cann_environment(lab, tmp_path):
 def test_npu_variant_smoke_verifies_in_its_image(lab, tmp_path):
     """The npu variant's image (arm64 under QEMU in CI: 5-10 minutes) runs npu-smoke and verifies:
     torch 2.10 + torch_npu 2.10 installed, no CANN, the CPU trains the bf16 LoRA path."""
-    tasks.build(Context(), lab=lab.name, profile="npu-smoke")
+    host_docker.build_lab_image(lab, "npu")
     outputs = tmp_path / "outputs"
     outputs.mkdir()
-    code, _ = tasks.run_lab(lab, "npu-smoke", "docker", [], outputs)
+    code, _ = run_lab(lab, "npu-smoke", "docker", [], outputs)
     assert code == 0
     run_dir = (outputs / lab.name / "npu-smoke" / "latest").resolve()
     from labkit.verify import format_table, verify_run
@@ -381,12 +390,12 @@ def test_npu_variant_smoke_verifies_in_its_image(lab, tmp_path):
 def test_npu_variant_image_without_cann_says_why_there_is_no_npu(lab, tmp_path):
     """Each npu variant's image on a machine without CANN (the stand-in base): asked for the NPU, the
     lab stops in one line naming the missing libraries, before any output is written."""
-    tasks.build(Context(), lab=lab.name, profile="npu-smoke")
+    host_docker.build_lab_image(lab, "npu")
     tmp_path.chmod(0o777)
-    cmd = tasks.docker_run([(str(tmp_path), "/opt/labs/outputs")], {"HF_HUB_OFFLINE": "1"}, accelerator=None)
-    cmd += [f"--platform={p}" for p in [tasks.image_platform("ascend")] if p]
+    cmd = host_docker.run_args([(str(tmp_path), "/opt/labs/outputs")], {"HF_HUB_OFFLINE": "1"}, accelerator=None)
+    cmd += [f"--platform={p}" for p in [host_docker.image_platform("ascend")] if p]
     cmd += [
-        tasks.image_tag(f"{lab.name}-npu"),
+        host_docker.image_tag(f"{lab.name}-npu"),
         "--profile",
         "npu-smoke",
         "--set",
@@ -394,7 +403,7 @@ def test_npu_variant_image_without_cann_says_why_there_is_no_npu(lab, tmp_path):
         "--set",
         "use_cpu=false",
     ]
-    code, tail = tasks.run_streaming(cmd)
+    code, tail = runs.stream(cmd)
     assert code == 2
     assert "error: this profile needs an Ascend NPU, but PyTorch sees none: torch_npu needs CANN's runtime" in tail
     assert not list(tmp_path.rglob("manifest.json"))

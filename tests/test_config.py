@@ -66,8 +66,10 @@ def test_unknown_profile_lists_profiles():
 
 def test_every_lab_has_metadata_and_its_files(lab):
     assert lab.chapter > 0 and lab.title and lab.summary
-    for name in ("Dockerfile", "requirements.in", "requirements.txt", "README.md", lab.entrypoint):
+    for name in ("requirements.in", "requirements.txt", "README.md", lab.entrypoint):
         assert (lab.dir / name).is_file(), f"{lab.name} lacks {name}"
+    for variant in (None, *lab.variants):
+        assert lab.dockerfile(variant).is_file() and lab.requirements(variant).is_file()
     for profile in lab.profiles:
         assert lab.profile_path(profile).is_file()
         assert lab.expected_path(profile).is_file()

@@ -18,12 +18,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from invoke import Context
 
-import tasks
+from labkit.config import REPO_ROOT
+from labkit.host import docker, runs
 
-pytestmark = pytest.mark.skipif(bool(tasks.docker_error()), reason=f"Docker not usable: {tasks.docker_error()}")
-IMAGE = tasks.image_tag("fresh-machine")
+pytestmark = pytest.mark.skipif(bool(docker.docker_error()), reason=f"Docker not usable: {docker.docker_error()}")
+IMAGE = docker.image_tag("fresh-machine")
 COMMANDS = """
 set -euo pipefail
 if [ -s /etc/extra-ca.pem ]; then  # trust a TLS-intercepting proxy on top of the system bundle
@@ -42,12 +42,12 @@ def copy_checkout(dst: Path) -> None:
     """Tracked and untracked-but-not-ignored files, as a clone (plus local edits) would have them."""
     files = subprocess.run(
         ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=tasks.REPO_ROOT,
+        cwd=REPO_ROOT,
         capture_output=True,
         check=True,
     ).stdout.split(b"\0")
     for name in filter(None, files):
-        src = tasks.REPO_ROOT / name.decode()
+        src = REPO_ROOT / name.decode()
         if src.is_file():
             (dst / name.decode()).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dst / name.decode())
@@ -57,17 +57,17 @@ def test_readme_commands_pass_on_a_fresh_machine_without_ffmpeg_or_compiler(tmp_
     base = os.environ.get("BASE_IMAGE")
     if not base:
         pytest.skip("set BASE_IMAGE to a Debian/Ubuntu image with python3.11 in apt (CI: the stand-in)")
-    tasks.build_image(Context(), tasks.REPO_ROOT / "tests" / "fresh-machine" / "Dockerfile", IMAGE, base)
+    docker.build_image(REPO_ROOT / "tests" / "fresh-machine" / "Dockerfile", IMAGE, base)
     checkout = tmp_path / "labs"
     copy_checkout(checkout)
     subprocess.run(["chown", "-R", "1000:1000", str(checkout)], check=False)  # the container's user
-    cmd = [*tasks.docker_cli(), "run", "--rm", "-v", f"{checkout}:/home/learner/labs", "-w", "/home/learner/labs"]
+    cmd = [*docker.docker_cli(), "run", "--rm", "-v", f"{checkout}:/home/learner/labs", "-w", "/home/learner/labs"]
     if ca := os.environ.get("EXTRA_CA_CERT"):
         cmd += ["-v", f"{Path(ca).resolve()}:/etc/extra-ca.pem:ro"]
     if links := os.environ.get("UV_FIND_LINKS"):
         cmd += ["-v", f"{links}:{links}:ro", "-e", f"UV_FIND_LINKS={links}"]
     cmd += [IMAGE, "bash", "-c", COMMANDS]
-    code, tail = tasks.run_streaming(cmd)
+    code, tail = runs.stream(cmd)
     assert code == 0, tail
     log = "\n".join(p.read_text() for p in (checkout / "outputs").rglob("manifest.json") if "latest" not in p.parts)
     assert '"status": "completed"' in log and '"runtime": "native"' in log

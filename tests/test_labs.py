@@ -1,7 +1,8 @@
 """Every lab end to end: its unit tests, the smoke run and its verification, a broken pipeline that
 verification must reject, bad input caught before training, and the container path.
 
-These tests run the labs the way `make lab-<name>` does (tasks.run_lab), in throwaway output folders.
+These tests run the labs the way `make lab-<name>` does (a run plan, then labkit.host.runs), in
+throwaway output folders.
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from invoke import Context
+from helpers import run_lab
 
-import tasks
+from labkit.config import REPO_ROOT
 from labkit.errors import LabError
-from labkit.native import ensure_env
+from labkit.host import docker, runs
+from labkit.host.native import ensure_env
+from labkit.host.probe import probe
 from labkit.rundir import latest_run, newest_completed_run
 from labkit.verify import format_table, verify_run
 
@@ -43,7 +46,7 @@ def test_lab_unit_tests_pass_in_its_environment(lab):
     python = ensure_env(lab)
     result = subprocess.run(
         [str(python), "-m", "pytest", str(lab.dir / "tests"), "-q", "-p", "no:cacheprovider"],
-        cwd=tasks.REPO_ROOT,
+        cwd=REPO_ROOT,
         check=False,
     )
     assert result.returncode == 0
@@ -51,7 +54,7 @@ def test_lab_unit_tests_pass_in_its_environment(lab):
 
 def test_bench_self_test_runs_the_full_path_at_tiny_scale(lab, tmp_path):
     """`invoke bench`'s CPU self-test: the lab's bench.py at tiny scale, every row measured."""
-    code, tail = tasks.run_streaming(
+    code, tail = runs.stream(
         [str(ensure_env(lab)), str(lab.dir / "bench.py"), "--arch", "tiny", "--device", "cpu", "--batch-sizes", "2"]
         + ["--steps", "1", "--warmup", "1", "--out", str(tmp_path)]
     )
@@ -70,7 +73,7 @@ def test_bench_self_test_runs_the_full_path_at_tiny_scale(lab, tmp_path):
 def test_smoke_run_passes_verification(lab, outputs, monkeypatch):
     for name in ("HF_TOKEN", "OPENAI_API_KEY"):  # the chat-API lab's replay server takes any key
         monkeypatch.setenv(name, SECRET)
-    code, _ = tasks.run_lab(lab, "smoke", "native", [], outputs)
+    code, _ = run_lab(lab, "smoke", "native", [], outputs)
     assert code == 0
     run_dir, checks = verify_latest(outputs, lab)
     assert all(c.passed for c in checks), [c for c in checks if not c.passed]
@@ -82,7 +85,7 @@ def test_smoke_run_passes_verification(lab, outputs, monkeypatch):
 
 def test_broken_pipeline_fails_verification(lab, outputs):
     """The lab's broken override (learning rate 0, say): the run completes, verification must fail."""
-    code, _ = tasks.run_lab(lab, "smoke", "native", lab.broken_override.split(), outputs)
+    code, _ = run_lab(lab, "smoke", "native", lab.broken_override, outputs)
     assert code == 0
     run_dir, checks = verify_latest(outputs, lab)
     failed = {c.name for c in checks if not c.passed}
@@ -103,7 +106,7 @@ def test_smoke_on_your_own_data_skips_only_the_data_dependent_checks(lab, tmp_pa
     rows = list(csv.reader((own / "test.tsv").open(encoding="utf-8"), delimiter="\t"))
     with (own / "test.tsv").open("w", encoding="utf-8", newline="") as f:
         csv.writer(f, delimiter="\t").writerows(rows[:-1])  # 2 test clips instead of 3
-    code, _ = tasks.run_lab(lab, "smoke", "native", [f"data.path={own}"], tmp_path / "outputs")
+    code, _ = run_lab(lab, "smoke", "native", [f"data.path={own}"], tmp_path / "outputs")
     assert code == 0
     _, checks = verify_latest(tmp_path / "outputs", lab)
     skipped = {c.name for c in checks if c.skipped}
@@ -122,36 +125,36 @@ def test_smoke_on_your_own_data_skips_only_the_data_dependent_checks(lab, tmp_pa
 
 
 def test_full_profile_without_accelerator_fails_clearly(lab, outputs):
-    if tasks.host_accelerator():
+    if probe().kind:
         pytest.skip("this host has an accelerator")
     with pytest.raises(LabError, match="PROFILE=full needs a CUDA GPU or an Ascend NPU.*Use PROFILE=smoke"):
-        tasks.run_lab(lab, "full", "native", [], outputs)
+        run_lab(lab, "full", "native", [], outputs)
     assert latest_run(outputs, lab.name, "full") is None  # failed before writing anything
 
 
 def test_unknown_override_and_unwritable_outputs_fail_before_training(lab, tmp_path):
     with pytest.raises(LabError, match="learnin_rate.*Valid keys"):
-        tasks.run_lab(lab, "smoke", "native", ["learnin_rate=0"], tmp_path)
+        run_lab(lab, "smoke", "native", ["learnin_rate=0"], tmp_path)
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("")
     with pytest.raises(LabError, match="not-a-dir/.* is not writable"):
-        tasks.run_lab(lab, "smoke", "native", [], blocker)
+        run_lab(lab, "smoke", "native", [], blocker)
 
 
-needs_engine = pytest.mark.skipif(bool(tasks.docker_error()), reason=f"Docker not usable: {tasks.docker_error()}")
+needs_engine = pytest.mark.skipif(bool(docker.docker_error()), reason=f"Docker not usable: {docker.docker_error()}")
 
 
 @needs_engine
 def test_smoke_run_in_container_as_non_root_passes_verification(lab, outputs):
-    tasks.build(Context(), lab=lab.name)
+    docker.build_lab_image(lab)
     user = subprocess.run(
-        [*tasks.docker_cli(), "image", "inspect", "--format", "{{.Config.User}}", tasks.image_tag(lab.name)],
+        [*docker.docker_cli(), "image", "inspect", "--format", "{{.Config.User}}", docker.image_tag(lab.name)],
         capture_output=True,
         text=True,
         check=True,
     ).stdout.strip()
     assert user and user.split(":")[0] not in ("", "0", "root")
-    code, _ = tasks.run_lab(lab, "smoke", "docker", [], outputs)
+    code, _ = run_lab(lab, "smoke", "docker", [], outputs)
     assert code == 0
     run_dir, checks = verify_latest(outputs, lab)
     assert all(c.passed for c in checks), [c for c in checks if not c.passed]
@@ -162,7 +165,7 @@ def test_smoke_run_in_container_as_non_root_passes_verification(lab, outputs):
 @needs_engine
 def test_each_variant_image_runs_its_smoke_profile(lab, outputs):
     """A lab variant (the quantization lab's course libraries) builds its own image and verifies."""
-    variants = lab.meta.get("variants", {})
+    variants = lab.variants
     if not variants:
         pytest.skip(f"{lab.name} has no variants")
     if all(v.get("image") == "ascend" for v in variants.values()):
@@ -170,9 +173,9 @@ def test_each_variant_image_runs_its_smoke_profile(lab, outputs):
     for name, variant in variants.items():
         if variant.get("image") == "ascend":
             continue  # the npu variant's image: tests/test_ascend.py (arm64, under QEMU on x86_64)
-        profile = next(p for p in variant["profiles"] if p.endswith("smoke"))
-        tasks.build(Context(), lab=lab.name, profile=profile)
-        code, _ = tasks.run_lab(lab, profile, "docker", [], outputs)
+        profile = f"{name}-smoke"
+        docker.build_lab_image(lab, name)
+        code, _ = run_lab(lab, profile, "docker", [], outputs)
         assert code == 0, f"{name} variant: smoke run failed"
         run_dir, checks = verify_latest(outputs, lab, profile)
         assert all(c.passed for c in checks), [c for c in checks if not c.passed]
@@ -181,9 +184,9 @@ def test_each_variant_image_runs_its_smoke_profile(lab, outputs):
 
 @needs_engine
 def test_gpu_run_on_engine_without_nvidia_runtime_is_explained(lab, outputs, capsys):
-    if tasks.host_accelerator():
+    if probe().kind:
         pytest.skip("this host has a GPU")
-    code, tail = tasks.run_lab(lab, "full", "docker", [], outputs)
+    code, tail = run_lab(lab, "full", "docker", [], outputs)
     assert code != 0
     if "could not select device driver" not in tail:
         pytest.skip("this engine accepted --gpus (an NVIDIA runtime is configured)")
@@ -194,10 +197,10 @@ def test_latest_runs_under_outputs_verify(lab, request):
     """`invoke test --lab X` also checks the user's own latest runs (a full GPU run included)."""
     if not request.config.getoption("--lab"):
         pytest.skip("only with --lab")
-    found = [(p, newest_completed_run(tasks.output_root(), lab.name, p)[0]) for p in lab.profiles]
+    found = [(p, newest_completed_run(runs.output_root(), lab.name, p)[0]) for p in lab.profiles]
     found = [(p, d) for p, d in found if d]
     if not found:
-        pytest.skip(f"no runs of {lab.name} under {tasks.output_root()}")
+        pytest.skip(f"no runs of {lab.name} under {runs.output_root()}")
     for profile, run_dir in found:
         checks = verify_run(run_dir, lab.expected_path(profile))
         print(f"{profile}: {run_dir}\n{format_table(checks)}")
@@ -210,7 +213,7 @@ def test_launch_that_waits_for_a_missing_node_stops_at_its_timeout(lab, tmp_path
     import time
 
     start = time.monotonic()
-    code, tail = tasks.run_lab(
+    code, tail = run_lab(
         lab,
         "smoke",
         "native",
@@ -228,10 +231,10 @@ def test_launch_that_waits_for_a_missing_node_stops_at_its_timeout(lab, tmp_path
 def test_two_containers_train_as_two_nodes(lab, tmp_path):
     """labs/deepspeed-zero/compose.multinode.yaml: node0 and node1 on a private bridge network, one
     job across them (torchrun c10d rendezvous, gloo), ZeRO-2 and ZeRO-3, resumed from node-local checkpoints."""
-    tasks.build(Context(), lab=lab.name)
+    docker.build_lab_image(lab)
     tmp_path.chmod(0o777)  # the containers run as uid 1000
     compose = ["docker-compose", "-f", str(lab.dir / "compose.multinode.yaml"), "-p", f"dz{tmp_path.name[-8:].lower()}"]
-    env = {**os.environ, "OUTPUT_ROOT": str(tmp_path), "IMAGE": tasks.image_tag(lab.name)}
+    env = {**os.environ, "OUTPUT_ROOT": str(tmp_path), "IMAGE": docker.image_tag(lab.name)}
     try:
         result = subprocess.run(
             [*compose, "up", "--abort-on-container-failure"], env=env, text=True, capture_output=True

@@ -1,4 +1,4 @@
-"""labkit.native: how native environments are defined, rebuilt and explained when they cannot be."""
+"""labkit.host.native: how native environments are defined, rebuilt and explained when they cannot be."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from dataclasses import replace
 
 import pytest
 
-from labkit import native
 from labkit.config import get_lab
 from labkit.errors import LabError
+from labkit.host import native
 
 LOCK = """\
 # header
@@ -33,29 +33,29 @@ def test_without_packages_drops_the_entry_and_its_hashes_only():
 
 def test_quantization_replaces_pypcre_natively_but_not_in_its_course_variant():
     lab = get_lab("quantization")
-    found = native.replacements(lab, "smoke")
+    found = native.replacements(lab, None)
     assert set(found) == {"pypcre"} and (found["pypcre"] / "pcre" / "__init__.py").is_file()
-    assert native.replacements(lab, "course-smoke") == {}
-    assert native.replacements(get_lab("whisper-lora"), "smoke") == {}
+    assert native.replacements(lab, "course") == {}
+    assert native.replacements(get_lab("whisper-lora"), None) == {}
 
 
 def test_replacement_without_a_reason_is_refused():
     lab = get_lab("quantization")
     meta = {**lab.meta, "native": {"replace": {"pypcre": {"path": "native/pypcre-stdlib"}}}}
     with pytest.raises(LabError, match="native.replace.pypcre needs `path` and `why`"):
-        native.replacements(replace(lab, meta=meta), "smoke")
+        native.replacements(replace(lab, meta=meta), None)
 
 
 def test_stamp_follows_the_lock_and_the_replacement_sources(tmp_path, monkeypatch):
     lab = get_lab("quantization")
-    before = native.env_stamp(lab, "smoke")
-    assert before == native.env_stamp(lab, "smoke")
-    assert before != native.env_stamp(lab, "course-smoke")  # its own lock, own environment
-    assert native.env_dir(lab, "course-smoke").name == "quantization-course"
-    source = native.replacements(lab, "smoke")["pypcre"] / "pcre" / "__init__.py"
+    before = native.env_stamp(lab, None)
+    assert before == native.env_stamp(lab, None)
+    assert before != native.env_stamp(lab, "course")  # its own lock, own environment
+    assert native.env_dir(lab, "course").name == "quantization-course"
+    source = native.replacements(lab, None)["pypcre"] / "pcre" / "__init__.py"
     real_read = type(source).read_bytes
     monkeypatch.setattr(type(source), "read_bytes", lambda p: real_read(p) + (b"#" if p == source else b""))
-    assert native.env_stamp(lab, "smoke") != before
+    assert native.env_stamp(lab, None) != before
 
 
 def test_no_python_311_is_explained(monkeypatch, tmp_path):

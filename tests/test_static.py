@@ -51,12 +51,11 @@ def test_locks_pin_every_package_with_hashes_and_honour_the_inputs(lock):
 
 
 def test_lab_locks_leave_the_shared_image_packages_out(lab):
-    for profile in lab.image_profiles():  # the default image and the variants on a shared image (npu)
-        variant = lab.meta.get("variants", {}).get(lab.variant_of(profile) or "", {})
-        if profile and "image" not in variant:
+    for variant in (None, *lab.variants):  # the default image and the variants on a shared image (npu)
+        if variant and "image" not in lab.variants[variant]:
             continue  # a course stack: its own torch, locked whole
-        entries = lock_entries(lab.requirements(profile))
-        assert not {"torch", "torch-npu"} & set(entries), f"{lab.requirements(profile)} reinstalls the image's torch"
+        entries = lock_entries(lab.requirements(variant))
+        assert not {"torch", "torch-npu"} & set(entries), f"{lab.requirements(variant)} reinstalls the image's torch"
 
 
 def test_native_constraints_match_the_image_lock():
@@ -86,10 +85,10 @@ def test_shared_images_pin_their_default_base_by_digest(dockerfile):
 
 
 def test_lab_dockerfiles_build_on_the_shared_image_deps_before_code_and_run_as_non_root(lab):
-    for profile in lab.image_profiles():  # the lab's image and each variant's
-        text = lab.dockerfile(profile).read_text()
-        assert re.search(rf"^ARG BASE_IMAGE=llm-labs/{lab.base_image(profile)}:dev$", text, re.M)
-        if lab.base_image(profile) == "ascend":  # CANN's environment for the lab process (images/ascend/ascend-env)
+    for variant in (None, *lab.variants):  # the lab's image and each variant's
+        text = lab.dockerfile(variant).read_text()
+        assert re.search(rf"^ARG BASE_IMAGE=llm-labs/{lab.base_image(variant)}:dev$", text, re.M)
+        if lab.base_image(variant) == "ascend":  # CANN's environment for the lab process (images/ascend/ascend-env)
             assert re.search(r'^ENTRYPOINT \["ascend-env", "python", ', text, re.M)
         lines = text.splitlines()
         install = next(i for i, line in enumerate(lines) if "pip-install-locked" in line or "pip install" in line)
@@ -101,18 +100,28 @@ def test_lab_dockerfiles_build_on_the_shared_image_deps_before_code_and_run_as_n
         assert not re.search(r"^(ENV|ARG)\s+\S*(TOKEN|API_KEY)", text, re.M), "secrets belong to run time"
 
 
+def test_only_labs_that_need_more_keep_their_own_dockerfile():
+    """One lab Dockerfile shape: labs/Dockerfile (ARG LAB); a lab's own only with a build stage."""
+    own = sorted(p.parent.name for p in LABS_DIR.glob("*/Dockerfile"))
+    assert own == ["quantization"] and " AS sdists" in (LABS_DIR / "quantization" / "Dockerfile").read_text()
+
+
 def test_every_lab_has_a_compose_service_with_a_gpu_and_the_cache(lab):
+    from labkit.host.docker import lab_build_args
+
     compose = yaml.safe_load((REPO_ROOT / "compose.yaml").read_text())
     service = compose["services"][lab.name]
     assert lab.name in service["profiles"]
-    assert service["build"]["dockerfile"] == f"labs/{lab.name}/Dockerfile"
+    assert service["build"]["dockerfile"] == str(lab.dockerfile().relative_to(REPO_ROOT))
+    args = {k: str(v) for k, v in service["build"]["args"].items() if k != "BASE_IMAGE"}
+    assert args == lab_build_args(lab)  # the same image as `invoke build`
     assert service["deploy"]["resources"]["reservations"]["devices"][0]["driver"] == "nvidia"
     assert any(v.startswith("hf-cache:") for v in service["volumes"])
 
 
 @pytest.mark.skipif(not shutil.which("docker-compose"), reason="no docker-compose binary (make venv installs it)")
 def test_compose_file_is_valid_for_every_profile(lab):
-    npu = [f"{lab.name}-npu"] if "npu" in lab.meta.get("variants", {}) else []
+    npu = [f"{lab.name}-npu"] if "npu" in lab.variants else []
     for profile in ("images", lab.name, *npu):
         result = subprocess.run(
             ["docker-compose", "-f", "compose.yaml", "--profile", profile, "config", "-q"],

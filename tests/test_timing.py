@@ -1,4 +1,4 @@
-"""labkit.timing: warm-up calls are not timed and the median resists one slow run."""
+"""labkit.lab.timing: warm-up calls are not timed and the median resists one slow run."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from labkit.timing import median_seconds
+from labkit.lab.timing import median_seconds
 
 
 def test_warmup_is_excluded_and_the_median_is_reported():

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from datasets import ClassLabel, DatasetDict
 
-from labkit import LabError
-from labkit.data import load_hub_or_json, subsample
+from labkit.errors import LabError
+from labkit.lab.data import load_hub_or_json, subsample
 
 
 def load_reviews(cfg: dict, repo_root: Path) -> tuple[DatasetDict, dict]:
@@ -23,7 +23,7 @@ def load_reviews(cfg: dict, repo_root: Path) -> tuple[DatasetDict, dict]:
     file per split). Sub-samples with ``shuffle(seed).select(range(n))`` as the course does.
 
     A review whose ``text`` is null, empty or not a string stops the run naming file, line and
-    column, or is dropped and counted with ``bad_text: drop`` (``labkit.data.check_texts``).
+    column, or is dropped and counted with ``bad_text: drop`` (``labkit.lab.data.check_texts``).
 
     Raises:
         LabError: a missing file, a missing column (lists the columns there), bad text, or a label

@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[2]))
-import labkit  # noqa: F401  (first: it quiets a bitsandbytes start-up message)
+import labkit.lab  # noqa: F401  (first, before torch: the torch_npu guard, a quiet bitsandbytes; labkit/lab/__init__.py)
 
 # isort: split
 
@@ -25,11 +25,11 @@ import torch
 from sklearn.metrics import accuracy_score
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trainer, TrainingArguments
 
-from labkit.data import hub_or_json_fingerprint
-from labkit.metrics import JsonlLogger, plot_loss, training_summary
+from labkit.lab.data import hub_or_json_fingerprint
+from labkit.lab.metrics import JsonlLogger, plot_loss, training_summary
+from labkit.lab.runner import RunContext, main
+from labkit.lab.tiny import build_tiny_encoder
 from labkit.rundir import remove_if_empty
-from labkit.runner import RunContext, main
-from labkit.tiny import build_tiny_encoder
 
 from data import load_reviews, tokenize
 

@@ -7,9 +7,9 @@ private text (the I-Ching's hexagrams) into training data, then QLoRA-tunes Chat
 1. **Generate** (``generate.py``): question/answer pairs from your documents through any
    OpenAI-compatible endpoint, every reply validated, retried, cached and de-duplicated
    (``dataset.csv``, ``generation_report.json``); or bring your own CSV (``data.file``).
-2-6. **QLoRA** as the chapter 9 lab (``labkit.qlora.chat_qlora``): chat-template prompts with the
-   exact mask, GLM in 4-bit with LoRA, ``Trainer``, save and reload, answers with the adapter
-   disabled and enabled.
+2-6. **QLoRA**, the chapter 9 lab's steps on these pairs: chat-template prompts with the exact mask,
+   GLM in 4-bit (``BitsAndBytesConfig``) with LoRA (``LoraConfig``), ``Trainer``, save and reload
+   (``PeftModel``), answers with the adapter disabled and enabled.
 
     OPENAI_API_KEY=... python labs/chatglm-private-data/run.py --profile full --set generate.source=/my/docs
     python labs/chatglm-private-data/run.py --profile smoke     # a local replay server stands in for the API
@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # this lab's modules
 sys.path.insert(1, str(Path(__file__).resolve().parents[2]))  # labkit, when run as a script
-import labkit  # noqa: F401  (first: it quiets a bitsandbytes start-up message)
+import labkit.lab  # noqa: F401  (first, before torch: the torch_npu guard, a quiet bitsandbytes; labkit/lab/__init__.py)
 
 # isort: split
 
@@ -30,11 +30,19 @@ import contextlib
 import os
 
 from datasets import DatasetDict, load_dataset
+from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
-from labkit.data import CSV_KEEP_TEXT, check_texts, require_columns
 from labkit.errors import LabError
-from labkit.qlora import chat_qlora
-from labkit.runner import RunContext, main
+from labkit.lab.data import CSV_KEEP_TEXT, check_texts, require_columns
+from labkit.lab.llm.chat import ChatTemplateModel
+from labkit.lab.llm.checks import check_device_support, quantization_counts, quantized
+from labkit.lab.llm.generation import compare_before_after, logits_on
+from labkit.lab.llm.loading import attention
+from labkit.lab.llm.training import release, save_adapter, train_between_evaluations
+from labkit.lab.metrics import JsonlLogger, training_summary
+from labkit.lab.runner import RunContext, main
+from labkit.lab.tiny import build_tiny_glm
 from labkit.verify import fingerprint
 
 from generate import generate
@@ -89,17 +97,87 @@ def run(ctx: RunContext) -> dict:
         csv_path = csv_path if csv_path.is_absolute() else ctx.repo_root / csv_path
     dsd, dropped = load_pairs(csv_path, cfg["data"])
 
-    # 2-6. QLoRA on the pairs and the before/after comparison (shared with chapter 9's lab).
     columns = (cfg["data"]["prompt_column"], cfg["data"]["answer_column"])
-    steps = chat_qlora(ctx, dsd, columns, (cfg["max_input_length"], cfg["max_output_length"]))
-    data = {
-        "train_examples": steps.pop("train_examples"),
-        "eval_examples": steps.pop("eval_examples"),
-        "lengths": steps.pop("lengths"),
-        "dropped_rows": dropped,
-        "fingerprint": fingerprint({"pairs": csv_path}),
+    data = {"dropped_rows": dropped, "fingerprint": fingerprint({"pairs": csv_path})}
+    chat = ChatTemplateModel()
+
+    # 2. Tokenizer and prompts: the chat template around the input, the answer and its end-of-text the
+    #    only targets (prompt and answer tokenized separately: the mask falls exactly on the answer).
+    model_path, revision = cfg["model"]["name_or_path"], cfg["model"]["revision"]
+    if cfg["model"]["build_tiny"]:
+        texts = [row[c] for split in dsd.values() for row in split for c in columns]
+        model_path = str(build_tiny_glm(out / "tiny-model", texts, seed=cfg["seed"], **cfg["model"]["tiny"]))
+    tokenizer = chat.tokenizer(model_path, revision)
+    tokenized, lengths = {}, {}
+    for split in dsd:
+        tokenized[split], lengths[split] = chat.tokenize(
+            dsd[split], columns, tokenizer, cfg["max_input_length"], cfg["max_output_length"], cfg["data"]["bad_text"]
+        )
+
+    # 3. The model in 4-bit NF4 + double quantization (BitsAndBytesConfig from model.quantization),
+    #    prepared for k-bit training, with a LoRA adapter (bf16 LoRA where the profile loads no 4-bit).
+    quantization = cfg["model"]["quantization"]
+    check_device_support(quantization, cfg["training"]["bf16"], ctx.device)  # an NPU: bf16 LoRA only
+    attn = attention(cfg["attn_implementation"], ctx.device)
+    model = chat.model(model_path, quantization, ctx.device, attn, revision)
+    if quantized(quantization):
+        model = prepare_model_for_kbit_training(model, gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = get_peft_model(model, LoraConfig(**cfg["lora"]))
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    print(f"data: {len(tokenized['train'])} train / {len(tokenized['validation'])} held-out rows; attention: {attn}")
+    print(f"trainable params: {trainable:,} || all params: {total:,}", flush=True)
+    counts = quantization_counts(model)  # every decoder Linear must be 4-bit (none left plain)
+
+    # 4. Trainer (TrainingArguments from `training`); losses before and after, in eval mode.
+    args = TrainingArguments(
+        output_dir=str(out / "checkpoints"),
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        seed=cfg["seed"],
+        **cfg["training"],
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=tokenized["train"],
+        eval_dataset=tokenized["validation"],
+        data_collator=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, padding=True),
+        callbacks=[JsonlLogger(out / "train_log.jsonl")],
+    )
+    losses = train_between_evaluations(trainer, tokenized["train"], out, f"{ctx.lab.name} ({ctx.profile})")
+
+    # 5. Save the adapter; reload it with PeftModel on a fresh base prepared as for training: same logits.
+    adapter_dir, probe, trained_logits = save_adapter(model, tokenizer, out, tokenized["validation"][0]["input_ids"])
+    del trainer, model
+    release(ctx.device)
+    base = chat.model(model_path, quantization, ctx.device, attn, revision)
+    if quantized(quantization):
+        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
+    reloaded = PeftModel.from_pretrained(base, adapter_dir)
+    max_diff = float((logits_on(reloaded, probe) - trained_logits).abs().max())
+
+    # 6. Before/after, done right: the same prompts with the adapter disabled (exactly the base model)
+    #    and enabled, both through the chat template.
+    rows = dsd["validation"].select(range(min(cfg["generation"]["samples"], len(dsd["validation"]))))
+    contents, n = rows[columns[0]], cfg["generation"]["max_new_tokens"]
+    with reloaded.disable_adapter():
+        before = chat.answer(reloaded, tokenizer, contents, n)
+    after = chat.answer(reloaded, tokenizer, contents, n)
+    records = [{"prompt": row[columns[0]], "reference": row[columns[1]]} for row in rows]
+    generation = compare_before_after(before, after, records, out / "predictions.jsonl")
+
+    data.update(train_examples=len(tokenized["train"]), eval_examples=len(tokenized["validation"]), lengths=lengths)
+    return {
+        "data": data,
+        "generation_report": report.as_dict() if report else None,
+        "attn_implementation": attn,
+        "lora": {"trainable_params": trainable, "all_params": total},
+        "quantization": counts,
+        "train": training_summary(losses["train_before"], losses["train_after"], losses["result"]),
+        "eval": {"loss_before": losses["eval_before"], "loss_after": losses["eval_after"]},
+        "generation": generation,
+        "reload": {"max_abs_logit_diff": max_diff},
     }
-    return {"data": data, "generation_report": report.as_dict() if report else None, **steps}
 
 
 if __name__ == "__main__":

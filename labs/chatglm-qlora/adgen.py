@@ -1,10 +1,10 @@
-"""Step 1 (course chapter 9): AdvertiseGen rows; steps 2-6 are ``labkit.qlora.chat_qlora``.
+"""Step 1 (course chapter 9): AdvertiseGen rows; steps 2-6 are in ``run.py``.
 
 The course builds each example by hand: ``[gMASK] sop`` + the attribute string + the summary +
 ``eos``, labels -100 on the prompt (``tokenize_func``). Here the prompt is the tokenizer's own chat
 template applied to the attribute string (the format the model was tuned to chat in, and the one
 generation uses), the summary is tokenized separately and followed by the end-of-text token, and
-the mask is exact by construction (``labkit.qlora.tokenize_chat``).
+the mask is exact by construction (``labkit.lab.llm.prompts.tokenize_chat``).
 
 Lengths, as the course's ``max_input_length`` / ``max_output_length``: a summary longer than
 ``max_output_length`` tokens is cut (counted); an attribute string whose prompt exceeds
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from datasets import DatasetDict, load_dataset
 
-from labkit.data import check_texts, load_hub_or_json, subsample
+from labkit.lab.data import check_texts, load_hub_or_json, subsample
 
 COLUMNS = ("content", "summary")
 

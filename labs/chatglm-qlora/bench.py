@@ -1,7 +1,7 @@
 """Benchmark the full profile's training step on random weights (``invoke bench --lab chatglm-qlora``).
 
 GLM-4-9B's architecture with random weights loaded the lab's way (4-bit NF4 + double quant, LoRA
-r=4 on q/k/v, ``Trainer`` at the full profile's settings): ``labkit.qlora.glm_bench``, on rows of
+r=4 on q/k/v, ``Trainer`` at the full profile's settings): ``labkit.lab.bench.glm_bench``, on rows of
 ``TOKENS`` tokens (AdvertiseGen's prompt + summary are about 150-250 tokens).
 
     python labs/chatglm-qlora/bench.py --batch-sizes 4,8,16 --steps 5
@@ -15,12 +15,11 @@ from functools import partial
 from pathlib import Path
 
 sys.path.insert(1, str(Path(__file__).resolve().parents[2]))
-import labkit  # noqa: F401  (first: it quiets a bitsandbytes start-up message)
+import labkit.lab  # noqa: F401  (first, before torch: the torch_npu guard, a quiet bitsandbytes; labkit/lab/__init__.py)
 
 # isort: split
 
-from labkit.bench import main
-from labkit.qlora import glm_bench
+from labkit.lab.bench import glm_bench, main
 
 TOKENS = 256
 

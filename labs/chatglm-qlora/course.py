@@ -3,10 +3,11 @@
 The course loads ``THUDM/chatglm3-6b`` with ``trust_remote_code=True`` at revision ``b098244``
 (``peft/peft_qlora_chatglm.ipynb``), builds each example with the remote tokenizer's
 ``build_inputs_with_special_tokens`` (``[gMASK] sop`` + prompt + answer + eos, the prompt masked
-with -100) and trains LoRA on the fused ``query_key_value`` projection. :class:`ChatGLM3Recipe` gives
-``labkit.qlora.chat_qlora`` those steps; training, saving, reloading and the before/after comparison
-are the maintained variant's. The comparison asks both columns through ChatGLM3's own chat format
-(``build_chat_input``, what its ``chat()`` uses), with the adapter disabled and enabled.
+with -100) and trains LoRA on the fused ``query_key_value`` projection. :class:`ChatGLM3Model` gives
+``run.py`` those four calls (tokenizer, tokenize, model, answer); training, saving, reloading and the
+before/after comparison are the maintained variant's steps. The comparison asks both columns through
+ChatGLM3's own chat format (``build_chat_input``, what its ``chat()`` uses), with the adapter
+disabled and enabled.
 
 The remote code runs only with the libraries of ``requirements-course.txt`` (Transformers < 4.42:
 see that file) and only where the Hub, or a cache filled from it, holds it.
@@ -43,8 +44,9 @@ def remote_code_runs_on(transformers_version: str) -> bool:
     return (major, minor) < (4, 42)
 
 
-class ChatGLM3Recipe:
-    """How ``labkit.qlora.chat_qlora`` loads and prompts ChatGLM3-6B (remote code, pinned revision)."""
+class ChatGLM3Model:
+    """How the lab loads and prompts ChatGLM3-6B (remote code, pinned revision); the same four calls as
+    :class:`labkit.lab.llm.chat.ChatTemplateModel`."""
 
     def tokenizer(self, path: str, revision: str | None):
         """The remote tokenizer (``tokenization_chatglm.py`` at ``revision``).
@@ -137,13 +139,13 @@ class ChatGLM3Recipe:
         return out
 
 
-def tokenize_check(recipe: ChatGLM3Recipe, cfg: dict, dsd, columns) -> dict:
+def tokenize_check(chat: ChatGLM3Model, cfg: dict, dsd, columns) -> dict:
     """Step 2 alone (the course-smoke profile): the remote tokenizer from the cache, every row
     tokenized the course's way; ``prefix_ids`` are the first example's first two ids."""
-    tokenizer = recipe.tokenizer(cfg["model"]["name_or_path"], cfg["model"]["revision"])
+    tokenizer = chat.tokenizer(cfg["model"]["name_or_path"], cfg["model"]["revision"])
     lengths, first = {}, None
     for split in dsd:
-        data, lengths[split] = recipe.tokenize(
+        data, lengths[split] = chat.tokenize(
             dsd[split], columns, tokenizer, cfg["max_input_length"], cfg["max_output_length"], cfg["data"]["bad_text"]
         )
         first = first or data[0]["input_ids"][:2]

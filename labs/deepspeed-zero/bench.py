@@ -31,9 +31,9 @@ import torch  # noqa: E402
 from transformers import AutoModelForSeq2SeqLM, T5Config  # noqa: E402
 from zero import T5_SIZES, config_path  # noqa: E402
 
-from labkit.bench import Bench, main, non_embedding_params, scratch_dir  # noqa: E402
 from labkit.config import get_lab, load_profile  # noqa: E402
-from labkit.timing import synchronize  # noqa: E402
+from labkit.lab.bench import Bench, main, non_embedding_params, scratch_dir  # noqa: E402
+from labkit.lab.timing import synchronize  # noqa: E402
 
 from train import deepspeed_engine  # noqa: E402
 

@@ -7,11 +7,11 @@ same configs with the real launchers and checks what ZeRO promises: the stages t
 (ZeRO partitions state, it does not change the maths), a ZeRO-3 save gathers full weights that
 plain Transformers loads, and a resumed run continues the same loss curve.
 
-    python labs/deepspeed-zero/run.py --profile smoke [--set zero_stage=3 --set nproc_per_node=2]
+    python labs/deepspeed-zero/run.py --profile smoke [--set zero_stage=3 --set nproc_per_node=1]
     python labs/deepspeed-zero/run.py --profile full                # t5-large on the GPUs here
 
 Steps: 1. data; 2. model (and the fp16 refusal); 3. DeepSpeed configs, checked; 4. one launch per
-ZeRO stage x process count (``train.py`` on every rank, ``labkit.launch``); 5. resume from a ZeRO
+ZeRO stage x process count (``train.py`` on every rank, ``labkit.lab.launch``); 5. resume from a ZeRO
 checkpoint in a new launch; 6. reload without DeepSpeed, compare stages, DeepSpeed's memory model.
 """
 
@@ -23,18 +23,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # this lab's modules
 sys.path.insert(1, str(Path(__file__).resolve().parents[2]))  # labkit, when run as a script
-import labkit  # noqa: F401
+import labkit.lab  # noqa: F401  (first, before torch: the torch_npu guard, a quiet bitsandbytes; labkit/lab/__init__.py)
 
 # isort: split
 
 import torch
 from zero import config_path, estimates, load_ds_config, load_pairs, tokenize_pairs
 
-from labkit.data import hub_or_json_fingerprint
 from labkit.errors import LabError
-from labkit.launch import LaunchSpec, check_nproc, launch
-from labkit.runner import RunContext, main
-from labkit.tiny import build_tiny_t5
+from labkit.lab.data import hub_or_json_fingerprint
+from labkit.lab.launch import LaunchSpec, check_nproc, launch
+from labkit.lab.runner import RunContext, main
+from labkit.lab.tiny import build_tiny_t5
 
 LAB_DIR = Path(__file__).resolve().parent
 ONE_NODE_ONLY = "runs on the rank-0 node (this is node {rank} of a multi-node run)"
@@ -93,7 +93,8 @@ def run(ctx: RunContext) -> dict:
         # Nodes share no filesystem: each keeps its own ranks' checkpoint files.
         if launch_cfg["nnodes"] > 1 or launch_cfg["hostfile"]:
             configs[stage].setdefault("checkpoint", {})["use_node_local_storage"] = True
-    for nproc in [] if launch_cfg["hostfile"] else cfg["nproc_per_node"]:  # with a hostfile its slots decide
+    counts = process_counts(cfg)
+    for nproc in [] if launch_cfg["hostfile"] else counts:  # with a hostfile its slots decide
         check_nproc(nproc, ctx.device)
     if training["bf16"] and ctx.device == "cuda" and torch.cuda.get_device_capability()[0] < 8:
         raise LabError(
@@ -103,7 +104,7 @@ def run(ctx: RunContext) -> dict:
 
     # 4. One launch per stage x processes per node; every rank runs train.py.
     jobs, commands = {}, {}
-    plan = [(stage, nproc) for nproc in cfg["nproc_per_node"] for stage in stages]
+    plan = [(stage, nproc) for nproc in counts for stage in stages]
     for index, (stage, nproc) in enumerate(plan):
         spec = LaunchSpec.from_config(launch_cfg, nproc)
         name = f"zero{stage}-np{spec.world_size}"
@@ -139,7 +140,8 @@ def run(ctx: RunContext) -> dict:
     if not on_rank0_node:  # metrics, models and plots are rank 0's; this node holds its ranks' files
         why = ONE_NODE_ONLY.format(rank=launch_cfg["node_rank"])
         prefixes = ["reload.", "stages.", "resume.", "jobs.", "train.", "train_log.jsonl", "loss_curve.png"]
-        prefixes += [f"zero{stage}-np{world}/" for stage in (2, 3) for world in (1, 2)]
+        worlds = {LaunchSpec.from_config(launch_cfg, n).world_size for n in counts}
+        prefixes += [f"zero{stage}-np{world}/" for stage in (2, 3) for world in sorted(worlds)]
         return {**metrics, "not_run": dict.fromkeys(prefixes, why)}
 
     saved_checkpoint = f"zero{plan[-1][0]}-np{LaunchSpec.from_config(launch_cfg, plan[-1][1]).world_size}"
@@ -168,6 +170,14 @@ def run(ctx: RunContext) -> dict:
         curves[f"{resume['job']}-resumed"] = (resumed["first_step"], resumed["losses"])
     plot_curves(curves, ctx.run_dir)
     return metrics
+
+
+def process_counts(cfg: dict) -> list[int]:
+    """Processes per node of each launch: ``nproc_per_node``, and 1 first when ``also_single_process``."""
+    n = int(cfg["nproc_per_node"])
+    if n < 1:
+        raise LabError(f"nproc_per_node={n}: give 1 or more processes per node")
+    return sorted({1, n}) if cfg["also_single_process"] else [n]
 
 
 def plot_curves(curves: dict[str, tuple[int, list[float]]], run_dir: Path) -> None:
@@ -284,7 +294,7 @@ def left_out(jobs: dict, stages: list[int], saved_checkpoint: str | None) -> dic
                 not_run[f"{name}/checkpoint/"] = "only the last launch saves a ZeRO checkpoint (resume_check)"
             if name not in jobs:
                 not_run[f"jobs.{name}."] = not_run[f"{name}/"] = (
-                    f"no launch {name} in this run (zero_stage, nproc_per_node)"
+                    f"no launch {name} in this run (zero_stage, nproc_per_node, also_single_process)"
                 )
     for world in (1, 2):
         if len(stages) < 2 or not any(j["result"]["world_size"] == world for j in jobs.values()):

@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import deepspeed  # noqa: E402
 import torch  # noqa: E402
 
-from labkit.device import PeakMemory  # noqa: E402
+from labkit.lab.device import PeakMemory  # noqa: E402
 
 
 def batches_for_step(

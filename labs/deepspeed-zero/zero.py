@@ -19,8 +19,8 @@ from pathlib import Path
 
 from datasets import DatasetDict, load_dataset
 
-from labkit.data import check_texts, load_hub_or_json, subsample
 from labkit.errors import LabError
+from labkit.lab.data import check_texts, load_hub_or_json, subsample
 
 STAGES = (0, 1, 2, 3)
 

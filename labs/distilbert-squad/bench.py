@@ -14,15 +14,15 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-import labkit  # noqa: F401  (first: it quiets a bitsandbytes start-up message)
+import labkit.lab  # noqa: F401  (first, before torch: the torch_npu guard, a quiet bitsandbytes; labkit/lab/__init__.py)
 
 # isort: split
 
 import torch
 from transformers import DistilBertConfig, DistilBertForQuestionAnswering
 
-from labkit.bench import main, trainer_bench
 from labkit.config import get_lab, load_profile
+from labkit.lab.bench import main, trainer_bench
 
 #: distilbert-base-uncased config.json (the full profile's model); ``tiny`` is the CPU self-test's.
 ARCHS = {

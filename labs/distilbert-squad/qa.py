@@ -15,7 +15,7 @@ import collections
 
 import numpy as np
 
-from labkit import LabError
+from labkit.errors import LabError
 
 
 def truncate_questions(examples: dict, tokenizer, max_question_tokens: int) -> int:

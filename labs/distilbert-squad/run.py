@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[2]))
-import labkit  # noqa: F401  (first: it quiets a bitsandbytes start-up message)
+import labkit.lab  # noqa: F401  (first, before torch: the torch_npu guard, a quiet bitsandbytes; labkit/lab/__init__.py)
 
 # isort: split
 
@@ -24,11 +24,11 @@ from datasets import DatasetDict
 from torchmetrics.text import SQuAD
 from transformers import AutoModelForQuestionAnswering, AutoTokenizer, Trainer, TrainingArguments
 
-from labkit.data import hub_or_json_fingerprint, load_hub_or_json, subsample
-from labkit.metrics import JsonlLogger, plot_loss, training_summary
+from labkit.lab.data import hub_or_json_fingerprint, load_hub_or_json, subsample
+from labkit.lab.metrics import JsonlLogger, plot_loss, training_summary
+from labkit.lab.runner import RunContext, main
+from labkit.lab.tiny import build_tiny_encoder
 from labkit.rundir import remove_if_empty
-from labkit.runner import RunContext, main
-from labkit.tiny import build_tiny_encoder
 
 from qa import (
     check_window,
@@ -45,7 +45,7 @@ def load_squad(cfg: dict, repo_root: Path) -> tuple[DatasetDict, dict]:
     """SQuAD-format ``train`` and ``validation`` splits from the Hub or local JSON lines, and rows dropped.
 
     A null, empty or non-string ``question`` or ``context`` stops the run naming file, line and
-    column, or is dropped and counted with ``bad_text: drop`` (``labkit.data.check_texts``).
+    column, or is dropped and counted with ``bad_text: drop`` (``labkit.lab.data.check_texts``).
 
     Raises:
         LabError: a missing file or column (lists the columns there), or bad text.

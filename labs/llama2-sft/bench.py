@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[2]))
-import labkit  # noqa: F401  (first: it quiets a bitsandbytes start-up message)
+import labkit.lab  # noqa: F401  (first, before torch: the torch_npu guard, a quiet bitsandbytes; labkit/lab/__init__.py)
 
 # isort: split
 
@@ -31,8 +31,8 @@ from run import load_base
 from transformers import LlamaConfig, LlamaForCausalLM
 from trl import SFTConfig, SFTTrainer
 
-from labkit.bench import Bench, RandomTokens, bench_training, main, non_embedding_params, scratch_dir, train_steps
 from labkit.config import get_lab, load_profile
+from labkit.lab.bench import Bench, RandomTokens, bench_training, main, non_embedding_params, scratch_dir, train_steps
 
 #: meta-llama/Llama-2-7b-hf config.json (the full profile's model); ``tiny`` is the CPU self-test's.
 ARCHS = {

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # this lab's modules
 sys.path.insert(1, str(Path(__file__).resolve().parents[2]))  # labkit, when run as a script
-import labkit  # noqa: F401  (first: it quiets a bitsandbytes start-up message)
+import labkit.lab  # noqa: F401  (first, before torch: the torch_npu guard, a quiet bitsandbytes; labkit/lab/__init__.py)
 
 # isort: split
 
@@ -32,25 +32,15 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoTokenizer
 from trl import SFTConfig, SFTTrainer
 
-from labkit.data import check_texts, hub_or_json_fingerprint, load_hub_or_json, subsample
 from labkit.errors import LabError
-from labkit.metrics import JsonlLogger, training_summary
-from labkit.qlora import (
-    attention,
-    check_device_support,
-    check_packing,
-    generate,
-    load_causal_lm,
-    logits_on,
-    prepare_for_training,
-    quantization_counts,
-    quantized,
-    save_adapter,
-    train_between_evaluations,
-    trained_tokens,
-)
-from labkit.runner import RunContext, main
-from labkit.tiny import build_tiny_llama
+from labkit.lab.data import check_texts, hub_or_json_fingerprint, load_hub_or_json, subsample
+from labkit.lab.llm.checks import check_device_support, check_packing, quantization_counts, quantized
+from labkit.lab.llm.generation import generate, logits_on
+from labkit.lab.llm.loading import attention, load_causal_lm, prepare_for_training
+from labkit.lab.llm.training import save_adapter, train_between_evaluations, trained_tokens
+from labkit.lab.metrics import JsonlLogger, training_summary
+from labkit.lab.runner import RunContext, main
+from labkit.lab.tiny import build_tiny_llama
 
 from sft import check_categories, completion_of, encode, prompt_text
 

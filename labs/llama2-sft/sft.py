@@ -18,8 +18,8 @@ position, and ``</s>`` at the end of every completion carries a label, so the tu
 from __future__ import annotations
 
 from labkit.errors import LabError
-from labkit.qlora import Encoded
-from labkit.qlora import encode as encode_prompt_completion
+from labkit.lab.llm.prompts import Encoded
+from labkit.lab.llm.prompts import encode as encode_prompt_completion
 
 #: databricks-dolly-15k's categories (its dataset card).
 CATEGORIES = (
@@ -70,7 +70,7 @@ def prompt_text(row: dict, task: str) -> str:
 
 def encode(row: dict, task: str, tokenizer, max_length: int) -> Encoded | None:
     """Token ids of prompt + completion + ``</s>`` and the mask of the completion tokens
-    (``labkit.qlora.encode``: tokenized separately; the prompt's input text, the response or the
+    (``labkit.lab.llm.prompts.encode``: tokenized separately; the prompt's input text, the response or the
     context, is cut to fit ``max_length``, the completion never). ``None`` when the completion alone
     does not fit."""
     head, text, tail = prompt_parts(row, task)

@@ -21,16 +21,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[2]))
-import labkit  # noqa: F401  (first: it quiets a bitsandbytes start-up message)
+import labkit.lab  # noqa: F401  (first, before torch: the torch_npu guard, a quiet bitsandbytes; labkit/lab/__init__.py)
 
 # isort: split
 
 import torch
 from transformers import OPTConfig, OPTForCausalLM
 
-from labkit.bench import Bench, main, non_embedding_params, scratch_dir
 from labkit.config import get_lab, load_profile
-from labkit.timing import timed_calls
+from labkit.lab.bench import Bench, main, non_embedding_params, scratch_dir
+from labkit.lab.timing import timed_calls
 
 from methods import bnb_config, load_model
 

@@ -6,8 +6,8 @@ import math
 
 import torch
 
-from labkit.device import PeakMemory
-from labkit.timing import median_seconds
+from labkit.lab.device import PeakMemory
+from labkit.lab.timing import median_seconds
 
 
 @torch.no_grad()
@@ -46,11 +46,11 @@ def perplexity(model, ids: list[int], max_length: int, stride: int) -> float:
 @torch.no_grad()
 def generate(model, tokenizer, prompt: str, max_new_tokens: int, device: str, repeats: int = 3) -> dict:
     """Greedy generation of exactly ``max_new_tokens`` tokens: one untimed full-length warm-up, then
-    the median of ``repeats`` timed runs (``labkit.timing``: the first call pays CUDA start-up).
+    the median of ``repeats`` timed runs (``labkit.lab.timing``: the first call pays CUDA start-up).
 
     Returns:
         ``text`` (str), ``tokens_per_s`` (new tokens / median wall seconds), ``tokens_per_s_runs``
-        (each timed run), ``peak_memory_bytes`` (bytes, :class:`labkit.device.PeakMemory`:
+        (each timed run), ``peak_memory_bytes`` (bytes, :class:`labkit.lab.device.PeakMemory`:
         ``max_memory_allocated`` on a GPU, sampled RSS on CPU, over the warm-up and timed runs).
     """
     inputs = tokenizer(prompt, return_tensors="pt").to(next(model.parameters()).device)

@@ -23,17 +23,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[2]))
-import labkit  # noqa: F401  (first: it quiets a bitsandbytes start-up message)
+import labkit.lab  # noqa: F401  (first, before torch: the torch_npu guard, a quiet bitsandbytes; labkit/lab/__init__.py)
 
 # isort: split
 
 if (os.cpu_count() or 1) < 4:  # GPTQModel 7.6 gives its CPU pool 1 worker on 2 cores, then asks for 2
     os.environ.setdefault("GPTQMODEL_CPU_WORKERS", "2")
 
-from labkit.device import PeakMemory
 from labkit.errors import LabError
-from labkit.runner import RunContext, main
-from labkit.tiny import build_tiny_opt
+from labkit.lab.device import PeakMemory
+from labkit.lab.runner import RunContext, main
+from labkit.lab.tiny import build_tiny_opt
 
 from measure import footprint_bytes, generate, perplexity
 from methods import (
@@ -59,7 +59,7 @@ def pretrain_tiny(ctx: RunContext, path: str, tokenizer, texts: list[str]) -> di
     from datasets import Dataset
     from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
 
-    from labkit.metrics import JsonlLogger, read_jsonl
+    from labkit.lab.metrics import JsonlLogger, read_jsonl
 
     cfg, out = ctx.config["pretrain"], ctx.run_dir
     ids, block = token_ids(texts, tokenizer), cfg["block_size"]
@@ -197,7 +197,7 @@ def run(ctx: RunContext) -> dict:
     from transformers import AutoTokenizer
 
     cfg = ctx.config
-    check_steps(cfg, ctx.lab.variant_of(ctx.profile) or "maintained")
+    check_steps(cfg, ctx.lab.profile_of(ctx.profile)[1] or "maintained")
     chosen = selected_steps(cfg)
     # 1. Every text, checked with the model's tokenizer before any long work (download, training).
     sources = {s["calibration"] for s in chosen.values() if s.get("calibration")} | {"eval", "wikitext"}

@@ -18,15 +18,15 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-import labkit  # noqa: F401  (first: it quiets a bitsandbytes start-up message)
+import labkit.lab  # noqa: F401  (first, before torch: the torch_npu guard, a quiet bitsandbytes; labkit/lab/__init__.py)
 
 # isort: split
 
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, WhisperConfig, WhisperForConditionalGeneration
 
-from labkit.bench import Bench, main, non_embedding_params
-from labkit.timing import timed_calls
+from labkit.lab.bench import Bench, main, non_embedding_params
+from labkit.lab.timing import timed_calls
 
 ARCHS = {
     "full": {

@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-import labkit  # noqa: F401  (first: it quiets a bitsandbytes start-up message)
+import labkit.lab  # noqa: F401  (first, before torch: the torch_npu guard, a quiet bitsandbytes; labkit/lab/__init__.py)
 
 # isort: split
 
@@ -40,10 +40,10 @@ from transformers import (
     pipeline,
 )
 
-from labkit.audio import WHISPER_RATE, decode
-from labkit.device import accelerator_info
-from labkit.runner import RunContext, main
-from labkit.tiny import build_tiny_encoder, build_tiny_gpt2, build_tiny_whisper
+from labkit.lab.audio import WHISPER_RATE, decode
+from labkit.lab.device import accelerator_info
+from labkit.lab.runner import RunContext, main
+from labkit.lab.tiny import build_tiny_encoder, build_tiny_gpt2, build_tiny_whisper
 
 DATA = Path(__file__).resolve().parent / "data"
 MODEL_CLASSES = {
@@ -110,7 +110,7 @@ def run_pipelines(cfg: dict, inputs: dict, out: Path, device: str) -> dict:
                 feature_extractor=tok.feature_extractor,
                 device=device,
             )
-            clip = decode(DATA / inputs["asr"], WHISPER_RATE)  # soundfile + soxr (labkit.audio)
+            clip = decode(DATA / inputs["asr"], WHISPER_RATE)  # soundfile + soxr (labkit.lab.audio)
             results[name] = pipe(
                 {"raw": clip.array, "sampling_rate": clip.sampling_rate},
                 generate_kwargs={"max_new_tokens": cfg["max_new_tokens"]},

@@ -20,15 +20,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[2]))
-import labkit  # noqa: F401  (first: it quiets a bitsandbytes start-up message)
+import labkit.lab  # noqa: F401  (first, before torch: the torch_npu guard, a quiet bitsandbytes; labkit/lab/__init__.py)
 
 # isort: split
 
 import torch
 from transformers import WhisperConfig, WhisperForConditionalGeneration
 
-from labkit.bench import Bench, RandomTokens, bench_training, main, scratch_dir, train_steps
 from labkit.config import get_lab, load_profile
+from labkit.lab.bench import Bench, RandomTokens, bench_training, main, scratch_dir, train_steps
 
 from train import add_lora, build_trainer, load_base_model
 

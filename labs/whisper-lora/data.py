@@ -11,7 +11,7 @@ Two sources, chosen by the profile's ``data.source``:
 As in the course: train on train + validation, evaluate on test, sub-sample for the demo
 (``train_samples``/``eval_samples`` after a shuffle with ``shuffle_seed``), resample to 16 kHz, drop
 unused columns. The course decodes with ``cast_column("audio", Audio(sampling_rate=16000))``, which in
-``datasets`` >= 4 needs torchcodec and FFmpeg's system libraries; here ``labkit.audio`` decodes
+``datasets`` >= 4 needs torchcodec and FFmpeg's system libraries; here ``labkit.lab.audio`` decodes
 (soundfile + soxr, wheels only) and the ``audio`` column holds the file (path or bytes) until then.
 """
 
@@ -25,9 +25,9 @@ from typing import Any
 import torch
 from datasets import Audio, Dataset, DatasetDict, Features, Value, concatenate_datasets, load_dataset
 
-from labkit import LabError
-from labkit.audio import decode
-from labkit.data import CSV_KEEP_TEXT, check_texts, require_columns, sampling_part, subsample
+from labkit.errors import LabError
+from labkit.lab.audio import decode
+from labkit.lab.data import CSV_KEEP_TEXT, check_texts, require_columns, sampling_part, subsample
 from labkit.verify import fingerprint
 
 CV_REQUIRED = ("path", "sentence")
@@ -135,7 +135,7 @@ def load_splits(cfg: dict, repo_root: Path) -> tuple[DatasetDict, dict]:
     dsd = subsample(dsd, {"train": cfg["train_samples"], "test": cfg["eval_samples"]}, cfg["shuffle_seed"])
     keep = {"audio", "sentence", "path"}
     dsd = dsd.remove_columns([c for c in dsd["train"].column_names if c not in keep])
-    if cfg["source"] == "hub":  # keep the encoded file; labkit.audio decodes it
+    if cfg["source"] == "hub":  # keep the encoded file; labkit.lab.audio decodes it
         dsd = dsd.cast_column("audio", Audio(decode=False))
         if "path" not in dsd["train"].column_names:  # name clips in errors and predictions
             dsd = dsd.map(lambda row, i: {"path": (row["audio"] or {}).get("path") or f"row {i}"}, with_indices=True)

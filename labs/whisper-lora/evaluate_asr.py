@@ -19,7 +19,7 @@ def normalize(text: str) -> str:
 
 
 def transcribe(model, processor, audio: list, generate_kwargs: dict, batch_size: int = 8) -> list[str]:
-    """Transcripts of decoded clips (``labkit.audio.Decoded``) with the ASR pipeline."""
+    """Transcripts of decoded clips (``labkit.lab.audio.Decoded``) with the ASR pipeline."""
     asr = AutomaticSpeechRecognitionPipeline(
         model=model, tokenizer=processor.tokenizer, feature_extractor=processor.feature_extractor
     )

@@ -9,7 +9,7 @@ with the ASR pipeline:
 Recordings of any length: the pipeline cuts audio longer than Whisper's 30-second window into
 30-second chunks with ``--stride-s`` seconds of overlap on each side and merges the texts
 (``chunk_length_s``, Transformers' chunked long-form ASR); ``--timestamps`` adds segment times.
-Formats: what libsndfile reads (WAV, FLAC, OGG/Opus, MP3, ...; ``labkit.audio``).
+Formats: what libsndfile reads (WAV, FLAC, OGG/Opus, MP3, ...; ``labkit.lab.audio``).
 
 Output: for each file a line ``path<TAB>transcript``; before it, on stderr, the decoded rate and
 duration. A file that is missing or is not audio is reported and skipped; the others are still
@@ -26,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[2]))
 
-from labkit import LabError  # noqa: E402
+from labkit.errors import LabError  # noqa: E402
 
 #: Whisper's input window in seconds (Radford et al. 2022, sec. 2.2: 30-second segments).
 WINDOW_S = 30.0
@@ -56,7 +56,7 @@ class Transcriber:
         from peft import PeftConfig, PeftModel
         from transformers import AutomaticSpeechRecognitionPipeline, WhisperProcessor
 
-        from labkit.device import select_device
+        from labkit.lab.device import select_device
 
         from train import load_base_model
 
@@ -71,7 +71,7 @@ class Transcriber:
         processor = WhisperProcessor.from_pretrained(adapter_dir)
         tok = processor.tokenizer
         # Whisper's released tokenizers hold 1,501 timestamp tokens <|0.00|> ... <|30.00|>; the smoke
-        # run's tiny tokenizer holds none (labkit.tiny), so it cannot produce segment times.
+        # run's tiny tokenizer holds none (labkit.lab.tiny), so it cannot produce segment times.
         self.has_timestamps = tok.convert_tokens_to_ids("<|0.00|>") not in (None, tok.unk_token_id)
         self.generate_kwargs = {"language": language, "task": task}
         self.pipeline = AutomaticSpeechRecognitionPipeline(
@@ -79,7 +79,7 @@ class Transcriber:
         )
 
     def __call__(self, clip, max_new_tokens: int = 128, stride_s: float = 5.0, timestamps: bool = False) -> dict:
-        """Transcribe one decoded clip (``labkit.audio.Decoded`` at 16 kHz).
+        """Transcribe one decoded clip (``labkit.lab.audio.Decoded`` at 16 kHz).
 
         Returns:
             The pipeline's output: ``{"text": str}``, plus ``"chunks": [{"timestamp": (start_s,
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("files", type=Path, nargs="+")
     args = parser.parse_args(argv)
 
-    from labkit.audio import WHISPER_RATE, decode
+    from labkit.lab.audio import WHISPER_RATE, decode
 
     t0 = time.monotonic()
     try:

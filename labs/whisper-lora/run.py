@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # this lab's modules
 sys.path.insert(1, str(Path(__file__).resolve().parents[2]))  # labkit, when run as a script
-import labkit  # noqa: F401  (first: it quiets a bitsandbytes start-up message)
+import labkit.lab  # noqa: F401  (first, before torch: the torch_npu guard, a quiet bitsandbytes; labkit/lab/__init__.py)
 
 # isort: split
 
@@ -28,12 +28,13 @@ import torch
 from peft import PeftModel
 from transformers import WhisperConfig, WhisperProcessor
 
-from labkit.audio import decode
-from labkit.device import peak_memory_bytes
-from labkit.metrics import JsonlLogger, plot_loss, training_summary
+from labkit.lab.audio import decode
+from labkit.lab.device import peak_memory_bytes
+from labkit.lab.llm.generation import logits_on
+from labkit.lab.metrics import JsonlLogger, plot_loss, training_summary
+from labkit.lab.runner import RunContext, main
+from labkit.lab.tiny import build_tiny_whisper
 from labkit.rundir import remove_if_empty
-from labkit.runner import RunContext, main
-from labkit.tiny import build_tiny_whisper
 
 from data import (
     DataCollatorSpeechSeq2SeqWithPadding,
@@ -43,7 +44,7 @@ from data import (
     prepare_example,
 )
 from evaluate_asr import cer, transcribe
-from train import add_lora, build_trainer, load_base_model, logits_on
+from train import add_lora, build_trainer, load_base_model
 
 
 def run(ctx: RunContext) -> dict:

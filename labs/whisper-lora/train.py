@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 from transformers import (
     AutoModelForSpeechSeq2Seq,
@@ -18,7 +17,7 @@ from transformers import (
     Seq2SeqTrainingArguments,
 )
 
-from labkit.runner import log_once
+from labkit.lab.runner import log_once
 
 # bitsandbytes' int8 matmul computes in fp16 and logs so on every call (the course notebook shows
 # the same message). Once is enough to learn it.
@@ -82,12 +81,3 @@ def build_trainer(
         processing_class=feature_extractor,
         callbacks=callbacks,
     )
-
-
-@torch.no_grad()
-def logits_on(model, batch: dict) -> torch.Tensor:
-    """Decoder logits ``(batch, label_len, vocab)`` in eval mode, as float32 on the CPU."""
-    model.eval()
-    device = next(p.device for p in model.parameters())
-    inputs = {k: v.to(device) for k, v in batch.items()}
-    return model(**inputs).logits.float().cpu()

@@ -35,7 +35,7 @@ def test_string_labels_are_mapped_through_label2id():
 def test_a_dataset_class_label_is_kept_and_sizes_the_head(tmp_path):
     from transformers import AutoModelForSequenceClassification
 
-    from labkit.tiny import build_tiny_encoder
+    from labkit.lab.tiny import build_tiny_encoder
 
     ds = Dataset.from_dict({"text": ["a", "b"], "label": [0, 4]}).cast_column("label", ClassLabel(names=list("abcde")))
     dsd = encode_labels(DatasetDict(train=ds, test=ds), NAMES)
@@ -102,7 +102,7 @@ def test_text_of_the_wrong_type_is_named(tmp_path):
 def test_tokenize_pads_and_truncates_to_max_length(tmp_path):
     from transformers import AutoTokenizer
 
-    from labkit.tiny import build_tiny_encoder
+    from labkit.lab.tiny import build_tiny_encoder
 
     tok = AutoTokenizer.from_pretrained(build_tiny_encoder(tmp_path / "m", ["good food", "bad food"], "bert"))
     ds = Dataset.from_dict({"text": ["good", "good food " * 50], "label": [0, 1]})
@@ -126,7 +126,7 @@ def test_full_profile_expected_parameter_count_matches_bert_base_cased():
 def test_expected_data_fingerprint_is_the_profiles_data(profile):
     """expected/<profile>.yaml's data.fingerprint must name the profile's own data, or every run
     would skip the data-dependent checks (a stale fingerprint after the data changed)."""
-    from labkit.data import hub_or_json_fingerprint
+    from labkit.lab.data import hub_or_json_fingerprint
     from labkit.verify import load_expected
 
     cfg = load_profile(LAB, profile)[0]["data"]

@@ -10,7 +10,7 @@ import torch
 
 from labkit.config import get_lab, load_profile
 from labkit.errors import LabError
-from labkit.qlora import chat_prompt, tokenize_chat
+from labkit.lab.llm.prompts import chat_prompt, tokenize_chat
 from labkit.verify import load_expected
 
 LAB = get_lab("chatglm-qlora")
@@ -22,7 +22,7 @@ ROW = {"content": "类型#裙*颜色#蓝色*风格#清新", "summary": "这款�
 def tiny(tmp_path_factory):
     from transformers import AutoTokenizer
 
-    from labkit.tiny import build_tiny_glm
+    from labkit.lab.tiny import build_tiny_glm
 
     rows = [json.loads(line) for line in (LAB.dir / "data/smoke/train.jsonl").read_text().splitlines()]
     texts = [t for r in rows + [ROW] for t in (r["content"], r["summary"])]
@@ -99,12 +99,13 @@ def test_before_is_exactly_the_base_model_and_after_differs(tiny, tmp_path):
     here "before" is the reloaded model with the adapter disabled: it must equal a fresh base model."""
     from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 
-    from labkit.qlora import generate, load_4bit
+    from labkit.lab.llm.generation import generate
+    from labkit.lab.llm.loading import load_causal_lm
 
     path, tok = tiny
     quant = load_profile(LAB, "smoke")[0]["model"]["quantization"]
     tuned = get_peft_model(
-        load_4bit(str(path), quant, "cpu", "sdpa"), LoraConfig(r=4, target_modules=["q_proj", "v_proj"])
+        load_causal_lm(str(path), quant, "cpu", "sdpa"), LoraConfig(r=4, target_modules=["q_proj", "v_proj"])
     )
     with torch.no_grad():
         for name, p in tuned.named_parameters():
@@ -112,8 +113,9 @@ def test_before_is_exactly_the_base_model_and_after_differs(tiny, tmp_path):
                 p.normal_(0, 0.5)  # a "trained" adapter
     tuned.save_pretrained(tmp_path / "adapter")
     prompts = [chat_prompt(tok, ROW["content"])]
-    fresh = generate(load_4bit(str(path), quant, "cpu", "sdpa"), tok, prompts, 12, prompt_special_tokens=False)
-    base = prepare_model_for_kbit_training(load_4bit(str(path), quant, "cpu", "sdpa"), use_gradient_checkpointing=False)
+    fresh = generate(load_causal_lm(str(path), quant, "cpu", "sdpa"), tok, prompts, 12, prompt_special_tokens=False)
+    base = load_causal_lm(str(path), quant, "cpu", "sdpa")
+    base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
     reloaded = PeftModel.from_pretrained(base, tmp_path / "adapter")
     with reloaded.disable_adapter():
         before = generate(reloaded, tok, prompts, 12, prompt_special_tokens=False)
@@ -138,11 +140,12 @@ def test_full_profile_counts_match_glm_4_9b():
 def test_every_decoder_linear_is_4bit_and_a_plain_load_is_caught(tiny):
     from transformers import AutoModelForCausalLM
 
-    from labkit.qlora import load_4bit, quantization_counts
+    from labkit.lab.llm.checks import quantization_counts
+    from labkit.lab.llm.loading import load_causal_lm
 
     path, _ = tiny
     quant = load_profile(LAB, "smoke")[0]["model"]["quantization"]
-    assert quantization_counts(load_4bit(str(path), quant, "cpu", "sdpa")) == {
+    assert quantization_counts(load_causal_lm(str(path), quant, "cpu", "sdpa")) == {
         "linear4bit_modules": 12,
         "linear_modules_not_quantized": 0,
     }
@@ -152,7 +155,7 @@ def test_every_decoder_linear_is_4bit_and_a_plain_load_is_caught(tiny):
 
 @pytest.mark.parametrize("profile", ["smoke", "full"])
 def test_expected_data_fingerprint_is_the_profiles_data(profile):
-    from labkit.data import hub_or_json_fingerprint
+    from labkit.lab.data import hub_or_json_fingerprint
 
     cfg = load_profile(LAB, profile)[0]["data"]
     expected = load_expected(LAB.expected_path(profile))["data"]["fingerprint"]
@@ -172,10 +175,10 @@ class ChatGLM3LikeTokenizer:
 
 
 def test_course_variant_tokenizes_as_the_course_prompt_masked_answer_and_eos_supervised():
-    from course import ChatGLM3Recipe
+    from course import ChatGLM3Model
 
     long = {"content": "类" * 20, "summary": "裙" * 30}
-    data, counts = ChatGLM3Recipe().tokenize(rows_of(ROW, long), COLS, ChatGLM3LikeTokenizer(), 18, 25, "fail")
+    data, counts = ChatGLM3Model().tokenize(rows_of(ROW, long), COLS, ChatGLM3LikeTokenizer(), 18, 25, "fail")
     ids, labels = data[0]["input_ids"], data[0]["labels"]
     q, a = len(ROW["content"]), len(ROW["summary"])
     assert ids[:2] == [64790, 64792] and ids[-1] == 2 and len(ids) == q + a + 3
@@ -195,13 +198,13 @@ def test_course_variant_knows_which_transformers_runs_the_remote_code():
 
 
 def test_course_variant_without_hub_or_gpu_says_what_it_needs(monkeypatch):
-    from course import ChatGLM3Recipe
+    from course import ChatGLM3Model
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(LabError, match=r"THUDM/chatglm3-6b@b098244: its remote code is not reachable and not cached"):
-        ChatGLM3Recipe().tokenizer("THUDM/chatglm3-6b", "b098244")
+        ChatGLM3Model().tokenizer("THUDM/chatglm3-6b", "b098244")
     with pytest.raises(LabError, match="needs a CUDA GPU"):
-        ChatGLM3Recipe().model("THUDM/chatglm3-6b", {}, "cpu", "sdpa", "b098244")
+        ChatGLM3Model().model("THUDM/chatglm3-6b", {}, "cpu", "sdpa", "b098244")
     for profile in ("course-smoke", "course-full"):
         cfg = load_profile(LAB, profile)[0]
         assert cfg["model"]["trust_remote_code"] and cfg["model"]["revision"] == "b098244"
@@ -235,7 +238,7 @@ def test_npu_smoke_path_trains_bf16_lora_verifies_and_a_broken_run_fails(tmp_pat
 
 
 def test_npu_profiles_refuse_4bit_on_an_npu_before_loading():
-    from labkit.qlora import check_device_support
+    from labkit.lab.llm.checks import check_device_support
 
     cfg = load_profile(LAB, "npu-full")[0]
     check_device_support(cfg["model"]["quantization"], False, "npu")  # bf16 LoRA passes

@@ -15,7 +15,7 @@ from zero import T5_SIZES, config_path, count_params, estimates, load_ds_config,
 
 from labkit.config import get_lab, load_profile
 from labkit.errors import LabError
-from labkit.launch import LaunchSpec, check_hosts_reachable, check_nproc, command, read_hostfile, shown
+from labkit.lab.launch import LaunchSpec, check_hosts_reachable, check_nproc, command, read_hostfile, shown
 
 from train import batches_for_step
 
@@ -33,7 +33,7 @@ def test_bundled_pairs_load_and_tokenize_like_run_translation(tmp_path):
     assert (len(pairs["train"]), len(pairs["validation"]), dropped) == (168, 24, {})
     assert not set(pairs["train"]["en"]) & set(pairs["validation"]["en"])
 
-    from labkit.tiny import build_tiny_t5
+    from labkit.lab.tiny import build_tiny_t5
 
     texts = [t for split in pairs.values() for c in ("en", "ro") for t in split[c]]
     tokenizer = __import__("transformers").AutoTokenizer.from_pretrained(build_tiny_t5(tmp_path / "t5", texts))
@@ -45,7 +45,7 @@ def test_bundled_pairs_load_and_tokenize_like_run_translation(tmp_path):
 
 
 def test_tiny_t5_tokenizer_is_the_same_on_every_build(tmp_path):
-    from labkit.tiny import build_tiny_t5
+    from labkit.lab.tiny import build_tiny_t5
 
     texts = ["Băiatul citește o carte astăzi.", "The boy reads a book today."] * 20
     a, b = (build_tiny_t5(tmp_path / n, texts, vocab_size=60) for n in "ab")
@@ -137,15 +137,15 @@ def test_bad_launch_settings_are_refused():
 
 
 def test_more_processes_than_devices_is_refused(monkeypatch):
-    from labkit.launch import devices_here
+    from labkit.lab.launch import devices_here
 
     have = devices_here("cpu")
     check_nproc(have, "cpu")
     with pytest.raises(LabError, match=rf"nproc_per_node={have + 1} but this node has {have} CPU core"):
         check_nproc(have + 1, "cpu")
-    import labkit.launch
+    import labkit.lab.launch
 
-    monkeypatch.setattr(labkit.launch, "devices_here", lambda device: 2)
+    monkeypatch.setattr(labkit.lab.launch, "devices_here", lambda device: 2)
     with pytest.raises(LabError, match="nproc_per_node=3 but this node has 2 CUDA GPU"):
         check_nproc(3, "cuda")
 
@@ -206,7 +206,7 @@ def test_hostfile_launch_needs_pdsh_and_counts_its_slots(tmp_path, monkeypatch):
     spec = LaunchSpec.from_config({**smoke_cfg()["launch"], "hostfile": str(hosts), "nnodes": 2}, 1)
     assert spec.world_size == 8
     monkeypatch.setattr("shutil.which", lambda name: None)
-    from labkit.launch import launch
+    from labkit.lab.launch import launch
 
     with pytest.raises(LabError, match="has no pdsh"):
         launch(spec, Path("train.py"), [], tmp_path / "launch.log")

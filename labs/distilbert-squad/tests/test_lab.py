@@ -24,7 +24,7 @@ CHINESE = "北京是中国的首都，也是一座历史悠久的城市。长城
 def tokenizer(tmp_path_factory):
     from transformers import AutoTokenizer
 
-    from labkit.tiny import build_tiny_encoder
+    from labkit.lab.tiny import build_tiny_encoder
 
     texts = [FILLER, CHINESE, "Where is the treasure hidden? The treasure is hidden under the old oak tree."]
     return AutoTokenizer.from_pretrained(
@@ -140,7 +140,7 @@ def test_an_empty_question_is_named_by_file_line_and_column_or_dropped(tmp_path)
 def test_expected_data_fingerprint_is_the_profiles_data(profile):
     """expected/<profile>.yaml's data.fingerprint must name the profile's own data (see bert-yelp's twin)."""
     from labkit.config import get_lab, load_profile
-    from labkit.data import hub_or_json_fingerprint
+    from labkit.lab.data import hub_or_json_fingerprint
     from labkit.verify import load_expected
 
     lab = get_lab("distilbert-squad")

@@ -27,7 +27,7 @@ ROW = {
 def tiny(tmp_path_factory):
     from transformers import AutoTokenizer
 
-    from labkit.tiny import build_tiny_llama
+    from labkit.lab.tiny import build_tiny_llama
 
     rows = [json.loads(line) for line in (LAB.dir / "data/smoke/train.jsonl").read_text().splitlines()]
     texts = [prompt_text(r, t) + completion_of(r, t) for r in rows for t in ("inverted", "standard")]
@@ -150,7 +150,7 @@ def test_packing_without_flash_attention_would_mix_examples_so_it_is_refused(tin
     the boundaries from position_ids; so the lab refuses packing without it."""
     from transformers import AutoModelForCausalLM
 
-    from labkit.qlora import check_packing
+    from labkit.lab.llm.checks import check_packing
 
     path, tok = tiny
     model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="sdpa").eval()
@@ -201,7 +201,7 @@ def test_4bit_layers_keep_training_on_cpu_after_an_evaluation(tiny):
 
 
 def test_attention_is_sdpa_without_flash_attention_on_a_gpu():
-    from labkit.qlora import attention
+    from labkit.lab.llm.loading import attention
 
     assert attention("auto", "cpu") == "sdpa" and attention("eager", "cpu") == "eager"
 

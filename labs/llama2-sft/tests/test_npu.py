@@ -15,11 +15,13 @@ from pathlib import Path
 import pytest
 import torch
 
-import labkit
-from labkit import ascend, device
+import labkit.lab
 from labkit.config import get_lab, load_profile
 from labkit.errors import LabError
-from labkit.qlora import check_quantization, load_causal_lm, quantization_counts
+from labkit.host import ascend
+from labkit.lab import device
+from labkit.lab.llm.checks import check_quantization, quantization_counts
+from labkit.lab.llm.loading import load_causal_lm
 from labkit.verify import verify_run
 
 LAB = get_lab("llama2-sft")
@@ -48,7 +50,7 @@ def fake_npu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(ascend, "cann_problem", lambda: None)
     monkeypatch.setattr(ascend, "driver_version", lambda *a: "26.0.rc1")
-    monkeypatch.setattr(labkit, "TORCH_NPU_UNLOADABLE", None)
+    monkeypatch.setattr(labkit.lab, "TORCH_NPU_UNLOADABLE", None)
     monkeypatch.delenv("LOCAL_RANK", raising=False)
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     return npu
@@ -113,7 +115,7 @@ def test_refusal_comes_before_any_weight_loads(fake_npu, tmp_path):
 
 
 def test_bf16_lora_loads_the_whole_model_in_bf16_without_bitsandbytes_layers(tmp_path):
-    from labkit.tiny import build_tiny_llama
+    from labkit.lab.tiny import build_tiny_llama
 
     path = build_tiny_llama(tmp_path / "tiny", ["Aldmoor and the Stone Brook."] * 4, seed=0)
     model = load_causal_lm(str(path), BF16, "cpu", "sdpa")
@@ -123,7 +125,7 @@ def test_bf16_lora_loads_the_whole_model_in_bf16_without_bitsandbytes_layers(tmp
 
 
 def test_without_torch_npu_the_npu_request_says_which_variant_to_run(monkeypatch):
-    monkeypatch.setattr(labkit, "TORCH_NPU_UNLOADABLE", None)
+    monkeypatch.setattr(labkit.lab, "TORCH_NPU_UNLOADABLE", None)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(
         LabError, match="needs an Ascend NPU, but PyTorch sees none: torch_npu is not installed.*VARIANT=npu"
@@ -160,9 +162,9 @@ def test_torch_stays_importable_where_torch_npu_cannot_load_and_the_npu_request_
     bare = subprocess.run([sys.executable, "-c", "import torch"], env=env, capture_output=True, text=True)
     assert bare.returncode != 0 and "Failed to load the backend extension: torch_npu" in bare.stderr
     guarded = """
-import labkit, torch, transformers, peft
+import labkit.lab, torch, transformers, peft
 from transformers.utils import is_torch_npu_available
-from labkit.device import select_device
+from labkit.lab.device import select_device
 from labkit.errors import LabError
 assert not is_torch_npu_available() and torch.ones(2).sum().item() == 2.0 and select_device("auto") == "cpu"
 try:

@@ -10,7 +10,7 @@ import torch
 from transformers import AutoTokenizer
 
 from labkit.errors import LabError
-from labkit.tiny import build_tiny_opt
+from labkit.lab.tiny import build_tiny_opt
 
 from measure import footprint_bytes, perplexity
 from methods import check_on_one_device, load_model, weights_format

@@ -14,10 +14,10 @@ import pytest
 import soundfile as sf
 import torch
 
-from labkit.audio import decode
 from labkit.config import get_lab, load_profile
-from labkit.device import select_device
 from labkit.errors import LabError
+from labkit.lab.audio import decode
+from labkit.lab.device import select_device
 from labkit.verify import load_expected
 
 from data import DataCollatorSpeechSeq2SeqWithPadding, load_common_voice_dir, load_splits, prepare_example
@@ -31,7 +31,7 @@ SMOKE_CV = LAB.dir / "data" / "smoke" / "cv-corpus-smoke" / "zh-CN"
 def tiny(tmp_path_factory):
     from transformers import WhisperProcessor
 
-    from labkit.tiny import build_tiny_whisper
+    from labkit.lab.tiny import build_tiny_whisper
 
     path = build_tiny_whisper(tmp_path_factory.mktemp("tiny"), ["今天天气很好", "谢谢你的帮助"], seed=0)
     return path, WhisperProcessor.from_pretrained(path, language="chinese", task="transcribe")
@@ -55,7 +55,7 @@ def test_loader_reads_the_release_layout_and_resamples_to_16k(cv_copy):
     assert len(dsd["train"]) == 9 and len(dsd["test"]) == 3  # train+dev / test
     assert set(dsd["train"].column_names) == {"audio", "sentence", "path"}  # unused columns dropped
     row = dsd["test"][0]
-    assert row["audio"] == str(cv_copy / "clips" / row["path"])  # decoded later, by labkit.audio
+    assert row["audio"] == str(cv_copy / "clips" / row["path"])  # decoded later, by labkit.lab.audio
     native, rate = sf.read(row["audio"])
     assert rate == 22050
     clip = decode(row["audio"], 16000)

@@ -5,9 +5,9 @@ as a :class:`Bench`; :func:`main` runs it for each batch size and reports, per r
 
 * ``peak_allocated_gib`` / ``peak_reserved_gib``: ``torch.cuda.max_memory_allocated`` /
   ``max_memory_reserved`` over the whole row (warm-up included); on the CPU the process's resident
-  set size sampled during the row (``labkit.device.PeakMemory``), so the column says RSS there;
+  set size sampled during the row (``labkit.lab.device.PeakMemory``), so the column says RSS there;
 * ``samples_per_s`` and ``tokens_per_s``: from the median step time after ``--warmup`` untimed steps
-  (``labkit.timing``: the first steps pay CUDA start-up and kernel loading);
+  (``labkit.lab.timing``: the first steps pay CUDA start-up and kernel loading);
 * ``mfu``: model FLOPs utilisation where the lab defines FLOPs per token (``6 * N`` for training a
   transformer with N parameters on every token, Kaplan et al. 2020, "Scaling Laws for Neural
   Language Models", sec. 2.1; ``2 * N`` per generated token), over the GPU's dense bf16/fp16 peak
@@ -34,8 +34,8 @@ from pathlib import Path
 
 import torch
 
-from labkit.device import PeakMemory, accelerator_info, select_device
-from labkit.timing import synchronize
+from labkit.lab.device import PeakMemory, accelerator_info, select_device
+from labkit.lab.timing import synchronize
 
 #: Dense fp16/bf16 tensor-core peak in TFLOP/s (no sparsity), from NVIDIA's datasheets, matched as a
 #: regular expression against ``torch.cuda.get_device_name()`` (e.g. "NVIDIA H100 80GB HBM3"). MFU
@@ -337,3 +337,72 @@ def scratch_dir() -> str:
     path = tempfile.mkdtemp(prefix="labs-bench-")
     atexit.register(shutil.rmtree, path, ignore_errors=True)
     return path
+
+
+# --- the GLM chat labs' step (chatglm-qlora, chatglm-private-data) ---------------------------------
+
+
+GLM_BENCH_ARCHS = {
+    "full": {},  # Transformers' GlmConfig() defaults are GLM-4-9B's config.json
+    "tiny": dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        vocab_size=1000,
+        pad_token_id=0,
+        eos_token_id=[1],
+    ),
+}
+
+
+def glm_bench(lab: str, tokens: int, arch: str, device: str):
+    """A :class:`Bench` of the GLM chat labs' training step (``invoke bench``).
+
+    GLM-4-9B's architecture (``arch="full"``: hidden 4096, 40 layers, 32 query / 2 key-value heads,
+    MLP 13,696, vocabulary 151,552; ``"tiny"`` for the CPU self-test) with random weights, saved in
+    bf16 (19 GB of disk at full size) and loaded as the lab ``lab`` loads it: its full profile's
+    4-bit settings and LoRA, ``Trainer`` at its ``training`` settings (bf16 on CUDA, gradient
+    checkpointing), on random rows of ``tokens`` tokens. MFU counts ``6 x non-embedding
+    parameters`` FLOPs per trained token (Kaplan et al. 2020, sec. 2.1).
+    """
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import GlmConfig, GlmForCausalLM, Trainer, TrainingArguments
+
+    from labkit.config import get_lab, load_profile
+    from labkit.lab.llm.loading import load_causal_lm
+
+    cfg = load_profile(get_lab(lab), "full")[0]
+    folder = scratch_dir()
+    torch.manual_seed(0)
+    config = GlmConfig(**GLM_BENCH_ARCHS[arch])
+    model = GlmForCausalLM(config)
+    params = non_embedding_params(model)
+    model.to(torch.bfloat16).save_pretrained(folder)
+    del model
+
+    def step(batch: int, n: int, variant: str = "") -> tuple[list[float], dict]:
+        model = load_causal_lm(str(folder), cfg["model"]["quantization"], device, "sdpa")
+        model = prepare_model_for_kbit_training(model, gradient_checkpointing_kwargs={"use_reentrant": False})
+        model = get_peft_model(model, LoraConfig(**cfg["lora"]))
+        training = bench_training(cfg["training"], batch, n, device)
+        training["bf16"] = device == "cuda"
+        args = TrainingArguments(
+            output_dir=scratch_dir(), gradient_checkpointing_kwargs={"use_reentrant": False}, **training
+        )
+        shape = ((tokens,), torch.long, config.vocab_size)
+        rows = RandomTokens(batch * n, {"input_ids": shape, "labels": shape})
+        return train_steps(Trainer(model=model, args=args, train_dataset=rows), device)
+
+    return Bench(
+        what=f"GLM-4-9B architecture ({arch}), random weights, NF4 + double quant, LoRA r={cfg['lora']['r']} on "
+        f"q/k/v, Trainer, rows of {tokens} tokens",
+        setting="per_device_train_batch_size",
+        default_batch=cfg["training"]["per_device_train_batch_size"],
+        tokens_per_sample=tokens,
+        flops_per_token=6.0 * params,
+        flops_note=f"6 x {params:,} non-embedding parameters per trained token (Kaplan et al. 2020, sec. 2.1)",
+        step=step,
+    )

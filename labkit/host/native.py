@@ -77,7 +77,7 @@ def image_constraints(image: str) -> Path:
     )
 
 
-def replacements(lab: Lab, profile: str | None) -> dict[str, Path]:
+def replacements(lab: Lab, variant: str | None) -> dict[str, Path]:
     """``lab.yaml`` ``native.replace``: locked package -> local project installed in its place.
 
     Only for the lab's default image (a variant brings its own lock). Each entry is
@@ -86,7 +86,7 @@ def replacements(lab: Lab, profile: str | None) -> dict[str, Path]:
     Raises:
         LabError: an entry without ``path``/``why`` or a folder that does not exist.
     """
-    if lab.variant_of(profile) if profile else None:
+    if variant:
         return {}
     found = {}
     for package, entry in (lab.meta.get("native", {}).get("replace") or {}).items():
@@ -112,30 +112,30 @@ def without_packages(lock_text: str, names: set[str]) -> str:
     return "\n".join(out) + "\n"
 
 
-def env_inputs(lab: Lab, profile: str | None) -> list[Path]:
+def env_inputs(lab: Lab, variant: str | None) -> list[Path]:
     """Files whose content defines the environment: the image constraints, the lab lock, replacements."""
-    image = IMAGES_DIR / lab.base_image(profile)
-    files = [image_constraints(lab.base_image(profile)), image / "requirements.in"]
-    files.append(lab.requirements(profile))
-    for folder in replacements(lab, profile).values():
+    image = IMAGES_DIR / lab.base_image(variant)
+    files = [image_constraints(lab.base_image(variant)), image / "requirements.in"]
+    files.append(lab.requirements(variant))
+    for folder in replacements(lab, variant).values():
         files += sorted(p for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
     return files + [Path(__file__)]
 
 
-def env_stamp(lab: Lab, profile: str | None) -> str:
+def env_stamp(lab: Lab, variant: str | None) -> str:
     """SHA-256 over :func:`env_inputs` (paths and contents) and where packages come from
     (``UV_FIND_LINKS``, ``UV_DEFAULT_INDEX``, ``UV_INDEX_URL``): a changed input means a rebuild, so
     switching between a CPU and a CUDA torch rebuilds too."""
     digest = hashlib.sha256()
-    for path in env_inputs(lab, profile):
+    for path in env_inputs(lab, variant):
         digest.update(str(path.relative_to(REPO_ROOT)).encode() + b"\0" + path.read_bytes())
     for key in ("UV_FIND_LINKS", "UV_DEFAULT_INDEX", "UV_INDEX_URL"):
         digest.update(f"{key}={os.environ.get(key, '')}".encode())
     return digest.hexdigest()
 
 
-def env_dir(lab: Lab, profile: str | None = None) -> Path:
-    return VENVS_DIR / lab.image_name(profile)
+def env_dir(lab: Lab, variant: str | None = None) -> Path:
+    return VENVS_DIR / lab.image_name(variant)
 
 
 def _uv(args: list[str], what: str) -> None:
@@ -146,15 +146,15 @@ def _uv(args: list[str], what: str) -> None:
         raise LabError(f"{what} failed (uv exit {result.returncode}); see uv's message above")
 
 
-def ensure_env(lab: Lab, profile: str | None = None) -> Path:
-    """The Python of the native environment that runs ``profile``, (re)built if its inputs changed.
+def ensure_env(lab: Lab, variant: str | None = None) -> Path:
+    """The Python of ``variant``'s native environment (the lab's own for None), (re)built if its inputs changed.
 
     Raises:
         LabError: uv finds no Python 3.11, or an install step fails (uv's own message is printed above).
     """
-    target = env_dir(lab, profile)
+    target = env_dir(lab, variant)
     python = target / "bin" / "python"
-    stamp = env_stamp(lab, profile)
+    stamp = env_stamp(lab, variant)
     stamp_file = target / ".lock-hash"
 
     def current() -> bool:
@@ -167,12 +167,12 @@ def ensure_env(lab: Lab, profile: str | None = None) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if current():  # another process built it while we waited
             return python
-        _build(lab, profile, target, python)
+        _build(lab, variant, target, python)
         stamp_file.write_text(stamp, encoding="utf-8")
     return python
 
 
-def _build(lab: Lab, profile: str | None, target: Path, python: Path) -> None:
+def _build(lab: Lab, variant: str | None, target: Path, python: Path) -> None:
     print(f"Creating the native environment {target} (once per lock change; uv's cache is shared)...", flush=True)
     probe = subprocess.run(
         [*uv_command(), "python", "find", PYTHON_VERSION], capture_output=True, text=True, check=False
@@ -184,14 +184,14 @@ def _build(lab: Lab, profile: str | None, target: Path, python: Path) -> None:
             f"{PYTHON_VERSION}`), or use RUNTIME=docker"
         )
     _uv(["venv", "--quiet", "--clear", "--python", probe.stdout.strip(), str(target)], "creating the virtualenv")
-    lock = lab.requirements(profile)
+    lock = lab.requirements(variant)
     on_python = ["--python", str(python)]
     if not re.search(r"^torch==", lock.read_text(encoding="utf-8"), re.MULTILINE):
-        image = IMAGES_DIR / lab.base_image(profile)
-        torch_pin(lab.base_image(profile))  # the image layer must pin torch
+        image = IMAGES_DIR / lab.base_image(variant)
+        torch_pin(lab.base_image(variant))  # the image layer must pin torch
         layer = ["-c", str(image_constraints(image.name)), "-r", str(image / "requirements.in")]
         _uv(["pip", "install", *on_python, *layer], f"installing the {image.name} image's layer (torch)")
-    replace = replacements(lab, profile)
+    replace = replacements(lab, variant)
     if replace:
         trimmed = target / "requirements-native.txt"
         trimmed.write_text(without_packages(lock.read_text(encoding="utf-8"), set(replace)), encoding="utf-8")

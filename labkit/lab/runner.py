@@ -6,10 +6,11 @@ full profile finds no accelerator), creates a fresh run directory, seeds everyth
 and writes ``metrics.json`` and ``manifest.json``. A :class:`LabError` prints one clear line and
 exits 2; the run directory is kept with ``status: failed`` and the error in its manifest.
 
-Several processes (a lab whose ``lab.yaml`` says ``launch: torchrun``, and a profile's
-``nproc_per_node`` > 1: ``make lab-<name> NPROC=N``; deepspeed-zero launches its own): ``main`` makes
+Several processes (a profile's
+``nproc_per_node`` > 1: ``make lab-<name> NPROC=N``; deepspeed-zero, whose ``lab.yaml`` says
+``launches_itself: true``, starts its own): ``main`` makes
 the run directory and the manifest as above, checks there are that many devices, and starts the
-same script on every rank with ``torchrun`` (:mod:`labkit.launch`), handing the run directory over
+same script on every rank with ``torchrun`` (:mod:`labkit.lab.launch`), handing the run directory over
 in ``LABS_RUN_DIR``. Each rank seeds, runs ``run`` on its own device (``cuda:N`` / ``npu:N`` by
 ``LOCAL_RANK``; the Trainer joins them through NCCL, HCCL or gloo) and records its peak memory in
 ``ranks/rank<N>.json``; rank 0 writes ``metrics.json``. The lab's ``run`` does the single-process
@@ -111,9 +112,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def nproc_per_node(lab: Lab, config: dict) -> int:
-    """Processes the runner starts for this run: the profile's ``nproc_per_node`` for a lab whose
-    ``lab.yaml`` has ``launch: torchrun``, else 1 (a lab that launches ranks itself keeps its own)."""
-    return int(config.get("nproc_per_node", 1)) if lab.meta.get("launch") == "torchrun" else 1
+    """Processes the runner starts for this run: the profile's ``nproc_per_node`` (1 when it has none),
+    or 1 for a lab whose ``lab.yaml`` says ``launches_itself: true`` (deepspeed-zero starts its ranks
+    with the launcher its profile names)."""
+    return 1 if lab.meta.get("launches_itself") else int(config.get("nproc_per_node") or 1)
 
 
 def _rank_main(lab: Lab, args: argparse.Namespace, config: dict, run: Callable[[RunContext], dict]) -> int:
@@ -121,8 +123,8 @@ def _rank_main(lab: Lab, args: argparse.Namespace, config: dict, run: Callable[[
     ``ranks/rank<N>.json`` (device, peak memory) and, on rank 0, ``metrics.json``."""
     from transformers import set_seed
 
-    from labkit.device import local_rank, peak_memory_bytes, placement, reset_peak_memory, select_device
-    from labkit.metrics import write_metrics
+    from labkit.lab.device import local_rank, peak_memory_bytes, placement, reset_peak_memory, select_device
+    from labkit.lab.metrics import write_metrics
     from labkit.rundir import write_json
 
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
@@ -162,7 +164,7 @@ def _launch_ranks(lab: Lab, args: argparse.Namespace, config: dict, device: str,
     Raises:
         LabError: a rank failed (the log's tail); :func:`main` has refused more processes than devices.
     """
-    from labkit.launch import LaunchSpec, free_port, launch
+    from labkit.lab.launch import LaunchSpec, free_port, launch
 
     nproc = nproc_per_node(lab, config)
     spec = LaunchSpec(launcher="torchrun", nproc_per_node=nproc, master_port=free_port(), timeout_s=LAUNCH_TIMEOUT_S)
@@ -184,20 +186,22 @@ def main(lab_name: str, run: Callable[[RunContext], dict], argv: list[str] | Non
     run_dir = manifest = None
     try:
         lab = get_lab(lab_name)
+        if os.environ.get(RUN_DIR_ENV):  # a rank started by _launch_ranks: the settings the run recorded
+            manifest_path = Path(os.environ[RUN_DIR_ENV]) / "manifest.json"
+            return _rank_main(lab, args, json.loads(manifest_path.read_text(encoding="utf-8"))["config"], run)
         config, applied = load_profile(lab, args.profile, args.overrides)
-        if os.environ.get(RUN_DIR_ENV):  # a rank started by _launch_ranks
-            return _rank_main(lab, args, config, run)
-        from labkit.device import accelerator_info, peak_memory_bytes, reset_peak_memory, select_device
+        kind, _ = lab.profile_of(args.profile)
+        from labkit.lab.device import accelerator_info, peak_memory_bytes, reset_peak_memory, select_device
         from labkit.rundir import base_manifest, finish_manifest, new_run_dir, write_json
 
         device = select_device(config["device"])
         nproc = nproc_per_node(lab, config)
         if nproc > 1:  # several processes: enough devices, before any output
-            from labkit.launch import check_nproc
+            from labkit.lab.launch import check_nproc
 
             check_nproc(nproc, device)
-        if args.profile.endswith("smoke"):
-            print(SMOKE_BANNER.format(full=args.profile.removesuffix("smoke") + "full"), flush=True)
+        if kind == "smoke":
+            print(SMOKE_BANNER.format(full=args.profile.replace("smoke", "full")), flush=True)
         run_dir = new_run_dir(args.output_root, lab.name, args.profile)
         print(f"[{lab.name}] profile={args.profile} device={device} run_dir={run_dir}", flush=True)
 
@@ -214,7 +218,7 @@ def main(lab_name: str, run: Callable[[RunContext], dict], argv: list[str] | Non
         else:
             reset_peak_memory(device)
             metrics = run(RunContext(lab, args.profile, config, device, run_dir))
-            from labkit.metrics import write_metrics
+            from labkit.lab.metrics import write_metrics
 
             write_metrics(run_dir, metrics)
             launched, peak = {}, peak_memory_bytes(device)

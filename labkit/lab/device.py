@@ -24,20 +24,20 @@ def npu_problem() -> str | None:
     """Why PyTorch cannot use an Ascend NPU here, in one line; ``None`` when ``torch.npu`` sees one.
 
     In order: torch_npu not installed; CANN's runtime or the host driver's library not on the loader
-    path (:func:`labkit.ascend.cann_problem`); ``import torch_npu`` failing; no card visible.
+    path (:func:`labkit.host.ascend.cann_problem`); ``import torch_npu`` failing; no card visible.
     """
     import importlib.util
 
     import labkit
 
-    if labkit.TORCH_NPU_UNLOADABLE:
-        return labkit.TORCH_NPU_UNLOADABLE
+    if labkit.lab.TORCH_NPU_UNLOADABLE:
+        return labkit.lab.TORCH_NPU_UNLOADABLE
     if importlib.util.find_spec("torch_npu") is None:
         return (
             "torch_npu is not installed in this environment: NPU runs use a lab's npu variant "
             "(VARIANT=npu: the llm-labs/ascend image with torch_npu on CANN)"
         )
-    from labkit.ascend import cann_problem
+    from labkit.host.ascend import cann_problem
 
     if why := cann_problem():
         return why
@@ -89,10 +89,10 @@ def select_device(requested: str) -> str:
 
     import labkit
 
-    npu_stack = labkit.TORCH_NPU_UNLOADABLE or importlib.util.find_spec("torch_npu")
+    npu_stack = labkit.lab.TORCH_NPU_UNLOADABLE or importlib.util.find_spec("torch_npu")
     if requested == "npu" or (requested == "accelerator" and npu_stack):
         raise LabError(f"this profile needs {want}, but PyTorch sees none: {npu_problem()}")
-    from labkit.hostcheck import gpu_problem
+    from labkit.host.nvidia import gpu_problem
 
     cause = gpu_problem(torch.version.cuda)
     raise LabError(
@@ -149,13 +149,13 @@ def check_device_map(device_map: dict | str, device: str) -> None:
     if device_map == "auto":
         raise LabError(
             'device_map="auto" on an NPU maps layers to integer ids, which load onto CUDA '
-            '(transformers#38468): give {"": "npu:N"} (labkit.device.model_device_map)'
+            '(transformers#38468): give {"": "npu:N"} (labkit.lab.device.model_device_map)'
         )
     for module, value in (device_map or {}).items():
         if isinstance(value, int) and not isinstance(value, bool):
             raise LabError(
                 f"device_map[{module!r}] = {value}: an integer device means CUDA to PyTorch; on an NPU "
-                f"write 'npu:{value}' (labkit.device.placement)"
+                f"write 'npu:{value}' (labkit.lab.device.placement)"
             )
 
 
@@ -191,7 +191,7 @@ def accelerator_info(device: str) -> dict:
     elif device == "npu":
         import torch_npu
 
-        from labkit.ascend import driver_version
+        from labkit.host.ascend import driver_version
 
         props = torch.npu.get_device_properties(0)
         info.update(

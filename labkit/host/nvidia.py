@@ -1,6 +1,6 @@
 """Host facts without torch: the NVIDIA driver and GPUs, known GPU-access faults, native readiness.
 
-Used by ``invoke doctor`` (host tooling) and by :func:`labkit.device.select_device` when a full
+Used by ``invoke doctor`` (host tooling) and by :func:`labkit.lab.device.select_device` when a full
 profile finds no GPU, so both give the same one-line cause.
 """
 

@@ -1,7 +1,7 @@
 """Ascend NPU host facts without torch: device nodes, driver mounts, the driver and CANN versions.
 
 Used by ``tasks.py`` (``docker run`` arguments for an NPU lab variant, ``invoke doctor``) and by
-:mod:`labkit.device` inside a lab (why ``torch_npu`` cannot load). Sources are in
+:mod:`labkit.lab.device` inside a lab (why ``torch_npu`` cannot load). Sources are in
 ``shared/reference/ascend-facts.md``; each constant names its own.
 
 How a container gets an NPU without ``--privileged`` (Ascend/cann-container-image README): one
@@ -279,7 +279,7 @@ def cann_problem() -> str | None:
 
 
 def _report() -> int:
-    """``python -m labkit.ascend``: what this machine offers an NPU lab, one line per fact."""
+    """``python -m labkit.host.ascend``: what this machine offers an NPU lab, one line per fact."""
     cards, driver, problem = npu_smi()
     print(f"npu-smi : {problem or (f'{len(cards)} card(s), driver {driver}' if cards else 'not found')}")
     for line in missing_pieces():

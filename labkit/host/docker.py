@@ -1,0 +1,253 @@
+"""Docker on the host: is an engine usable, building images with BuildKit, and ``docker run`` arguments.
+
+Images: the shared ones (``images/cuda``, ``images/ascend``: ``llm-labs/<name>:dev``) and one per lab
+and variant (``llm-labs/<lab>[-<variant>]:dev``), all built from the repository root. The lab image
+of most labs comes from the one shared ``labs/Dockerfile`` with ``--build-arg LAB=<lab>``; labs
+that need more (a variant's older stack, the npu variants, a source build) keep their own.
+
+Environment: ``DOCKER`` (the CLI, default ``docker``), ``BASE_IMAGE`` / ``ASCEND_BASE_IMAGE`` (the
+shared images' bases), ``ASCEND_PLATFORM`` (``linux/arm64`` under QEMU), ``PIP_INDEX_URL``,
+``EXTRA_CA_CERT`` (a BuildKit secret, never a layer), ``ASCEND_VISIBLE_DEVICES``.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+from labkit.config import REPO_ROOT, Lab
+from labkit.errors import LabError
+from labkit.rundir import check_writable
+
+IMAGE_PREFIX = "llm-labs"
+SHARED_IMAGES = {"cuda": REPO_ROOT / "images" / "cuda", "ascend": REPO_ROOT / "images" / "ascend"}
+#: The user the lab images run as (``useradd -u 1000`` in images/*/Dockerfile).
+LAB_UID = 1000
+#: Variables passed into containers by name (values never appear on the command line).
+PASSED_ENV = (
+    "HF_TOKEN",
+    "HF_ENDPOINT",
+    "HF_HUB_OFFLINE",
+    "HF_HUB_ENABLE_HF_TRANSFER",
+    "OMP_NUM_THREADS",
+    "OPENAI_API_KEY",
+    "OPENAI_BASE_URL",
+)
+#: Environment that retargets a shared image: its base (two bases, so CI can give each its stand-in)
+#: and its platform (the Ascend image for linux/arm64 from an x86_64 machine, under QEMU).
+BASE_IMAGE_ENV = {"cuda": "BASE_IMAGE", "ascend": "ASCEND_BASE_IMAGE"}
+PLATFORM_ENV = {"ascend": "ASCEND_PLATFORM"}
+GPU_DRIVER_HELP = (
+    'Docker could not give the container a GPU ("could not select device driver "nvidia""): the '
+    "NVIDIA Container Toolkit is missing or not configured. Install nvidia-container-toolkit, run "
+    "`sudo nvidia-ctk runtime configure --runtime=docker && sudo systemctl restart docker`, then check "
+    "with `docker run --rm --gpus all ubuntu nvidia-smi` and `invoke doctor`. Or run PROFILE=smoke."
+)
+
+
+def docker_cli() -> list[str]:
+    """The docker CLI as a command prefix (``DOCKER``, default ``docker``)."""
+    return shlex.split(os.environ.get("DOCKER", "docker"))
+
+
+def image_tag(name: str) -> str:
+    """``llm-labs/<name>:dev``."""
+    return f"{IMAGE_PREFIX}/{name}:dev"
+
+
+def engine_error() -> str | None:
+    """None if a Docker engine answers, else why not (with what to do)."""
+    if not shutil.which(docker_cli()[0]):
+        return (
+            f"no docker CLI ({docker_cli()[0]!r}) on PATH: install Docker Engine "
+            "(https://docs.docker.com/engine/install/, or Debian's docker.io) or use RUNTIME=native"
+        )
+    probe = subprocess.run(
+        [*docker_cli(), "version", "--format", "{{.Server.Version}}"], capture_output=True, text=True, check=False
+    )
+    if probe.returncode != 0:
+        return (
+            "the Docker engine does not answer ("
+            + (probe.stderr.strip().splitlines() or ["?"])[-1]
+            + "). Start it (`sudo systemctl start docker`, or `dockerd &`) or use RUNTIME=native"
+        )
+    return None
+
+
+def buildkit_error() -> str | None:
+    """None if the docker CLI builds with BuildKit (buildx plugin, or a pre-23 client), else what to do."""
+    if subprocess.run([*docker_cli(), "buildx", "version"], capture_output=True, check=False).returncode == 0:
+        return None
+    client = subprocess.run(
+        [*docker_cli(), "version", "--format", "{{.Client.Version}}"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    if client and client.split(".")[0].isdigit() and int(client.split(".")[0]) < 23:
+        return None  # 20.10-22.x clients build with BuildKit themselves when DOCKER_BUILDKIT=1
+    return (
+        f"the docker CLI ({shlex.join(docker_cli())}, client {client or '?'}) has no buildx plugin, which "
+        "image builds need (BuildKit secrets): install docker-buildx-plugin (Docker CE) or docker-buildx "
+        "(Debian/Ubuntu), or set DOCKER to a docker CLI that builds with DOCKER_BUILDKIT=1"
+    )
+
+
+def docker_error() -> str | None:
+    """None if labs can be built and run in containers here, else why not."""
+    return engine_error() or buildkit_error()
+
+
+def registered_runtimes() -> str:
+    """``docker info``'s runtimes as JSON text (``nvidia`` is there when the NVIDIA toolkit is configured)."""
+    return subprocess.run(
+        [*docker_cli(), "info", "--format", "{{json .Runtimes}}"], capture_output=True, text=True, check=False
+    ).stdout
+
+
+def image_platform(image: str) -> str | None:
+    """The ``--platform`` images on shared image ``image`` build and run for (None: the host's)."""
+    return os.environ.get(PLATFORM_ENV.get(image, ""), "").strip() or None
+
+
+def ascend_image_error() -> str | None:
+    """None if the Ascend image can be built here, else why not (and what to set)."""
+    if why := docker_error():
+        return why
+    arch = {"linux/arm64": "aarch64", "linux/amd64": "x86_64"}.get(image_platform("ascend") or "", os.uname().machine)
+    if not (SHARED_IMAGES["ascend"] / f"requirements-{arch}.txt").is_file():
+        return (
+            f"images/ascend has no lock for {arch} (x86_64 needs https://download.pytorch.org/whl/cpu when locking: "
+            "`invoke lock`); ASCEND_PLATFORM=linux/arm64 builds the aarch64 image (QEMU binfmt on an x86_64 machine)"
+        )
+    if (
+        arch == "aarch64"
+        and os.uname().machine != "aarch64"
+        and not Path("/proc/sys/fs/binfmt_misc/qemu-aarch64").exists()
+    ):
+        return "building for linux/arm64 on this x86_64 machine needs QEMU's binfmt handler (qemu-user-static)"
+    return None
+
+
+def build_image(
+    dockerfile: Path, tag: str, base_image: str | None, platform: str | None = None, build_args: dict | None = None
+) -> None:
+    """``docker build`` with BuildKit from the repo root; EXTRA_CA_CERT becomes the ``extra_ca`` secret;
+    ``platform`` (``linux/arm64``) builds for another architecture (QEMU); ``build_args`` (``LAB``) too.
+
+    Raises:
+        LabError: EXTRA_CA_CERT is not a file, or the build failed (with the likely way out).
+    """
+    cmd = [*docker_cli(), "build", "-f", str(dockerfile.relative_to(REPO_ROOT)), "-t", tag]
+    cmd += ["--platform", platform] if platform else []
+    args = {"BASE_IMAGE": base_image, "PIP_INDEX_URL": os.environ.get("PIP_INDEX_URL"), **(build_args or {})}
+    cmd += [arg for key, value in args.items() if value for arg in ("--build-arg", f"{key}={value}")]
+    ca = os.environ.get("EXTRA_CA_CERT")
+    if ca:
+        if not Path(ca).is_file():
+            raise LabError(f"EXTRA_CA_CERT={ca} is not a readable file")
+        cmd += ["--secret", f"id=extra_ca,src={Path(ca).resolve()}"]
+    cmd.append(".")
+    print("+ " + shlex.join(cmd), flush=True)
+    result = subprocess.run(cmd, cwd=REPO_ROOT, env={**os.environ, "DOCKER_BUILDKIT": "1"}, check=False)
+    if result.returncode != 0:
+        hint = ""
+        if "ascend" in str(dockerfile):
+            hint = (
+                ". If the CANN base could not be pulled: build an arm64 Debian stand-in (no CANN: CPU only) with "
+                "`STANDIN_ARCH=arm64 images/standin/build.sh labs-standin-base:bookworm-arm64` and pass "
+                "ASCEND_BASE_IMAGE=labs-standin-base:bookworm-arm64 ASCEND_PLATFORM=linux/arm64 (QEMU on x86_64)"
+            )
+        elif not base_image or "nvidia/cuda" in base_image:
+            hint = (
+                ". If the base image could not be pulled (no registry access), build a local stand-in with "
+                "images/standin/build.sh and pass BASE_IMAGE=labs-standin-base:bookworm"
+            )
+        raise LabError(f"building {tag} failed (exit {result.returncode}); see the build log above{hint}")
+
+
+def build_shared_image(name: str, base_image: str | None = None) -> None:
+    """Build ``images/<name>/Dockerfile`` as ``llm-labs/<name>:dev`` on ``base_image`` (else the
+    environment's ``BASE_IMAGE`` / ``ASCEND_BASE_IMAGE``, else the Dockerfile's pinned digest).
+
+    Raises:
+        LabError: unknown image, Docker not usable, the Ascend image not buildable here, a failed build.
+    """
+    if name not in SHARED_IMAGES:
+        raise LabError(f"unknown shared image {name!r}; known: {', '.join(SHARED_IMAGES)}")
+    if why := (ascend_image_error() if name == "ascend" else docker_error()):
+        raise LabError(why)
+    base = base_image or os.environ.get(BASE_IMAGE_ENV[name])
+    build_image(SHARED_IMAGES[name] / "Dockerfile", image_tag(name), base, image_platform(name))
+
+
+def build_lab_image(lab: Lab, variant: str | None = None) -> str:
+    """Build the shared image under ``variant``'s image, then the image itself; returns its tag."""
+    base = lab.base_image(variant)
+    build_shared_image(base)
+    tag = image_tag(lab.image_name(variant))
+    dockerfile = lab.dockerfile(variant)
+    build_image(dockerfile, tag, image_tag(base), image_platform(base), lab_build_args(lab, variant))
+    return tag
+
+
+def lab_build_args(lab: Lab, variant: str | None = None) -> dict[str, str]:
+    """``--build-arg`` values of a lab image from the shared ``labs/Dockerfile``: ``LAB`` and the lab's
+    ``lab.yaml`` ``build_args``; none for a lab's (or a variant's) own Dockerfile."""
+    if lab.dockerfile(variant) != lab.dir.parent / "Dockerfile":
+        return {}
+    return {"LAB": lab.name, **{k: str(v) for k, v in (lab.meta.get("build_args") or {}).items()}}
+
+
+def image_id(tag: str) -> str | None:
+    """The local image's id (``sha256:...``), or None when it is not built."""
+    out = subprocess.run(
+        [*docker_cli(), "image", "inspect", "--format", "{{.Id}}", tag], capture_output=True, text=True, check=False
+    )
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def container_writable(folder: Path) -> None:
+    """Make ``folder`` (created if needed) writable by the container's user: uid 1000 when we are root,
+    else our own uid (:func:`run_args` passes ``--user``).
+
+    Raises:
+        LabError: the folder cannot be created or written (names it).
+    """
+    check_writable(folder)
+    if os.geteuid() == 0:
+        os.chown(folder, LAB_UID, LAB_UID)
+
+
+def run_args(
+    mounts: list[tuple[str, str]], env: dict[str, str], accelerator: str | None, cards: int | None = None
+) -> list[str]:
+    """``docker run --rm`` with the shared settings: 8 GB of shared memory, the Hugging Face cache
+    volume, ``mounts`` (host path, container path), ``env`` plus PASSED_ENV from ours (names only:
+    values such as HF_TOKEN never appear on the command line), our uid when not root, and the
+    accelerator: ``--gpus all`` for ``cuda``; for ``npu`` the Ascend device nodes, the host driver
+    mounted read-only and ``ASCEND_RT_VISIBLE_DEVICES`` (:func:`labkit.host.ascend.docker_args`; no
+    ``--privileged``): ``ASCEND_VISIBLE_DEVICES``' host cards, else the first ``cards`` (all if None).
+
+    Raises:
+        LabError: ``npu`` on a host that lacks a piece of the Ascend recipe (each missing piece named).
+    """
+    cmd = [*docker_cli(), "run", "--rm", "--shm-size", "8g", "-v", f"{IMAGE_PREFIX}-hf-cache:/cache/huggingface"]
+    for host, inside in mounts:
+        cmd += ["-v", f"{host}:{inside}"]
+    if os.geteuid() != 0:
+        cmd += ["--user", f"{os.geteuid()}:{os.getegid()}"]
+    for key, value in env.items():
+        cmd += ["-e", f"{key}={value}"]
+    cmd += [arg for key in PASSED_ENV if key in os.environ and key not in env for arg in ("-e", key)]
+    if accelerator == "npu":
+        from labkit.host.ascend import docker_args
+
+        npu = docker_args(os.environ.get("ASCEND_VISIBLE_DEVICES"), count=cards)
+        devices = [node.removeprefix("/dev/davinci") for flag, node in zip(npu, npu[1:]) if flag == "--device"]
+        given = [d for d in devices if d.isdigit()]  # the cards (the control nodes are not numbered)
+        print(
+            f"NPU: host card(s) {', '.join(given)}, npu:0-{len(given) - 1} inside (ASCEND_VISIBLE_DEVICES picks others)"
+        )
+        return cmd + npu
+    return cmd + (["--gpus", "all"] if accelerator == "cuda" else [])

@@ -1,0 +1,122 @@
+"""``invoke doctor``: what this host offers the labs, one line per fact, and what is wrong.
+
+Runtimes (Docker and BuildKit, the NVIDIA runtime, native: Python 3.11 and disk), the GPU and its
+driver against the CUDA of the image's torch, Ascend NPUs (npu-smi, the driver against the Ascend
+image's CANN, every device node and driver file a container needs), and, for a lab, whether its full
+profile fits the GPU (``labs/<lab>/bench.yaml``, measured) and the largest per-device batch that does.
+"""
+
+from __future__ import annotations
+
+import subprocess
+
+from labkit.config import Lab
+from labkit.host import ascend, benchtable, docker, nvidia
+from labkit.host.native import PYTHON_VERSION, VENVS_DIR, uv_command
+from labkit.host.probe import Accelerators, probe
+
+WIDTH = 16
+
+
+def say(topic: str, text: str) -> None:
+    print(f"{topic:<{WIDTH}}: {text}")
+
+
+def npu_lines(host: Accelerators, docker_runtimes: str) -> list[str]:
+    """The Ascend lines (cards and health, driver vs CANN, missing device nodes or driver files).
+
+    Returns:
+        Problem tags for the exit status. A host with neither npu-smi nor /dev/davinci* gets one line
+        and no problem (it is not an Ascend host).
+    """
+    if not host.npus and not host.npu_problem and not ascend.card_nodes():
+        say("npu", "none found (npu-smi, /dev/davinci*)")
+        return []
+    problems = []
+    if host.npu_problem:
+        say("npu", host.npu_problem)
+        problems.append("npu")
+    for card in host.npus:
+        health = "" if card.health == "OK" else f": health {card.health} (npu-smi info -t health -i {card.npu_id})"
+        memory = f"{card.memory_gib:.1f} GiB HBM" if card.memory_gib else "HBM unknown"
+        say("npu", f"{card.npu_id}: Ascend {card.name}, {memory}{health}")
+        problems += ["npu"] if health else []
+    cann = ascend.image_cann(docker.SHARED_IMAGES["ascend"] / "Dockerfile")
+    driver = ascend.driver_version() or host.npu_driver
+    old = ascend.driver_problem(driver, cann) if driver else None
+    say(
+        "npu driver",
+        f"{driver or 'unknown (no /usr/local/Ascend/driver/version.info)'}; images/ascend is CANN "
+        f"{cann}, documented with driver {ascend.CANN_DRIVER.get(cann or '', '?')}" + (f": {old}" if old else ""),
+    )
+    problems += ["npu-driver"] if old or not driver else []
+    for line in ascend.missing_pieces():
+        say("npu mount", line)
+        problems.append("npu-mount")
+    if "ascend" in docker_runtimes:
+        say("npu runtime", "Ascend Docker Runtime registered; the labs pass the devices themselves")
+    return problems
+
+
+def check(lab: Lab | None = None, host: Accelerators | None = None) -> list[str]:
+    """Print the host report; return the problem tags (empty: all good).
+
+    Tags: ``runtime`` (neither Docker nor native usable), ``gpu`` / ``driver`` (nvidia-smi fails, a
+    driver too old for the image's CUDA), ``npu`` / ``npu-driver`` / ``npu-mount``, ``memory`` (the
+    lab's full profile does not fit the GPU).
+
+    Raises:
+        LabError: the lab's bench.yaml is malformed.
+    """
+    host = host if host is not None else probe()
+    problems = []
+    runtimes = ""
+    engine = docker.engine_error()
+    why = engine or docker.buildkit_error()
+    say("docker", engine or "engine answers; " + (why or "BuildKit ok: images build"))
+    if not engine:
+        runtimes = docker.registered_runtimes()
+        say(
+            "nvidia runtime",
+            "registered" if "nvidia" in runtimes else "not registered (install nvidia-container-toolkit)",
+        )
+    found = subprocess.run([*uv_command(), "python", "find", PYTHON_VERSION], capture_output=True, text=True)
+    python = found.stdout.strip() if found.returncode == 0 else None
+    from labkit.host.nvidia import free_gib
+
+    disk = free_gib(VENVS_DIR)
+    say(
+        "native",
+        f"Python {PYTHON_VERSION} "
+        + (f"at {python}" if python else "NOT found (apt-get install python3.11, or `uv python install 3.11`)")
+        + f"; {disk:.0f} GiB free for .venvs and uv's cache"
+        + ("" if disk >= 12 else " (low: the first environment with CUDA torch takes ~7 GiB, each lab ~1 GiB more)")
+        + "; audio decodes with the soundfile wheel (no FFmpeg needed)",
+    )
+    if why and not python:
+        problems.append("runtime")
+    cuda = nvidia.image_cuda(docker.SHARED_IMAGES["cuda"] / "constraints.txt")  # the torch build's CUDA
+    if host.gpu_problem:
+        say("gpu", host.gpu_problem)
+        problems.append("gpu")
+    for gpu in host.gpus:
+        old = nvidia.driver_problem(gpu.driver, cuda)
+        say("gpu", f"{gpu.name}, {gpu.memory_gib:.1f} GiB, driver {gpu.driver}" + (f": {old}" if old else ""))
+        problems += ["driver"] if old else []
+    problems += npu_lines(host, runtimes if not engine else "")
+    if not host.gpus and not host.gpu_problem:
+        also = "; NPU runs take a lab's npu variant (VARIANT=npu)" if host.npus else ": labs run their smoke profile"
+        say("gpu", f"none found (nvidia-smi){also}")
+    if lab and host.npus and not host.gpus:
+        say(
+            lab.name,
+            f"npu variant: make lab-{lab.name} VARIANT=npu; its NPU memory is not measured yet"
+            if "npu" in lab.variants
+            else "no npu variant: on this host it runs its smoke profile only",
+        )
+    elif lab:
+        memory = max((g.memory_gib for g in host.gpus), default=None)
+        text, fits = benchtable.describe(lab, benchtable.load(lab), memory)
+        print(text)
+        problems += [] if fits else ["memory"]
+    return problems

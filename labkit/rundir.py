@@ -9,9 +9,11 @@ Secrets (``HF_TOKEN``, ``OPENAI_API_KEY``) are never recorded.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -153,6 +155,47 @@ def base_manifest(lab: str, profile: str, seed: int, config: dict, overrides: di
         "start_utc": datetime.now(UTC).isoformat(timespec="seconds"),
         "_t0": time.monotonic(),
     }
+
+
+#: Files holding weights (the tiny model built for a smoke run, trained models, adapters, quantized models).
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
+
+def weight_hashes(run_dir: Path) -> dict[str, str]:
+    """``{path relative to the run: sha256 hex}`` of every weights file under ``run_dir`` (sorted): two
+    runs of the same profile on the same machine and image must give the same (``tests/test_labs.py``)."""
+    found = {}
+    for path in sorted(Path(run_dir).rglob("*")):
+        if path.suffix in WEIGHT_SUFFIXES and path.is_file() and not path.is_symlink():
+            digest = hashlib.sha256()
+            with path.open("rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+            found[str(path.relative_to(run_dir))] = digest.hexdigest()
+    return found
+
+
+#: Metrics that may differ between two runs of the same profile that are otherwise identical: wall-clock
+#: timings and speeds, memory peaks, and the chat-API cache's counters (a rerun makes no request).
+VOLATILE_METRIC = re.compile(
+    r"(^|\.)([a-z_]*(_s|_seconds|seconds|runtime|per_second|per_s|_ms|_time)|time_[a-z_]*|[a-z_]*(peak|memory|rss)"
+    r"[a-z_]*|requests|retries|cache_[a-z_]*|from_cache|total_flos)(\.|$)"
+)
+
+
+def comparable_metrics(metrics: dict, prefix: str = "") -> dict[str, object]:
+    """``{dotted name: value}`` of a ``metrics.json`` without :data:`VOLATILE_METRIC` entries: what two
+    runs of the same profile on the same machine and image must agree on exactly."""
+    flat = {}
+    for key, value in metrics.items():
+        name = f"{prefix}{key}"
+        if VOLATILE_METRIC.search(name):
+            continue
+        if isinstance(value, dict):
+            flat.update(comparable_metrics(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
 
 
 def write_json(path: Path, data: dict) -> None:

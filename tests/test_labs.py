@@ -22,7 +22,7 @@ from labkit.host import docker, runs
 from labkit.host.native import ensure_env
 from labkit.host.probe import probe
 from labkit.rundir import latest_run, newest_completed_run
-from labkit.verify import format_table, verify_run
+from labkit.verify import format_table, load_expected, verify_run
 
 SECRET = "hf_thisIsATestTokenThatMustNeverBeWritten"
 
@@ -32,6 +32,24 @@ def outputs(tmp_path_factory):
     root = tmp_path_factory.mktemp("outputs")
     root.chmod(0o755)
     return root
+
+
+def is_plain_native_run(run_dir: Path) -> bool:
+    """A completed native run with no overrides (the plain smoke run of a test)."""
+    try:
+        manifest = json.loads((run_dir / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return manifest.get("status") == "completed" and manifest["runtime"] == "native" and not manifest["overrides"]
+
+
+def metric_differences(a: Path, b: Path) -> list[tuple[str, object, object]]:
+    """``(metric, a's, b's)`` for every metric that differs between two runs' ``metrics.json``, leaving
+    out what may differ between identical runs (:data:`labkit.rundir.VOLATILE_METRIC`)."""
+    from labkit.rundir import comparable_metrics
+
+    first, second = (comparable_metrics(json.loads(p.read_text())) for p in (a, b))
+    return [(k, first.get(k), second.get(k)) for k in sorted(set(first) | set(second)) if first.get(k) != second.get(k)]
 
 
 def verify_latest(outputs: Path, lab, profile: str = "smoke"):
@@ -83,11 +101,38 @@ def test_smoke_run_passes_verification(lab, outputs, monkeypatch):
             assert SECRET.encode() not in path.read_bytes(), f"a secret leaked into {path}"
 
 
-def test_broken_pipeline_fails_verification(lab, outputs):
-    """The lab's broken override (learning rate 0, say): the run completes, verification must fail."""
-    code, _ = run_lab(lab, "smoke", "native", lab.broken_override, outputs)
+def foreign(lab) -> str:
+    """The lab's second, differently made dataset (``lab.yaml`` ``foreign_data``: profile overrides)."""
+    overrides = lab.meta.get("foreign_data")
+    assert overrides, f"labs/{lab.name}/lab.yaml has no foreign_data: every lab has a second dataset of its own kind"
+    return overrides
+
+
+def test_smoke_on_foreign_data_passes_with_only_the_data_bound_checks_skipped(lab, outputs):
+    """A verdict must be true off the bundled path: the smoke run on the lab's second dataset (other
+    texts, size and balance, written for the test) completes, its data-bound checks SKIP, none FAIL."""
+    root = outputs / "foreign"
+    code, _ = run_lab(lab, "smoke", "native", foreign(lab), root)
     assert code == 0
-    run_dir, checks = verify_latest(outputs, lab)
+    _, checks = verify_latest(root, lab)
+    assert not [c for c in checks if not c.passed], [c for c in checks if not c.passed]
+    bound = {
+        name
+        for name, spec in load_expected(lab.expected_path("smoke"))["metrics"].items()
+        if spec.get("depends_on_data")
+    }
+    skipped = {c.name for c in checks if c.skipped}
+    assert bound <= skipped, f"data-bound checks that ran on other data: {bound - skipped}"
+    assert len([c for c in checks if not c.skipped]) >= 5, "the mechanics checks still apply"
+
+
+def test_broken_pipeline_fails_verification(lab, outputs):
+    """The lab's broken override (learning rate 0, say) on its second dataset: the run completes and
+    verification must fail the checks named in lab.yaml (mechanics checks: they hold on any data)."""
+    root = outputs / "foreign"
+    code, _ = run_lab(lab, "smoke", "native", f"{lab.broken_override} {foreign(lab)}", root)
+    assert code == 0
+    run_dir, checks = verify_latest(root, lab)
     failed = {c.name for c in checks if not c.passed}
     assert "manifest status" not in failed
     assert set(lab.broken_fails) <= failed, f"expected {lab.broken_fails} among the failed checks {failed}"
@@ -160,6 +205,16 @@ def test_smoke_run_in_container_as_non_root_passes_verification(lab, outputs):
     assert all(c.passed for c in checks), [c for c in checks if not c.passed]
     manifest = (run_dir / "manifest.json").read_text()
     assert '"runtime": "docker"' in manifest and '"image_id": "sha256:' in manifest
+    # Same seed, same numbers: the container's run equals the native one (test_smoke_run_passes_verification)
+    # in every metric but timings and cache counters, and in every weights file (the tiny model built here
+    # included), byte for byte.
+    native = [d for d in sorted(run_dir.parent.iterdir()) if not d.is_symlink() and is_plain_native_run(d)]
+    assert native, "the native smoke run (test_smoke_run_passes_verification) is missing"
+    first, second = (json.loads((d / "manifest.json").read_text()) for d in (native[0], run_dir))
+    assert second["weights_sha256"] and first["weights_sha256"] == second["weights_sha256"]
+    assert first["reproducibility"]["deterministic"] and second["reproducibility"]["deterministic"]
+    differ = metric_differences(native[0] / "metrics.json", run_dir / "metrics.json")
+    assert not differ, f"native and container smoke runs differ: {differ}"
 
 
 @needs_engine

@@ -118,11 +118,34 @@ def nproc_per_node(lab: Lab, config: dict) -> int:
     return 1 if lab.meta.get("launches_itself") else int(config.get("nproc_per_node") or 1)
 
 
+def seed_everything(config: dict) -> dict:
+    """Seed Python, NumPy and torch from ``config["seed"]``; with ``deterministic: true`` also
+    Transformers' ``enable_full_determinism`` (``torch.use_deterministic_algorithms``, cuDNN
+    deterministic, ``CUBLAS_WORKSPACE_CONFIG=:4096:8``; it costs speed on GPUs, so full profiles leave
+    it off). Returns what the manifest records: seed, whether deterministic, torch's thread count.
+
+    Same seed, same numbers: a run repeated on the same machine and image gives the same metrics and
+    weights when ``deterministic`` is true (and on a CPU also without it); on another GPU model or
+    driver the kernels differ and values agree only within the expected files' tolerances.
+    """
+    import torch
+    from transformers import enable_full_determinism, set_seed
+
+    if config.get("deterministic"):
+        enable_full_determinism(config["seed"])
+    else:
+        set_seed(config["seed"])
+    return {
+        "seed": config["seed"],
+        "deterministic": bool(config.get("deterministic")),
+        "torch_threads": torch.get_num_threads(),
+        "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+    }
+
+
 def _rank_main(lab: Lab, args: argparse.Namespace, config: dict, run: Callable[[RunContext], dict]) -> int:
     """One rank of a multi-process run: the shared run directory, this rank's device, ``run``;
     ``ranks/rank<N>.json`` (device, peak memory) and, on rank 0, ``metrics.json``."""
-    from transformers import set_seed
-
     from labkit.lab.device import local_rank, peak_memory_bytes, placement, reset_peak_memory, select_device
     from labkit.lab.metrics import write_metrics
     from labkit.rundir import write_json
@@ -135,7 +158,7 @@ def _rank_main(lab: Lab, args: argparse.Namespace, config: dict, run: Callable[[
 
             getattr(torch, device).set_device(local_rank())  # torch.cuda / torch.npu: this rank's card
         run_dir = Path(os.environ[RUN_DIR_ENV])
-        set_seed(config["seed"])
+        seed_everything(config)
         os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "tensorboard")
         reset_peak_memory(device)
         metrics = run(RunContext(lab, args.profile, config, device, run_dir, rank=rank, world_size=world))
@@ -205,10 +228,9 @@ def main(lab_name: str, run: Callable[[RunContext], dict], argv: list[str] | Non
         run_dir = new_run_dir(args.output_root, lab.name, args.profile)
         print(f"[{lab.name}] profile={args.profile} device={device} run_dir={run_dir}", flush=True)
 
-        from transformers import set_seed
-
-        set_seed(config["seed"])
+        reproducibility = seed_everything(config)
         manifest = base_manifest(lab.name, args.profile, config["seed"], config, applied)
+        manifest["reproducibility"] = reproducibility
         write_json(run_dir / "manifest.json", {k: v for k, v in manifest.items() if k != "_t0"})
         # Trainer's TensorBoardCallback (report_to: tensorboard) writes its event files here.
         os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "tensorboard")
@@ -222,8 +244,16 @@ def main(lab_name: str, run: Callable[[RunContext], dict], argv: list[str] | Non
 
             write_metrics(run_dir, metrics)
             launched, peak = {}, peak_memory_bytes(device)
+        from labkit.rundir import weight_hashes
+
         finish_manifest(
-            run_dir, manifest, "completed", accelerator=accelerator_info(device), peak_memory_bytes=peak, **launched
+            run_dir,
+            manifest,
+            "completed",
+            accelerator=accelerator_info(device),
+            peak_memory_bytes=peak,
+            weights_sha256=weight_hashes(run_dir),
+            **launched,
         )
         print(f"[{lab.name}] done: {run_dir}", flush=True)
         return 0

@@ -125,14 +125,25 @@ def build_tiny_whisper(
 
 
 def train_wordpiece(texts: list[str], vocab_size: int, lowercase: bool) -> list[str]:
-    """A BERT WordPiece vocabulary (with ``[PAD] [UNK] [CLS] [SEP] [MASK]``) trained on ``texts``."""
+    """A BERT WordPiece vocabulary (with ``[PAD] [UNK] [CLS] [SEP] [MASK]``) trained on ``texts``, the
+    same every run.
+
+    Tokenizers' WordPiece trainer gives each continuation symbol (``##a``) its id in the order it meets
+    it while iterating over a hash map of the words, and breaks ties between equally frequent merges by
+    those ids: the same texts gave a different vocabulary (and model) from run to run
+    (huggingface/tokenizers#1794). Here every ``##c`` of the texts' alphabet is registered first, in
+    sorted order, beside the special tokens, so no id depends on hash order; the vocabulary returned is
+    the trained one in id order (no token in it is marked special).
+    """
     from tokenizers import normalizers
 
     wp = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     wp.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
     wp.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    alphabet = sorted({c for t in texts for c in wp.normalizer.normalize_str(t) if not c.isspace()})
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     trainer = trainers.WordPieceTrainer(
-        vocab_size=vocab_size, show_progress=False, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        vocab_size=vocab_size, show_progress=False, special_tokens=specials + [f"##{c}" for c in alphabet]
     )
     wp.train_from_iterator(texts, trainer)
     return [token for token, _ in sorted(wp.get_vocab().items(), key=lambda item: item[1])]

@@ -1,7 +1,8 @@
 """Run directories and manifests.
 
 Every run writes to a new ``outputs/<lab>/<profile>/<UTC timestamp>/`` and never touches an earlier
-one; ``outputs/<lab>/<profile>/latest`` is a relative symlink to the newest. ``manifest.json`` beside
+one; ``outputs/<lab>/<profile>/latest`` is a relative symlink to the newest *completed* one (a failed
+or interrupted run never replaces it). ``manifest.json`` beside
 the outputs records what is needed to reproduce and compare the run: lab, profile, seed, config and
 overrides, git commit, image id, Python and package versions, accelerator, timings, peak memory.
 Secrets (``HF_TOKEN``, ``OPENAI_API_KEY``) are never recorded.
@@ -47,9 +48,10 @@ def check_writable(directory: Path) -> None:
 
 
 def new_run_dir(output_root: Path, lab: str, profile: str) -> Path:
-    """Create and return a fresh ``<output_root>/<lab>/<profile>/<UTC timestamp>`` and point ``latest`` at it.
+    """Create and return a fresh ``<output_root>/<lab>/<profile>/<UTC timestamp>``.
 
     Never reuses a directory: a second run in the same second gets a ``-1``, ``-2`` … suffix.
+    ``latest`` moves to it when it completes (:func:`finish_manifest`).
     """
     parent = Path(output_root) / lab / profile
     check_writable(parent)
@@ -61,15 +63,20 @@ def new_run_dir(output_root: Path, lab: str, profile: str) -> Path:
             break
         except FileExistsError:
             continue
-    tmp = parent / f".latest-{os.getpid()}"
-    tmp.unlink(missing_ok=True)
-    tmp.symlink_to(run_dir.name)
-    os.replace(tmp, parent / "latest")
     return run_dir
 
 
+def point_latest(run_dir: Path) -> None:
+    """Point ``<run_dir>/../latest`` at ``run_dir`` (a relative symlink, replaced atomically)."""
+    parent = Path(run_dir).parent
+    tmp = parent / f".latest-{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(Path(run_dir).name)
+    os.replace(tmp, parent / "latest")
+
+
 def latest_run(output_root: Path, lab: str, profile: str) -> Path | None:
-    """The run ``latest`` points at, or ``None`` if this lab and profile never ran here."""
+    """The run ``latest`` points at (the newest completed one), or ``None`` if none completed here."""
     link = Path(output_root) / lab / profile / "latest"
     return link.resolve() if link.exists() else None
 
@@ -85,9 +92,9 @@ def run_status(run_dir: Path) -> str:
 def newest_completed_run(output_root: Path, lab: str, profile: str) -> tuple[Path | None, Path | None]:
     """``(newest completed run, newer run that did not complete)`` of a lab's profile.
 
-    Run folders are UTC timestamps, so name order is time order. ``latest`` may point at a failed
-    or interrupted run; verification and the report use the newest *completed* one and name the
-    newer failure. Either element is ``None`` when there is no such run.
+    Run folders are UTC timestamps, so name order is time order. Verification and the report use
+    the newest *completed* one (where ``latest`` points) and name the newer failure. Either element
+    is ``None`` when there is no such run.
     """
     parent = Path(output_root) / lab / profile
     runs = (
@@ -216,4 +223,6 @@ def finish_manifest(run_dir: Path, manifest: dict, status: str, **extra) -> dict
         **extra,
     )
     write_json(run_dir / "manifest.json", manifest)
+    if status == "completed":
+        point_latest(run_dir)
     return manifest

@@ -7,16 +7,31 @@ import os
 import pytest
 
 from labkit.errors import LabError
-from labkit.rundir import check_writable, latest_run, new_run_dir
+from labkit.rundir import base_manifest, check_writable, finish_manifest, latest_run, new_run_dir
 
 
-def test_runs_never_overwrite_and_latest_follows(tmp_path):
-    first = new_run_dir(tmp_path, "lab", "smoke")
+def run(root, status: str):
+    run_dir = new_run_dir(root, "lab", "smoke")
+    finish_manifest(run_dir, base_manifest("lab", "smoke", 1, {}, {}), status)
+    return run_dir
+
+
+def test_runs_never_overwrite_and_latest_follows_completed_runs(tmp_path):
+    first = run(tmp_path, "completed")
     (first / "metrics.json").write_text("{}")
-    second = new_run_dir(tmp_path, "lab", "smoke")  # same second: gets a suffix
+    second = run(tmp_path, "completed")  # same second: gets a suffix
     assert first != second and first.is_dir() and (first / "metrics.json").exists()
     assert latest_run(tmp_path, "lab", "smoke") == second.resolve()
     assert os.readlink(tmp_path / "lab" / "smoke" / "latest") == second.name  # relative: survives moves
+
+
+def test_a_failed_or_running_run_never_becomes_latest(tmp_path):
+    """Issue 21 item 9: after a failed run (a mistyped path), `latest` still names the newest completed run."""
+    done = run(tmp_path, "completed")
+    failed = run(tmp_path, "failed")
+    running = new_run_dir(tmp_path, "lab", "smoke")
+    assert failed.is_dir() and running.is_dir()
+    assert latest_run(tmp_path, "lab", "smoke") == done.resolve()
 
 
 def test_latest_run_is_none_before_any_run(tmp_path):

@@ -132,6 +132,56 @@ def require_columns(dsd: DatasetDict, columns: tuple[str, ...] | list[str], hint
             )
 
 
+#: Local data files by extension: ``extension -> (format, datasets loader, its options, file line of
+#: row 0)``. The line is ``None`` where rows have no line of their own (Parquet; a ``.json`` file,
+#: which may hold one JSON array): messages then give 0-based row numbers.
+LOCAL_FORMATS = {
+    ".jsonl": ("JSON lines (one object per line, each column of one type)", "json", {}, 1),
+    ".json": ("JSON (JSON lines, or one array of objects)", "json", {}, None),
+    ".csv": ("CSV with a header line", "csv", CSV_KEEP_TEXT, 2),
+    ".tsv": ("TSV (tab-separated) with a header line", "csv", {**CSV_KEEP_TEXT, "delimiter": "\t"}, 2),
+    ".parquet": ("Parquet", "parquet", {}, None),
+}
+
+
+def local_format(path: Path) -> tuple[str, str, dict, int | None]:
+    """``path``'s entry of :data:`LOCAL_FORMATS` (its extension, case-insensitive).
+
+    Raises:
+        LabError: an extension not in :data:`LOCAL_FORMATS`, in one line naming the file and the
+            formats accepted.
+    """
+    try:
+        return LOCAL_FORMATS[Path(path).suffix.lower()]
+    except KeyError:
+        kind = repr(Path(path).suffix) if Path(path).suffix else "a file without an extension"
+        raise LabError(
+            f"data file {path}: {kind} is not a format the labs read; by extension they read "
+            f"{', '.join(LOCAL_FORMATS)} (JSON lines, JSON, CSV, TSV, Parquet; export a spreadsheet as CSV)"
+        ) from None
+
+
+def read_local_file(path: Path) -> Dataset:
+    """One local data file as a :class:`Dataset`, read by its extension (:func:`local_format`)
+    through the ``datasets`` loaders (``json``, ``csv``, ``parquet``). CSV and TSV keep every
+    field as written (:data:`CSV_KEEP_TEXT`: no ``NA``/``null``/empty field becomes missing).
+
+    Raises:
+        LabError: the file does not exist, its extension is not one of :data:`LOCAL_FORMATS`, or the
+            loader cannot parse it (the format expected and the parser's first error line).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise LabError(f"data file {path} not found")
+    about, loader, options, _ = local_format(path)
+    try:
+        return load_dataset(loader, data_files=str(path), split="train", **options)
+    except Exception as exc:  # datasets wraps pyarrow's and pandas' parse errors in several types
+        cause = exc.__cause__ or exc
+        first = (str(cause).splitlines() or [""])[0][:300]
+        raise LabError(f"cannot read {path} as {about}: {type(cause).__name__}: {first}") from exc
+
+
 def load_hub_or_json(
     cfg: dict,
     repo_root: Path,
@@ -139,34 +189,27 @@ def load_hub_or_json(
     columns: tuple[str, ...],
     text_columns: tuple[str, ...] = (),
 ) -> tuple[DatasetDict, dict]:
-    """``splits`` of ``cfg["hub_dataset"]`` (``source: hub``) or of local JSON-lines files (``source: json``).
+    """``splits`` of ``cfg["hub_dataset"]`` (``source: hub``) or of local files (``source: json``).
 
     ``cfg`` is a profile's ``data`` section: ``source``, ``hub_dataset``, ``hub_revision``, ``files``
-    (split name -> path relative to ``repo_root``) and ``bad_text`` (``fail``/``drop``, for
-    ``text_columns``; see :func:`check_texts`). The Hub honours ``HF_ENDPOINT`` and ``HF_TOKEN``.
+    (split name -> path relative to ``repo_root``, or absolute) and ``bad_text`` (``fail``/``drop``,
+    for ``text_columns``; see :func:`check_texts`). The Hub honours ``HF_ENDPOINT`` and ``HF_TOKEN``.
+    ``source: json`` (the name predates other formats) reads each split's file by its extension
+    through :func:`read_local_file`: JSON lines, CSV, TSV or Parquet (:data:`LOCAL_FORMATS`); the
+    splits may differ in format.
 
     Returns:
         ``(dataset dict, {split: {column: rows dropped}})``.
 
     Raises:
-        LabError: unknown source, a missing file, a split without ``columns`` (lists what is there),
-            or bad text under ``bad_text: fail`` (names file, line and column).
+        LabError: unknown source, a missing file, a file of an unknown extension (names the formats
+            accepted) or one its reader cannot parse, a split without ``columns`` (lists what is
+            there), or bad text under ``bad_text: fail`` (names file, line and column).
     """
     if cfg["source"] == "hub":
         dsd = load_dataset(cfg["hub_dataset"], revision=cfg["hub_revision"])
     elif cfg["source"] == "json":
-        files = {split: repo_root / path for split, path in cfg["files"].items()}
-        for path in files.values():
-            if not path.is_file():
-                raise LabError(f"data file {path} not found")
-        try:
-            dsd = load_dataset("json", data_files={k: str(v) for k, v in files.items()})
-        except Exception as exc:  # datasets wraps pyarrow's JSON errors in several types
-            cause = exc.__cause__ or exc
-            raise LabError(
-                f"cannot read {', '.join(map(str, files.values()))} as JSON lines (one object per line, "
-                f"each column of one type): {type(cause).__name__}: {str(cause).splitlines()[0][:300]}"
-            ) from exc
+        dsd = DatasetDict({split: read_local_file(repo_root / cfg["files"][split]) for split in splits})
     else:
         raise LabError(f"data.source {cfg['source']!r} is not one of hub, json")
     require_columns(dsd, columns)
@@ -174,7 +217,8 @@ def load_hub_or_json(
     dropped = {}
     for split in splits:
         if cfg["source"] == "json":
-            where, first = str(repo_root / cfg["files"][split]), 1
+            path = repo_root / cfg["files"][split]
+            where, first = str(path), local_format(path)[3]
         else:
             where, first = f"{cfg['hub_dataset']} split {split}", None
         dsd[split], counts = check_texts(dsd[split], text_columns, cfg.get("bad_text", "fail"), where, first)

@@ -118,6 +118,66 @@ def nproc_per_node(lab: Lab, config: dict) -> int:
     return 1 if lab.meta.get("launches_itself") else int(config.get("nproc_per_node") or 1)
 
 
+class _Tee:
+    """A text stream that writes to the console and to the run's log file."""
+
+    def __init__(self, console, log):
+        self.console, self.log = console, log
+
+    def write(self, text: str) -> int:
+        self.log.write(text)
+        return self.console.write(text)
+
+    def flush(self) -> None:
+        self.log.flush()
+        self.console.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    def __getattr__(self, name):
+        return getattr(self.console, name)
+
+
+def quiet_console(run_dir: Path):
+    """The console shows the lab's steps, numbers and verdict; everything goes to ``<run>/run.log``.
+
+    Everything printed is copied to ``run.log``; library chatter goes to ``run.log`` only: Python
+    warnings (FutureWarning, DeprecationWarning), the Transformers / Datasets / Hub loggers (load
+    reports such as a new classification head's "MISSING" table), and no progress bars (the Trainer's
+    per-step losses still print, and are in ``train_log.jsonl``). Returns the open log file.
+    """
+    import warnings
+
+    log = open(run_dir / "run.log", "a", encoding="utf-8", buffering=1)  # open for the whole run
+    handler = logging.StreamHandler(log)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+    logging.getLogger().setLevel(logging.INFO)
+    logging.captureWarnings(True)
+    warnings.simplefilter("default")
+    for name in ("transformers", "datasets", "huggingface_hub", "accelerate", "peft", "trl"):
+        library = logging.getLogger(name)
+        for old in list(library.handlers):
+            library.removeHandler(old)  # their own stderr handler: the file handler above gets it all
+        library.propagate = True
+    # TrainingArguments turns the Trainer's progress bar off when its module logs above WARNING
+    # (``disable_tqdm``'s default); the Trainer then prints each logged step's numbers, one line each.
+    logging.getLogger("transformers.training_args").setLevel(logging.ERROR)
+    os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    try:
+        import datasets
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
+        datasets.disable_progress_bars()
+    except ImportError:
+        pass
+    sys.stdout, sys.stderr = _Tee(sys.stdout, log), _Tee(sys.stderr, log)
+    return log
+
+
 def seed_everything(config: dict) -> dict:
     """Seed Python, NumPy and torch from ``config["seed"]``; with ``deterministic: true`` also
     Transformers' ``enable_full_determinism`` (``torch.use_deterministic_algorithms``, cuDNN
@@ -226,7 +286,9 @@ def main(lab_name: str, run: Callable[[RunContext], dict], argv: list[str] | Non
         if kind == "smoke":
             print(SMOKE_BANNER.format(full=args.profile.replace("smoke", "full")), flush=True)
         run_dir = new_run_dir(args.output_root, lab.name, args.profile)
+        quiet_console(run_dir)
         print(f"[{lab.name}] profile={args.profile} device={device} run_dir={run_dir}", flush=True)
+        print(f"[{lab.name}] library messages and warnings: {run_dir / 'run.log'}", flush=True)
 
         reproducibility = seed_everything(config)
         manifest = base_manifest(lab.name, args.profile, config["seed"], config, applied)

@@ -1,0 +1,30 @@
+"""labkit.lab.runner's console policy: the lab's own lines on the console, library chatter in run.log."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from labkit.config import REPO_ROOT
+
+SCRIPT = """
+import logging, sys, warnings
+from pathlib import Path
+from labkit.lab.runner import quiet_console
+quiet_console(Path(sys.argv[1]))
+print("[lab] 3. training: loss 1.61 -> 0.31")
+warnings.warn("`foo` is deprecated", FutureWarning)
+logging.getLogger("transformers.modeling_utils").warning("LOAD REPORT: classifier.weight MISSING")
+print("error: something the user must see", file=sys.stderr)
+"""
+
+
+def test_the_console_shows_the_labs_lines_and_run_log_keeps_everything(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(tmp_path)], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+    )
+    assert out.stdout == "[lab] 3. training: loss 1.61 -> 0.31\n"
+    assert out.stderr == "error: something the user must see\n"  # no FutureWarning, no load report
+    log = (tmp_path / "run.log").read_text()
+    for line in ("loss 1.61 -> 0.31", "FutureWarning: `foo` is deprecated", "LOAD REPORT", "something the user must see"):
+        assert line in log

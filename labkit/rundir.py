@@ -183,10 +183,11 @@ def weight_hashes(run_dir: Path) -> dict[str, str]:
 
 
 #: Metrics that may differ between two runs of the same profile that are otherwise identical: wall-clock
-#: timings and speeds, memory peaks, and the chat-API cache's counters (a rerun makes no request).
+#: timings and speeds, memory peaks, the chat-API cache's counters (a rerun makes no request), and the
+#: environment report (a native run's CPU torch build vs the image's CUDA build).
 VOLATILE_METRIC = re.compile(
     r"(^|\.)([a-z_]*(_s|_seconds|seconds|runtime|per_second|per_s|_ms|_time)|time_[a-z_]*|[a-z_]*(peak|memory|rss)"
-    r"[a-z_]*|requests|retries|cache_[a-z_]*|from_cache|total_flos)(\.|$)"
+    r"[a-z_]*|requests|retries|cache_[a-z_]*|from_cache|total_flos|environment)(\.|$)"
 )
 
 

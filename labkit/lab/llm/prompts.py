@@ -20,10 +20,30 @@ class Encoded:
     input_cut: bool
 
 
+#: What a decoder writes for bytes that are not a whole UTF-8 character (a cut inside one).
+REPLACEMENT = "\ufffd"
+
+
+def cut_ids(tokenizer, ids: list[int], n: int, text: str) -> list[int]:
+    """The first ``n`` of ``ids`` (the tokens of ``text``), ending on a whole character.
+
+    A byte-level tokenizer (GLM-4's, Llama's byte fallback) writes a rare character as several
+    tokens; cutting between them would leave part of a character, which decodes as U+FFFD. The cut
+    moves back (by up to 8 tokens) to the last token that ends a character; where none does, or
+    ``text`` itself holds U+FFFD, it stays at ``n``.
+    """
+    if len(ids) <= n or REPLACEMENT in text:
+        return ids[:n]
+    for k in range(n, max(n - 8, 0), -1):
+        if not tokenizer.decode(ids[:k]).endswith(REPLACEMENT):
+            return ids[:k]
+    return ids[:n]
+
+
 def encode(
     render: Callable[[str], str],
     text: str,
-    completion: str,
+    completion: str | list[int],
     tokenizer,
     max_length: int,
     prompt_special_tokens: bool = True,
@@ -33,14 +53,19 @@ def encode(
     The prompt and the completion are tokenized **separately** and joined, so the mask falls exactly
     on the completion and its EOS: tokenizing the joined text and searching for a template instead
     misplaces it when the tokenizer merges across the boundary (SentencePiece after a newline).
+    ``completion`` is text, or its token ids as they are to be learned (an answer already cut to a
+    length: :func:`tokenize_chat`; never decoded and tokenized again).
     ``prompt_special_tokens`` adds the tokenizer's own (Llama's ``<s>``); a chat template that writes
     its special tokens itself wants ``False``. If prompt and completion do not fit ``max_length``,
-    ``text`` (the prompt's variable part) is cut at a token boundary; the completion never is.
+    ``text`` (the prompt's variable part) is cut at a token boundary that ends a whole character
+    (:func:`cut_ids`); the completion never is.
 
     Returns:
         The encoding, or ``None`` when even an empty ``text`` leaves no room for the completion.
     """
-    completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    if isinstance(completion, str):
+        completion = tokenizer(completion, add_special_tokens=False)["input_ids"]
+    completion_ids = list(completion) + [tokenizer.eos_token_id]
 
     def prompt_ids(t: str) -> list[int]:
         return tokenizer(render(t), add_special_tokens=prompt_special_tokens)["input_ids"]
@@ -53,7 +78,7 @@ def encode(
             return None
         pieces = tokenizer(text, add_special_tokens=False)["input_ids"]
         while True:  # decoding and re-tokenizing can shift a token or two: shrink until it fits
-            prompt = prompt_ids(tokenizer.decode(pieces[:room]))
+            prompt = prompt_ids(tokenizer.decode(cut_ids(tokenizer, pieces, room, text)))
             if len(prompt) + len(completion_ids) <= max_length or room == 0:
                 break
             room -= 1
@@ -85,9 +110,11 @@ def tokenize_chat(rows, columns: tuple[str, str], tokenizer, max_input: int, max
     end-of-text token are the targets (:func:`encode`).
 
     Lengths as the course's ``max_input_length`` / ``max_output_length``: an answer longer than
-    ``max_output`` tokens is cut (counted), a prompt longer than ``max_input`` has its text cut at a
-    token boundary (counted), a prompt with no room even for an empty text is an error under
-    ``policy == "fail"`` or a counted drop.
+    ``max_output`` tokens is cut (counted) on its token ids, at the last token within the limit
+    that ends a whole character (:func:`cut_ids`: the target never ends in part of a character and
+    never exceeds ``max_output``), a prompt longer than ``max_input`` has its text cut the same way
+    (counted), a prompt with no room even for an empty text is an error under ``policy == "fail"``
+    or a counted drop.
 
     Returns:
         ``(datasets.Dataset, {"answers_cut": n, "prompts_cut": n, "dropped_no_room": n})``.
@@ -103,11 +130,9 @@ def tokenize_chat(rows, columns: tuple[str, str], tokenizer, max_input: int, max
     for i, row in enumerate(rows):
         answer = tokenizer(row[answer_col], add_special_tokens=False)["input_ids"]
         counts["answers_cut"] += len(answer) > max_output
-        answer = answer[:max_output]
+        answer = cut_ids(tokenizer, answer, max_output, row[answer_col])
         budget = max_input + len(answer) + 1  # the prompt limit, the (cut) answer and its end-of-text
-        enc = encode(
-            lambda t: chat_prompt(tokenizer, t), row[prompt_col], tokenizer.decode(answer), tokenizer, budget, False
-        )
+        enc = encode(lambda t: chat_prompt(tokenizer, t), row[prompt_col], answer, tokenizer, budget, False)
         if enc is None:
             if policy == "fail":
                 raise LabError(

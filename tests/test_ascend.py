@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import run_lab
 from invoke import Context, Exit
 
 import tasks
@@ -26,6 +25,8 @@ from labkit.host import ascend, plan, runs
 from labkit.host import docker as host_docker
 from labkit.host.nvidia import Gpu
 from labkit.host.probe import Accelerators
+
+from helpers import run_lab
 
 NPU_HOST = Accelerators(npus=(ascend.Npu(0, "910B3", "OK", 0, 65536),))
 

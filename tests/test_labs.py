@@ -14,7 +14,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import run_lab
 
 from labkit.config import REPO_ROOT
 from labkit.errors import LabError
@@ -23,6 +22,8 @@ from labkit.host.native import ensure_env
 from labkit.host.probe import probe
 from labkit.rundir import latest_run, newest_completed_run
 from labkit.verify import format_table, load_expected, verify_run
+
+from helpers import run_lab
 
 SECRET = "hf_thisIsATestTokenThatMustNeverBeWritten"
 

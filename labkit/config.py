@@ -128,16 +128,16 @@ def read_yaml(path: Path) -> Any:
         raise LabError(f"{path} is not valid YAML: {exc}") from exc
 
 
-def list_labs(labs_dir: Path = LABS_DIR) -> list[Lab]:
-    """All labs under ``labs_dir`` (folders holding a ``lab.yaml``), sorted by name."""
-    return [_load_lab(p.parent) for p in sorted(labs_dir.glob("*/lab.yaml"))]
+def list_labs() -> list[Lab]:
+    """All labs (folders of ``labs/`` holding a ``lab.yaml``), sorted by name."""
+    return [_load_lab(p.parent) for p in sorted(LABS_DIR.glob("*/lab.yaml"))]
 
 
-def get_lab(name: str, labs_dir: Path = LABS_DIR) -> Lab:
+def get_lab(name: str) -> Lab:
     """The lab called ``name``; :class:`LabError` listing the known labs if there is none."""
-    if (labs_dir / name / "lab.yaml").is_file():
-        return _load_lab(labs_dir / name)
-    known = ", ".join(lab.name for lab in list_labs(labs_dir)) or "(none)"
+    if (LABS_DIR / name / "lab.yaml").is_file():
+        return _load_lab(LABS_DIR / name)
+    known = ", ".join(lab.name for lab in list_labs()) or "(none)"
     raise LabError(f"unknown lab {name!r}. Known labs: {known}")
 
 

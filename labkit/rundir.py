@@ -75,12 +75,6 @@ def point_latest(run_dir: Path) -> None:
     os.replace(tmp, parent / "latest")
 
 
-def latest_run(output_root: Path, lab: str, profile: str) -> Path | None:
-    """The run ``latest`` points at (the newest completed one), or ``None`` if none completed here."""
-    link = Path(output_root) / lab / profile / "latest"
-    return link.resolve() if link.exists() else None
-
-
 def run_status(run_dir: Path) -> str:
     """``status`` from a run's ``manifest.json`` (``completed``, ``failed``, ``running``), or ``missing``."""
     try:

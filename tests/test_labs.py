@@ -20,10 +20,10 @@ from labkit.errors import LabError
 from labkit.host import docker, runs
 from labkit.host.native import ensure_env
 from labkit.host.probe import probe
-from labkit.rundir import latest_run, newest_completed_run
+from labkit.rundir import newest_completed_run
 from labkit.verify import format_table, load_expected, verify_run
 
-from helpers import run_lab
+from helpers import latest_run, run_lab
 
 SECRET = "hf_thisIsATestTokenThatMustNeverBeWritten"
 

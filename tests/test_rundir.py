@@ -7,7 +7,9 @@ import os
 import pytest
 
 from labkit.errors import LabError
-from labkit.rundir import base_manifest, check_writable, finish_manifest, latest_run, new_run_dir
+from labkit.rundir import base_manifest, check_writable, finish_manifest, new_run_dir
+
+from helpers import latest_run
 
 
 def run(root, status: str):

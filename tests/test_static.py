@@ -14,6 +14,7 @@ from labkit.config import LABS_DIR, REPO_ROOT
 IMAGES = sorted((REPO_ROOT / "images").glob("*/Dockerfile"))
 LOCKS = [
     REPO_ROOT / "requirements-dev.txt",
+    REPO_ROOT / "images" / "common" / "uv.txt",
     *sorted(REPO_ROOT.glob("images/*/requirements*.txt")),  # the Ascend image: one lock per architecture
     *sorted(LABS_DIR.glob("*/requirements*.txt")),  # variants' locks too
 ]

@@ -98,8 +98,8 @@ def lock_all(lab: Lab | None = None) -> None:
                 req, cons = folder / f"requirements{suffix}.txt", folder / f"constraints{suffix}.txt"
                 uv_compile(folder / "requirements.in", req, *platform, "--generate-hashes")
                 uv_compile(folder / "requirements.in", cons, *platform, "--no-annotate")
-            if (folder / "uv.in").exists():  # uv itself: one lock (images/cuda/uv.txt) for every image
-                uv_compile(folder / "uv.in", folder / "uv.txt", "--universal", "--generate-hashes")
+        common = REPO_ROOT / "images" / "common"  # uv itself, installed by every image's install step
+        uv_compile(common / "uv.in", common / "uv.txt", "--universal", "--generate-hashes")
         uv_compile(
             REPO_ROOT / "requirements-dev.in", REPO_ROOT / "requirements-dev.txt", "--universal", "--generate-hashes"
         )

@@ -10,16 +10,22 @@ training in a per-rank script, started by :func:`launch` through either launcher
   (DeepSpeed's CPU accelerator).
 * ``torchrun`` (``torch.distributed.run``): ``--nproc_per_node``; across nodes the same command on
   every node with ``--nnodes`` and c10d rendezvous at ``--rdzv_endpoint`` (no ssh), which is what
-  the two-container test and Slurm's ``srun`` use.
+  the two-container test and Slurm's ``srun`` use. ``--max-restarts N`` (``max_restarts``): when a
+  rank dies, torchrun's elastic agent stops the others and starts them all again (on every node,
+  through a new rendezvous round), up to N times; the script resumes from its own checkpoints.
 
 The checks here fail before any process starts, with one line naming what to change: more
-processes than devices, an unreadable or malformed hostfile (parsed by DeepSpeed's own parser), a
-host that does not answer on its ssh port within ``timeout_s``.
+processes than devices, an unreadable or malformed hostfile (parsed by DeepSpeed's own parser; a
+byte-order mark, ``slots=0`` or an odd character in a host name refused), a host that does not
+answer on its ssh port within ``timeout_s``, restarts asked of the deepspeed launcher. A launch
+that fails names its log and shows the exception each rank ended with (:func:`failure_lines`).
+One-node launches take a free port, so two runs on one machine never meet.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -49,6 +55,8 @@ class LaunchSpec:
         hostfile: DeepSpeed hostfile (``host slots=N`` per line), or ``None`` for this node only.
         include: DeepSpeed ``--include`` (e.g. ``node1:0,1@node2:0``), or ``None``.
         timeout_s: seconds a launch may take before it is stopped (and the rendezvous' join timeout).
+        max_restarts: torchrun ``--max-restarts``: how many times the ranks are started again after
+            one of them fails (0: the launch fails with it). torchrun only.
     """
 
     launcher: str = "deepspeed"
@@ -60,6 +68,7 @@ class LaunchSpec:
     hostfile: str | None = None
     include: str | None = None
     timeout_s: int = 600
+    max_restarts: int = 0
 
     @classmethod
     def from_config(cls, cfg: dict, nproc_per_node: int) -> LaunchSpec:
@@ -69,6 +78,13 @@ class LaunchSpec:
             raise LabError(f"launch.launcher {spec.launcher!r} is not one of {', '.join(LAUNCHERS)}")
         if spec.nnodes < 1 or not 0 <= spec.node_rank < spec.nnodes:
             raise LabError(f"launch.node_rank {spec.node_rank} must be in 0..{spec.nnodes - 1} (launch.nnodes)")
+        if spec.max_restarts < 0:
+            raise LabError(f"launch.max_restarts={spec.max_restarts}: give 0 (no restart) or more")
+        if spec.max_restarts and spec.launcher != "torchrun":
+            raise LabError(
+                f"launch.max_restarts={spec.max_restarts} needs launch.launcher=torchrun: torchrun's elastic agent "
+                'restarts failed ranks, the deepspeed launcher does not (SET="launcher=torchrun max_restarts=N")'
+            )
         if spec.nnodes > 1 and spec.launcher == "deepspeed" and not spec.hostfile:
             raise LabError(
                 "launch.nnodes > 1 with the deepspeed launcher needs launch.hostfile (host slots=N lines, hosts "
@@ -114,8 +130,16 @@ def check_nproc(nproc: int, device: str) -> None:
         )
 
 
+#: A host name or address in a hostfile: letters, digits, ``.``, ``-``, ``_`` and ``:`` (IPv6).
+HOST_NAME = re.compile(r"[A-Za-z0-9._:-]+")
+
+
 def read_hostfile(path: str | Path) -> dict[str, int]:
     """``{host: slots}`` from a DeepSpeed hostfile, parsed by DeepSpeed's own parser.
+
+    What that parser lets through and its launcher would then trip over is refused too: a byte-order
+    mark (the first host would be ``\\ufeffnode0``), ``slots=0``, a host name with any other
+    character than :data:`HOST_NAME`'s (a no-break space, a zero-width space pasted from a page).
 
     Raises:
         LabError: the file is missing, or a line is not ``host slots=N`` (names the file and the line).
@@ -124,15 +148,41 @@ def read_hostfile(path: str | Path) -> dict[str, int]:
 
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise LabError(f"hostfile {path}: {exc.strerror}; write one `host slots=N` line per node") from None
+    except UnicodeDecodeError as exc:
+        raise LabError(
+            f"hostfile {path}: not UTF-8 text ({exc.reason}); write one `host slots=N` line per node"
+        ) from None
+    if text.startswith("\ufeff"):
+        raise LabError(
+            f"hostfile {path} starts with a byte-order mark (saved as 'UTF-8 with BOM'): DeepSpeed's launcher "
+            "would read the first host as '\\ufeff' + its name; save it as plain UTF-8"
+        )
+    lines = text.splitlines()
     try:
-        return dict(_parse_hostfile(lines))
+        hosts = dict(_parse_hostfile(lines))
     except ValueError as exc:
         bad = next((i for i, line in enumerate(lines, 1) if line.strip() and line.strip() in str(exc)), None)
         where = f" line {bad}" if bad else ""
         raise LabError(f"hostfile {path}{where}: {exc} (each line: `host slots=N`)") from None
+    for number, line in enumerate(lines, 1):
+        host, _, rest = line.strip().partition(" ")
+        if host not in hosts:
+            continue  # a comment or an empty line
+        if not HOST_NAME.fullmatch(host):
+            odd = next(c for c in host if not HOST_NAME.fullmatch(c))
+            raise LabError(
+                f"hostfile {path} line {number}: host {host!r} has the character {odd!r} (U+{ord(odd):04X}); a host "
+                "is a name or address of letters, digits, '.', '-', '_' and ':'"
+            )
+        if hosts[host] < 1:
+            raise LabError(
+                f"hostfile {path} line {number}: {host} has slots={hosts[host]}: every host needs slots=1 or more "
+                "(one per GPU); leave a host out, or narrow with launch.include, to use none of it"
+            )
+    return hosts
 
 
 def check_hosts_reachable(hosts: list[str], port: int = 22, timeout_s: float = 5.0) -> None:
@@ -159,12 +209,14 @@ def check_hosts_reachable(hosts: list[str], port: int = 22, timeout_s: float = 5
             ) from None
 
 
-def command(spec: LaunchSpec, script: Path, args: list[str], job: int = 0) -> list[str]:
+def command(spec: LaunchSpec, script: Path, args: list[str], job: int = 0, port: int | None = None) -> list[str]:
     """The launcher's command line for ``script args`` (as ``python -m``, so the lab's interpreter runs it).
 
-    ``job`` offsets the port, so consecutive launches in one run never wait on a port in TIME_WAIT.
+    ``job`` offsets the port (``master_port + job``), so consecutive launches of a multi-node run
+    never wait on a port in TIME_WAIT; ``port`` overrides it (:func:`launch` gives one-node launches
+    a free one).
     """
-    port = spec.master_port + job
+    port = spec.master_port + job if port is None else port
     if spec.launcher == "deepspeed":
         cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--master_port", str(port)]
         visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
@@ -178,6 +230,7 @@ def command(spec: LaunchSpec, script: Path, args: list[str], job: int = 0) -> li
             cmd += ["--num_gpus", str(spec.nproc_per_node)]
         return [*cmd, str(script), *args]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(spec.nproc_per_node)]
+    cmd += ["--max-restarts", str(spec.max_restarts)] if spec.max_restarts else []
     if spec.nnodes > 1:
         cmd += ["--nnodes", str(spec.nnodes), "--node_rank", str(spec.node_rank), "--rdzv_backend", "c10d"]
         cmd += ["--rdzv_endpoint", f"{spec.master_addr}:{port}", "--rdzv_conf", f"join_timeout={spec.timeout_s}"]
@@ -210,14 +263,64 @@ def stop(proc: subprocess.Popen, grace_s: float = 30.0) -> None:
             continue
 
 
+#: Lines the launchers themselves write (not a rank's output): DeepSpeed's logger, torch's glog-style
+#: lines (``E1206 16:40:01.123 ...``), and the ``[rank0]:`` prefix torch adds to a rank's traceback.
+LAUNCHER_LINE = re.compile(r"^(\[\d{4}-\d\d-\d\d |[EWIF]\d{4} \d\d:\d\d:\d\d)")
+#: Exceptions a launcher raises about its ranks rather than a rank's own error.
+LAUNCHER_ERRORS = ("ChildFailedError", "CalledProcessError", "KeyboardInterrupt")
+
+
+def failure_lines(text: str, limit: int = 12) -> list[str]:
+    """What a failed launch's log says went wrong, for the run's one message.
+
+    The exception each Python traceback in the log ended with (its type and message, message lines
+    included, such as the list under Transformers' "Please correct the following DeepSpeed config
+    values"), every rank's the same once, and ``error: ...`` lines (``SystemExit``); the launcher's
+    own summary (a rank's exit code or signal) when no rank raised; else the log's last lines.
+    """
+    lines = [re.sub(r"^\[(default)?rank\d+\]:", "", line) for line in text.splitlines()]
+    rank_errors, launcher_errors = [], []
+    for i, line in enumerate(lines):
+        if line.startswith("error:") and line not in rank_errors:
+            rank_errors.append(line)
+        if not line.startswith("Traceback (most recent call last):"):
+            continue
+        j = i + 1
+        while j < len(lines) and (lines[j][:1] in (" ", "\t") or not lines[j].strip()):
+            j += 1  # the frames
+        block = []
+        while j < len(lines) and len(block) < 8:
+            line = lines[j]
+            if not line.strip() or LAUNCHER_LINE.match(line) or line.startswith(("Traceback", "During handling")):
+                break
+            if line.startswith("The above exception"):
+                break
+            block.append(line.rstrip())
+            j += 1
+        target = launcher_errors if block and any(e in block[0] for e in LAUNCHER_ERRORS) else rank_errors
+        if block and block[0] not in target:
+            target.extend(b for b in block if b not in target)
+    if not rank_errors:
+        summary = [
+            line.strip()
+            for line in lines
+            if re.search(r"exitcode|exits with return code|Signal \d+|error_file|RendezvousTimeoutError", line)
+        ]
+        rank_errors = summary or launcher_errors
+    return (rank_errors or [line for line in lines if line.strip()])[-limit:]
+
+
 def launch(spec: LaunchSpec, script: Path, args: list[str], log: Path, job: int = 0, env: dict | None = None) -> str:
     """Run ``script`` on every rank through the launcher; its output goes to ``log``.
+
+    A one-node launch (no hostfile) takes a free port; across nodes every node uses ``master_port + job``.
 
     Returns:
         The command as a user would type it.
 
     Raises:
-        LabError: the launch failed or ran past ``spec.timeout_s`` (names the log and shows its tail).
+        LabError: the launch failed or ran past ``spec.timeout_s`` (names the log and shows what the
+            ranks ended with: :func:`failure_lines`).
     """
     if spec.hostfile:
         if not shutil.which("pdsh"):
@@ -227,10 +330,13 @@ def launch(spec: LaunchSpec, script: Path, args: list[str], log: Path, job: int 
                 "launch.launcher=torchrun and run the same command on every node"
             )
         check_hosts_reachable(list(read_hostfile(spec.hostfile)), timeout_s=min(10.0, spec.timeout_s))
-    cmd = command(spec, script, args, job)
+    one_node = spec.nnodes == 1 and not spec.hostfile
+    cmd = command(spec, script, args, job, port=free_port() if one_node else None)
     print(f"+ {shown(cmd)}", flush=True)
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("w", encoding="utf-8") as out:
+        out.write(f"+ {shown(cmd)}\n")
+        out.flush()
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         try:
             code = proc.wait(timeout=spec.timeout_s)
@@ -241,9 +347,7 @@ def launch(spec: LaunchSpec, script: Path, args: list[str], log: Path, job: int 
             stop(proc)
             raise
     if code != 0:
-        lines = log.read_text(encoding="utf-8", errors="replace").splitlines()
-        errors = [line for line in lines if "Error" in line or "error:" in line]
-        tail = "\n".join((errors or lines)[-8:])
+        tail = "\n".join(failure_lines(log.read_text(encoding="utf-8", errors="replace")))
         what = f"ran past {spec.timeout_s} s and was stopped" if code is None else f"exited with {code}"
         raise LabError(f"{shown(cmd)} {what}; log: {log}\n{tail}")
     return shown(cmd)

@@ -29,12 +29,12 @@ def cut_ids(tokenizer, ids: list[int], n: int, text: str) -> list[int]:
 
     A byte-level tokenizer (GLM-4's, Llama's byte fallback) writes a rare character as several
     tokens; cutting between them would leave part of a character, which decodes as U+FFFD. The cut
-    moves back (by up to 8 tokens) to the last token that ends a character; where none does, or
-    ``text`` itself holds U+FFFD, it stays at ``n``.
+    moves back (by up to 8 tokens, to none at all) to the last token that ends a character; where
+    none does, or ``text`` itself holds U+FFFD, it stays at ``n``.
     """
     if len(ids) <= n or REPLACEMENT in text:
         return ids[:n]
-    for k in range(n, max(n - 8, 0), -1):
+    for k in range(n, max(n - 9, -1), -1):
         if not tokenizer.decode(ids[:k]).endswith(REPLACEMENT):
             return ids[:k]
     return ids[:n]

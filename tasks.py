@@ -218,7 +218,7 @@ def test(c, lab=None, jobs=None):
     times.parent.mkdir(parents=True, exist_ok=True)
     args = [python, "-m", "pytest", "tests", "-ra", "--durations=20", "--times-json", str(times)]
     if jobs > 1:  # tests/conftest.py schedules by lab; the cores are shared out, not oversubscribed
-        args += ["-n", str(jobs)]
+        args += ["-n", str(jobs), "--no-loadscope-reorder"]  # longest labs first: tests/conftest.py
         os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
     if lab:
         with one_line_errors():

@@ -178,11 +178,16 @@ def quiet_console(run_dir: Path):
     return log
 
 
+#: torch's intra-op threads under ``deterministic: true`` (:func:`seed_everything`).
+DETERMINISTIC_THREADS = 1
+
+
 def seed_everything(config: dict) -> dict:
     """Seed Python, NumPy and torch from ``config["seed"]``; with ``deterministic: true`` also
     Transformers' ``enable_full_determinism`` (``torch.use_deterministic_algorithms``, cuDNN
-    deterministic, ``CUBLAS_WORKSPACE_CONFIG=:4096:8``; it costs speed on GPUs, so full profiles leave
-    it off). Returns what the manifest records: seed, whether deterministic, torch's thread count.
+    deterministic, ``CUBLAS_WORKSPACE_CONFIG=:4096:8``) and one CPU thread (it costs speed, so full
+    profiles leave it off). Returns what the manifest records: seed, whether deterministic, torch's
+    thread count.
 
     Same seed, same numbers: a run repeated on the same machine and image gives the same metrics and
     weights when ``deterministic`` is true (and on a CPU also without it); on another GPU model or
@@ -193,6 +198,9 @@ def seed_everything(config: dict) -> dict:
 
     if config.get("deterministic"):
         enable_full_determinism(config["seed"])
+        # A CPU's matrix products sum in blocks that depend on the thread count: one thread, so a run
+        # gives the same numbers on a 2-core CI worker and a 64-core workstation (OMP_NUM_THREADS or not).
+        torch.set_num_threads(DETERMINISTIC_THREADS)
     else:
         set_seed(config["seed"])
     return {

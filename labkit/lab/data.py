@@ -37,8 +37,9 @@ _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
 def _convert_hint(path: Path, encoding: str) -> str:
     encoding = encoding if encoding.startswith("<") else encoding.upper()
+    excel = " (Excel: Save As > 'CSV UTF-8')" if path.suffix.lower() in (".csv", ".tsv") else ""
     return (
-        f"save it as UTF-8 (Excel: Save As > 'CSV UTF-8'), or convert it: "
+        f"save it as UTF-8{excel}, or convert it: "
         f"iconv -f {encoding} -t UTF-8 '{path}' > '{path.with_suffix('')}-utf8{path.suffix}'"
     )
 
@@ -52,7 +53,7 @@ def _mostly_chinese(text: str) -> bool:
 
 
 def read_csv_text(path: Path) -> tuple[str, str]:
-    """The text of a CSV/TSV file and the encoding it was read in.
+    """The text of a CSV/TSV (or any text) file and the encoding it was read in.
 
     UTF-8, with or without a byte-order mark, is read as such. A UTF-16 file with its byte-order mark
     (Excel's "Unicode text") and a file that is not UTF-8 but reads as Chinese in GB18030 (GBK: what
@@ -88,7 +89,7 @@ def read_csv_text(path: Path) -> tuple[str, str]:
         text = raw.decode(encoding)
     except UnicodeDecodeError as exc:
         raise LabError(f"{path} starts with a UTF-16 byte-order mark but is not UTF-16 ({exc.reason})") from None
-    name = "UTF-16" if encoding == "utf-16" else "GB18030 (GBK, as Excel on a Chinese Windows saves CSV)"
+    name = "UTF-16" if encoding == "utf-16" else "GB18030 (GBK: what Excel and Notepad on a Chinese Windows save)"
     print(f"notice: {path} is not UTF-8; reading it as {name}. To convert: {_convert_hint(path, encoding)}", flush=True)
     return text.removeprefix("\ufeff"), encoding
 
@@ -129,6 +130,8 @@ def read_csv(path: Path, delimiter: str = ",") -> tuple[Dataset, CsvRecords]:
     path = Path(path)
     if not path.is_file():
         raise LabError(f"data file {path} not found")
+    if path.suffix.lower() in (".xlsx", ".xls", ".xlsm", ".ods"):
+        raise LabError(f"{path} is a spreadsheet workbook, not a CSV: save it as 'CSV UTF-8' and give that file")
     text, _ = read_csv_text(path)
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
     header, values, field_lines = None, [], []
@@ -287,54 +290,64 @@ def require_columns(dsd: DatasetDict, columns: tuple[str, ...] | list[str], hint
             )
 
 
-#: Local data files by extension: ``extension -> (format, datasets loader, its options, file line of
-#: row 0)``. The line is ``None`` where rows have no line of their own (Parquet; a ``.json`` file,
-#: which may hold one JSON array): messages then give 0-based row numbers.
+#: Local data files by extension: ``extension -> format``, for :func:`read_local_file` and messages.
 LOCAL_FORMATS = {
-    ".jsonl": ("JSON lines (one object per line, each column of one type)", "json", {}, 1),
-    ".json": ("JSON (JSON lines, or one array of objects)", "json", {}, None),
-    ".csv": ("CSV with a header line", "csv", CSV_KEEP_TEXT, 2),
-    ".tsv": ("TSV (tab-separated) with a header line", "csv", {**CSV_KEEP_TEXT, "delimiter": "\t"}, 2),
-    ".parquet": ("Parquet", "parquet", {}, None),
+    ".jsonl": "JSON lines (one object per line, each column of one type)",
+    ".json": "JSON (JSON lines, or one array of objects)",
+    ".csv": "CSV with a header line",
+    ".tsv": "TSV (tab-separated) with a header line",
+    ".parquet": "Parquet",
 }
 
 
-def local_format(path: Path) -> tuple[str, str, dict, int | None]:
-    """``path``'s entry of :data:`LOCAL_FORMATS` (its extension, case-insensitive).
+def local_format(path: Path) -> str:
+    """``path``'s format (:data:`LOCAL_FORMATS`), by its extension (case-insensitive).
 
     Raises:
         LabError: an extension not in :data:`LOCAL_FORMATS`, in one line naming the file and the
             formats accepted.
     """
-    try:
-        return LOCAL_FORMATS[Path(path).suffix.lower()]
-    except KeyError:
-        kind = repr(Path(path).suffix) if Path(path).suffix else "a file without an extension"
-        raise LabError(
-            f"data file {path}: {kind} is not a format the labs read; by extension they read "
-            f"{', '.join(LOCAL_FORMATS)} (JSON lines, JSON, CSV, TSV, Parquet; export a spreadsheet as CSV)"
-        ) from None
+    suffix = Path(path).suffix
+    if suffix.lower() in LOCAL_FORMATS:
+        return LOCAL_FORMATS[suffix.lower()]
+    kind = repr(suffix) if suffix else "a file without an extension"
+    raise LabError(
+        f"data file {path}: {kind} is not a format the labs read; by extension they read "
+        f"{', '.join(LOCAL_FORMATS)} (JSON lines, JSON, CSV, TSV, Parquet; export a spreadsheet as CSV)"
+    )
 
 
-def read_local_file(path: Path) -> Dataset:
-    """One local data file as a :class:`Dataset`, read by its extension (:func:`local_format`)
-    through the ``datasets`` loaders (``json``, ``csv``, ``parquet``). CSV and TSV keep every
-    field as written (:data:`CSV_KEEP_TEXT`: no ``NA``/``null``/empty field becomes missing).
+def read_local_file(path: Path) -> tuple[Dataset, dict]:
+    """One local data file, read by its extension (:func:`local_format`), and how its rows are
+    placed in messages (keyword arguments for :func:`check_texts`).
+
+    ``.jsonl`` and ``.json`` go through ``datasets``' ``json`` loader (rows placed by file line for
+    ``.jsonl``; by 0-based row for ``.json``, which may hold one array), ``.parquet`` through its
+    ``parquet`` loader (0-based rows). ``.csv`` and ``.tsv`` go through :func:`read_csv`: every
+    column text as written (``NA``, ``null`` and empty fields stay text), the encoding recognised,
+    rows placed by record and line (a quoted field may span lines).
+
+    Returns:
+        ``(dataset, {"first_line": 1} | {"records": CsvRecords} | {})``.
 
     Raises:
-        LabError: the file does not exist, its extension is not one of :data:`LOCAL_FORMATS`, or the
-            loader cannot parse it (the format expected and the parser's first error line).
+        LabError: the file does not exist, its extension is not one of :data:`LOCAL_FORMATS`, or it
+            cannot be parsed as its format (the format and the parser's first error line).
     """
     path = Path(path)
     if not path.is_file():
         raise LabError(f"data file {path} not found")
-    about, loader, options, _ = local_format(path)
+    about, suffix = local_format(path), path.suffix.lower()
+    if suffix in (".csv", ".tsv"):
+        ds, records = read_csv(path, delimiter="\t" if suffix == ".tsv" else ",")
+        return ds, {"records": records}
     try:
-        return load_dataset(loader, data_files=str(path), split="train", **options)
-    except Exception as exc:  # datasets wraps pyarrow's and pandas' parse errors in several types
+        ds = load_dataset("parquet" if suffix == ".parquet" else "json", data_files=str(path), split="train")
+    except Exception as exc:  # datasets wraps pyarrow's parse errors in several types
         cause = exc.__cause__ or exc
         first = (str(cause).splitlines() or [""])[0][:300]
         raise LabError(f"cannot read {path} as {about}: {type(cause).__name__}: {first}") from exc
+    return ds, {"first_line": 1} if suffix == ".jsonl" else {}
 
 
 def load_hub_or_json(
@@ -350,8 +363,8 @@ def load_hub_or_json(
     (split name -> path relative to ``repo_root``, or absolute) and ``bad_text`` (``fail``/``drop``,
     for ``text_columns``; see :func:`check_texts`). The Hub honours ``HF_ENDPOINT`` and ``HF_TOKEN``.
     ``source: json`` (the name predates other formats) reads each split's file by its extension
-    through :func:`read_local_file`: JSON lines, CSV, TSV or Parquet (:data:`LOCAL_FORMATS`); the
-    splits may differ in format.
+    through :func:`read_local_file`: JSON lines, JSON, CSV, TSV or Parquet (:data:`LOCAL_FORMATS`);
+    the splits may differ in format.
 
     Returns:
         ``(dataset dict, {split: {column: rows dropped}})``.
@@ -364,7 +377,8 @@ def load_hub_or_json(
     if cfg["source"] == "hub":
         dsd = load_dataset(cfg["hub_dataset"], revision=cfg["hub_revision"])
     elif cfg["source"] == "json":
-        dsd = DatasetDict({split: read_local_file(repo_root / cfg["files"][split]) for split in splits})
+        read = {split: read_local_file(repo_root / cfg["files"][split]) for split in splits}
+        dsd = DatasetDict({split: ds for split, (ds, _) in read.items()})
     else:
         raise LabError(f"data.source {cfg['source']!r} is not one of hub, json")
     require_columns(dsd, columns)
@@ -372,11 +386,10 @@ def load_hub_or_json(
     dropped = {}
     for split in splits:
         if cfg["source"] == "json":
-            path = repo_root / cfg["files"][split]
-            where, first = str(path), local_format(path)[3]
+            where, places = str(repo_root / cfg["files"][split]), read[split][1]
         else:
-            where, first = f"{cfg['hub_dataset']} split {split}", None
-        dsd[split], counts = check_texts(dsd[split], text_columns, cfg.get("bad_text", "fail"), where, first)
+            where, places = f"{cfg['hub_dataset']} split {split}", {}
+        dsd[split], counts = check_texts(dsd[split], text_columns, cfg.get("bad_text", "fail"), where, **places)
         if counts:
             dropped[split] = counts
     return dsd, dropped

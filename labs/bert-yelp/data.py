@@ -19,15 +19,18 @@ from labkit.lab.data import load_hub_or_json, subsample
 def load_reviews(cfg: dict, repo_root: Path) -> tuple[DatasetDict, dict]:
     """``(DatasetDict(train, test), rows dropped)``: ``text`` and an integer ``label`` (a ``ClassLabel``).
 
-    ``cfg["source"]`` is ``hub`` (``load_dataset(hub_dataset)``) or ``json`` (local JSON lines, one
-    file per split). Sub-samples with ``shuffle(seed).select(range(n))`` as the course does.
+    ``cfg["source"]`` is ``hub`` (``load_dataset(hub_dataset)``) or ``json``: one local file per
+    split, read by its extension (``.jsonl``, ``.json``, ``.csv``, ``.tsv``, ``.parquet``;
+    ``labkit.lab.data.read_local_file``). Sub-samples with ``shuffle(seed).select(range(n))`` as
+    the course does.
 
     A review whose ``text`` is null, empty or not a string stops the run naming file, line and
     column, or is dropped and counted with ``bad_text: drop`` (``labkit.lab.data.check_texts``).
 
     Raises:
-        LabError: a missing file, a missing column (lists the columns there), bad text, or a label
-            that is not one of ``label_names`` (names it).
+        LabError: a missing file, a file of another format (names the formats read), a missing
+            column (lists the columns there), bad text, or a label that is not one of
+            ``label_names`` nor an id (names it).
     """
     dsd, dropped = load_hub_or_json(cfg, repo_root, ("train", "test"), ("text", "label"), text_columns=("text",))
     dsd = encode_labels(dsd, cfg["label_names"])
@@ -36,11 +39,16 @@ def load_reviews(cfg: dict, repo_root: Path) -> tuple[DatasetDict, dict]:
 
 
 def encode_labels(dsd: DatasetDict, label_names: list[str]) -> DatasetDict:
-    """Make ``label`` a ``ClassLabel``: keep the dataset's own, or map strings/ints through ``label_names``."""
+    """Make ``label`` a ``ClassLabel``: keep the dataset's own, or map strings/ints through ``label_names``.
+
+    A label is a name from ``label_names`` or an id ``0 .. len(label_names) - 1``, as a number or,
+    from a CSV/TSV file (whose fields are all text), as digits (``"3"``).
+    """
     feature = dsd["train"].features["label"]
     if isinstance(feature, ClassLabel):
         return dsd
     target = ClassLabel(names=label_names)
+    dsd = DatasetDict({split: _ids_as_names(ds, label_names) for split, ds in dsd.items()})
     for split, ds in dsd.items():
         values = set(ds["label"])
         unknown = sorted(str(v) for v in values if not _known(v, label_names))
@@ -50,6 +58,19 @@ def encode_labels(dsd: DatasetDict, label_names: list[str]) -> DatasetDict:
                 f"label_names ({', '.join(label_names)}) nor ids 0-{len(label_names) - 1}"
             )
     return dsd.cast_column("label", target)
+
+
+def _ids_as_names(ds, names: list[str]):
+    """``ds`` with text labels that are ids written as digits (``"3"``) replaced by their names."""
+    if getattr(ds.features["label"], "dtype", None) not in ("string", "large_string"):
+        return ds
+
+    ids = {str(i): name for i, name in enumerate(names)}
+
+    def name(value):
+        return ids.get(value, value) if value not in names else value
+
+    return ds.map(lambda batch: {"label": [name(v) for v in batch["label"]]}, batched=True)
 
 
 def _known(value, names: list[str]) -> bool:

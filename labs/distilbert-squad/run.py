@@ -24,6 +24,7 @@ from datasets import DatasetDict
 from torchmetrics.text import SQuAD
 from transformers import AutoModelForQuestionAnswering, AutoTokenizer, Trainer, TrainingArguments
 
+from labkit.errors import LabError
 from labkit.lab.data import hub_or_json_fingerprint, load_hub_or_json, subsample
 from labkit.lab.metrics import JsonlLogger, plot_loss, training_summary
 from labkit.lab.runner import RunContext, main
@@ -39,18 +40,30 @@ from qa import (
 )
 
 COLUMNS = ("id", "context", "question", "answers")
+SQUAD_ANSWERS = '{"text": [...], "answer_start": [...]}'
 
 
 def load_squad(cfg: dict, repo_root: Path) -> tuple[DatasetDict, dict]:
-    """SQuAD-format ``train`` and ``validation`` splits from the Hub or local JSON lines, and rows dropped.
+    """SQuAD-format ``train`` and ``validation`` splits from the Hub or local files, and rows dropped.
 
-    A null, empty or non-string ``question`` or ``context`` stops the run naming file, line and
-    column, or is dropped and counted with ``bad_text: drop`` (``labkit.lab.data.check_texts``).
+    Local files are read by extension (``labkit.lab.data.read_local_file``); ``answers`` is nested
+    (``{"text": [...], "answer_start": [...]}``), so JSON lines, JSON or Parquet hold it, a CSV/TSV
+    field cannot. A null, empty or non-string ``question`` or ``context`` stops the run naming file,
+    line and column, or is dropped and counted with ``bad_text: drop`` (``labkit.lab.data.check_texts``).
 
     Raises:
-        LabError: a missing file or column (lists the columns there), or bad text.
+        LabError: a missing file or column (lists the columns there), a file of another format, an
+            ``answers`` column that is not SQuAD's nested one (names the split and what it holds),
+            or bad text.
     """
     dsd, dropped = load_hub_or_json(cfg, repo_root, ("train", "validation"), COLUMNS, ("question", "context"))
+    for split, ds in dsd.items():
+        answers = ds.features["answers"]
+        if not (isinstance(answers, dict) and {"text", "answer_start"} <= set(answers)):
+            raise LabError(
+                f"{split} split: column 'answers' must hold SQuAD's {SQUAD_ANSWERS} in every row; it holds "
+                f"{answers}. Use JSON lines, JSON or Parquet (a CSV/TSV field is text)."
+            )
     sizes = {"train": cfg["train_samples"], "validation": cfg["eval_samples"]}
     return subsample(dsd, sizes, cfg["shuffle_seed"]), dropped
 

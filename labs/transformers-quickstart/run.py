@@ -12,6 +12,8 @@ Four steps, each recorded in the run directory:
 
 The full profile uses the course's public checkpoints; the smoke profile builds a tiny model of each
 architecture locally (random weights: outputs have the right structure, not the right answers).
+The inputs are a profile value (``data.inputs``, :func:`load_inputs`): the bundled
+``data/inputs.yaml``, or your own file of the same shape.
 
     python labs/transformers-quickstart/run.py --profile smoke [--set save_dtype=float16]
 """
@@ -40,12 +42,16 @@ from transformers import (
     pipeline,
 )
 
+from labkit.errors import LabError
 from labkit.lab.audio import WHISPER_RATE, decode
 from labkit.lab.device import accelerator_info
 from labkit.lab.runner import RunContext, main
 from labkit.lab.tiny import build_tiny_encoder, build_tiny_gpt2, build_tiny_whisper
+from labkit.verify import fingerprint
 
 DATA = Path(__file__).resolve().parent / "data"
+#: Keys of an inputs file whose value is a list of texts (NER and generation use the first one).
+TEXT_LISTS = ("sentiment", "ner", "generation", "tokenizer")
 MODEL_CLASSES = {
     "text-classification": AutoModelForSequenceClassification,
     "token-classification": AutoModelForTokenClassification,
@@ -53,6 +59,53 @@ MODEL_CLASSES = {
     "text-generation": GPT2LMHeadModel,
     "automatic-speech-recognition": AutoModelForSpeechSeq2Seq,
 }
+
+
+def load_inputs(path: Path) -> dict:
+    """The pipelines' and the tokenizer step's inputs: ``data/inputs.yaml`` or a file of its shape.
+
+    Keys: ``sentiment``, ``ner``, ``generation``, ``tokenizer``: lists of texts (NER and generation
+    use the first); ``qa``: ``{question, context}``; ``asr``: an audio file (any format
+    ``labkit.lab.audio.decode`` reads), relative to the YAML file's folder or absolute.
+
+    Returns:
+        The mapping, with ``asr`` resolved to the audio file's path.
+
+    Raises:
+        LabError: the file is missing, not YAML or not a mapping, a key is missing, a text is null,
+            empty or not a string (names the file and the key), or the audio file does not exist.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise LabError(f"inputs file {path} not found (data.inputs)")
+    try:
+        inputs = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise LabError(f"{path} is not valid YAML: {' '.join(str(exc).split())[:300]}") from None
+    if not isinstance(inputs, dict):
+        raise LabError(f"{path}: expected a mapping with keys {', '.join(TEXT_LISTS)}, qa, asr")
+    missing = [k for k in (*TEXT_LISTS, "qa", "asr") if k not in inputs]
+    if missing:
+        raise LabError(f"{path} lacks key(s) {', '.join(missing)}; it has: {', '.join(map(str, inputs))}")
+    bad = []
+    for key in TEXT_LISTS:
+        texts = inputs[key]
+        if not isinstance(texts, list) or not texts:
+            bad.append(f"{key} (not a list of texts)")
+        else:
+            bad += [f"{key}[{i}]" for i, text in enumerate(texts) if not _is_text(text)]
+    qa = inputs["qa"] if isinstance(inputs["qa"], dict) else {}
+    bad += [f"qa.{key}" for key in ("question", "context") if not _is_text(qa.get(key))]
+    if bad:
+        raise LabError(f"{path}: {', '.join(bad)}: each must be a non-empty text")
+    audio = path.parent / str(inputs["asr"])
+    if not audio.is_file():
+        raise LabError(f"{path}: asr audio file {audio} not found")
+    return {**inputs, "asr": audio}
+
+
+def _is_text(value) -> bool:
+    return isinstance(value, str) and bool(value.strip())
 
 
 def load_for_task(spec: dict, revision: str | None, tiny_dir: Path, texts: list[str], seed: int):
@@ -110,7 +163,7 @@ def run_pipelines(cfg: dict, inputs: dict, out: Path, device: str) -> dict:
                 feature_extractor=tok.feature_extractor,
                 device=device,
             )
-            clip = decode(DATA / inputs["asr"], WHISPER_RATE)  # soundfile + soxr (labkit.lab.audio)
+            clip = decode(inputs["asr"], WHISPER_RATE)  # soundfile + soxr (labkit.lab.audio)
             results[name] = pipe(
                 {"raw": clip.array, "sampling_rate": clip.sampling_rate},
                 generate_kwargs={"max_new_tokens": cfg["max_new_tokens"]},
@@ -200,7 +253,8 @@ def model_round_trip(model, tok, text: str, out: Path, save_dtype: str) -> float
 
 def run(ctx: RunContext) -> dict:
     cfg, out = ctx.config, ctx.run_dir
-    inputs = yaml.safe_load((DATA / "inputs.yaml").read_text(encoding="utf-8"))
+    inputs_path = ctx.repo_root / cfg["data"]["inputs"]
+    inputs = load_inputs(inputs_path)
 
     results = run_pipelines(cfg, inputs, out, ctx.device)
     (out / "pipelines.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -226,6 +280,7 @@ def run(ctx: RunContext) -> dict:
         **accelerator_info(ctx.device),
     }
     return {
+        "data": {"fingerprint": fingerprint({"inputs": inputs_path, "asr": inputs["asr"]})},
         "pipelines": structure,
         "tokenizer": tok_checks,
         "roundtrip": {"max_abs_logit_diff": diff},

@@ -119,9 +119,9 @@ def test_a_window_without_room_for_the_stride_is_a_clear_error():
 def test_an_empty_question_is_named_by_file_line_and_column_or_dropped(tmp_path):
     import json
 
-    from run import load_squad
-
     from labkit.config import get_lab, load_profile
+
+    from run import load_squad
 
     lab = get_lab("distilbert-squad")
     cfg = load_profile(lab, "smoke")[0]["data"]

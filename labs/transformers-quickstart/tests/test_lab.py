@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 import yaml
-from run import DATA, check_pipelines, extractive_qa, model_round_trip, tokenizer_demo
 
 from labkit.lab.tiny import build_tiny_encoder, build_tiny_gpt2
+
+from run import DATA, check_pipelines, extractive_qa, model_round_trip, tokenizer_demo
 
 INPUTS = yaml.safe_load((DATA / "inputs.yaml").read_text(encoding="utf-8"))
 TEXTS = INPUTS["tokenizer"] + INPUTS["sentiment"] + [INPUTS["qa"]["context"], INPUTS["qa"]["question"]]

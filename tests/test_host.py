@@ -167,3 +167,17 @@ def test_doctor_without_docker_is_fine_when_native_works(tmp_path, monkeypatch, 
     tasks.doctor(Context(), lab="bert-yelp")
     out = capsys.readouterr().out
     assert "native          : Python 3.11 at" in out and "not measured on a GPU yet" in out
+
+
+def test_your_own_files_are_mounted_read_only_into_the_container(tmp_path):
+    own = tmp_path / "my reviews.csv"
+    own.write_text("text,label\nfine,5 stars\n")
+    overrides = f"data.files.train='{own}' data.files.test=labs/bert-yelp/data/smoke/test.jsonl learning_rate=0"
+    plan = resolve("bert-yelp", "smoke", "native", overrides, host=NO_ACCELERATOR)
+    assert runs.host_path_mounts(plan) == [(str(own), f"{own}:ro")]  # the lab's own files are in its image
+    shared = resolve(
+        "bert-yelp", "smoke", "native", "data.files.train=images/cuda/requirements.in", host=NO_ACCELERATOR
+    )
+    assert runs.host_path_mounts(shared) == [
+        (str(REPO_ROOT / "images/cuda/requirements.in"), "/opt/labs/images/cuda/requirements.in:ro")
+    ]

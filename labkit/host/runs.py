@@ -62,6 +62,29 @@ def common_data_mount(plan: RunPlan) -> str | None:
     return cv_dir
 
 
+def host_path_mounts(plan: RunPlan) -> list[tuple[str, str]]:
+    """``(host path, container path:ro)`` for every override whose value names a file or folder on this
+    host that the lab's image lacks: an absolute path at the same path, a path relative to the
+    repository (outside ``labkit/`` and the lab's own folder, which the image holds) under
+    ``/opt/labs``. So ``SET=data.files.train=/data/my.csv`` reads the same file in the container as
+    natively, read-only."""
+    mounts = []
+    inside = (REPO_ROOT / "labkit", plan.lab.dir)
+    for item in plan.overrides:
+        value = item.partition("=")[2].strip()
+        if not value or "\n" in value:
+            continue
+        path = Path(value).expanduser()
+        if path.is_absolute():
+            if path.exists():
+                mounts.append((str(path), f"{path}:ro"))
+            continue
+        here = (REPO_ROOT / path).resolve()
+        if here.exists() and here.is_relative_to(REPO_ROOT) and not any(here.is_relative_to(d) for d in inside):
+            mounts.append((str(here), f"/opt/labs/{here.relative_to(REPO_ROOT)}:ro"))
+    return mounts
+
+
 def script_args(plan: RunPlan, output_root_arg: str, overrides: list[str]) -> list[str]:
     """The lab script's arguments: profile, output root, each override as ``--set``."""
     return ["--profile", plan.profile, "--output-root", output_root_arg] + [
@@ -93,7 +116,7 @@ def run(plan: RunPlan, root: Path | None = None) -> tuple[int, str]:
     found = docker.image_id(tag)
     if not found:
         raise LabError(f"image {tag} is not built yet: run `invoke build --lab {plan.lab.name}` (make lab-... does)")
-    mounts = [(str(root), CONTAINER_OUTPUTS)]
+    mounts = [(str(root), CONTAINER_OUTPUTS), *host_path_mounts(plan)]
     if cv_dir:
         mounts.append((str(Path(cv_dir).resolve()), "/data/common_voice:ro"))
     cmd = docker.run_args(mounts, {"LAB_IMAGE_ID": found, **env}, plan.container_accelerator, cards=plan.nproc)

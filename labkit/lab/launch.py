@@ -168,8 +168,9 @@ def read_hostfile(path: str | Path) -> dict[str, int]:
         where = f" line {bad}" if bad else ""
         raise LabError(f"hostfile {path}{where}: {exc} (each line: `host slots=N`)") from None
     for number, line in enumerate(lines, 1):
-        host, _, rest = line.strip().partition(" ")
-        if host not in hosts:
+        entry = re.match(r"^(\S+)\s+slots=(\d+)", line.strip())  # DeepSpeed's pattern
+        host = entry.group(1) if entry and not line.strip().startswith("#") else None
+        if host is None:
             continue  # a comment or an empty line
         if not HOST_NAME.fullmatch(host):
             odd = next(c for c in host if not HOST_NAME.fullmatch(c))
@@ -234,6 +235,8 @@ def command(spec: LaunchSpec, script: Path, args: list[str], job: int = 0, port:
     if spec.nnodes > 1:
         cmd += ["--nnodes", str(spec.nnodes), "--node_rank", str(spec.node_rank), "--rdzv_backend", "c10d"]
         cmd += ["--rdzv_endpoint", f"{spec.master_addr}:{port}", "--rdzv_conf", f"join_timeout={spec.timeout_s}"]
+    elif spec.max_restarts:  # a new rendezvous round per restart (the static one has none): see launch()
+        cmd += ["--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}"]
     else:
         cmd += ["--master_addr", "127.0.0.1", "--master_port", str(port)]
     return [*cmd, str(script), *args]
@@ -278,7 +281,7 @@ def failure_lines(text: str, limit: int = 12) -> list[str]:
     values"), every rank's the same once, and ``error: ...`` lines (``SystemExit``); the launcher's
     own summary (a rank's exit code or signal) when no rank raised; else the log's last lines.
     """
-    lines = [re.sub(r"^\[(default)?rank\d+\]:", "", line) for line in text.splitlines()]
+    lines = [re.sub(r"^\[(default)?rank\d+\]: ?", "", line) for line in text.splitlines()]
     rank_errors, launcher_errors = [], []
     for i, line in enumerate(lines):
         if line.startswith("error:") and line not in rank_errors:
@@ -332,6 +335,11 @@ def launch(spec: LaunchSpec, script: Path, args: list[str], log: Path, job: int 
         check_hosts_reachable(list(read_hostfile(spec.hostfile)), timeout_s=min(10.0, spec.timeout_s))
     one_node = spec.nnodes == 1 and not spec.hostfile
     cmd = command(spec, script, args, job, port=free_port() if one_node else None)
+    if spec.max_restarts:
+        # By default torchrun's ranks share the rendezvous' store with every restart round, and a restarted
+        # rank reads the dead round's addresses (gloo: "connectFullMesh failed ... Connection refused");
+        # unshared, each round's rank 0 starts a store of its own (torch.distributed.elastic.rendezvous).
+        env = {**(os.environ if env is None else env), "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
     print(f"+ {shown(cmd)}", flush=True)
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("w", encoding="utf-8") as out:

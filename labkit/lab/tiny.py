@@ -483,3 +483,78 @@ def build_tiny_t5(
     torch.manual_seed(seed)
     T5ForConditionalGeneration(config).save_pretrained(out_dir)
     return Path(out_dir)
+
+
+def build_tiny_granitemoe(
+    out_dir: Path,
+    texts: list[str],
+    seed: int = 0,
+    hidden_size: int = 64,
+    intermediate_size: int = 32,
+    num_hidden_layers: int = 2,
+    num_attention_heads: int = 4,
+    num_key_value_heads: int = 2,
+    num_local_experts: int = 8,
+    num_experts_per_tok: int = 2,
+    max_position_embeddings: int = 4096,
+    bpe_vocab_size: int = 512,
+    embedding_multiplier: float = 1.0,
+    residual_multiplier: float = 1.0,
+    logits_scaling: float = 1.0,
+    attention_multiplier: float | None = None,
+) -> Path:
+    """Build and save a tiny sparse Mixture-of-Experts Granite (``GraniteMoeForCausalLM``) to ``out_dir``.
+
+    The architecture of ``ibm-granite/granite-3.0-1b-a400m-base`` (its config.json: hidden 1024, 24
+    layers, 16 query / 8 key-value heads, 32 experts of intermediate size 512, top-8 routing, router
+    aux-loss coefficient 0.001, tied embeddings, embedding multiplier 12, residual multiplier 0.22,
+    logits scaling 6, attention multiplier 1/head_dim) at tiny size: hidden 64, 2 layers, 8 experts of
+    intermediate size 32, top-2 (the same quarter of the experts active per token). Experts are stored
+    as Transformers 5 packs them: ``experts.gate_up_proj`` (E, 2I, H) and ``experts.down_proj``
+    (E, H, I). The tokenizer is a GPT-2 style byte-level BPE trained on ``texts`` (Granite 3.0's
+    scheme) with ``<|endoftext|>`` as id 0 and as its BOS, EOS and padding token, as Granite's.
+    Weights are random but the same for a given ``seed``.
+
+    Granite's scaling multipliers default to 1.0 here (``attention_multiplier`` None: 1/sqrt(head_dim)):
+    with the checkpoint's (12, 0.22, logits divided by 6, 1/head_dim) a random tiny model's outputs
+    stay near uniform and LoRA moves its loss little in a smoke run (measured on the moe lab's bundled
+    text, 200 steps: a 1.2 % loss drop against 8 %). Pass them to build the checkpoint's exact scaling.
+
+    Returns:
+        ``out_dir`` (loadable with ``from_pretrained``).
+    """
+    from transformers import GPT2Tokenizer, GraniteMoeConfig, GraniteMoeForCausalLM
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    trained, merges = train_byte_level_bpe(texts, bpe_vocab_size)
+    eos = "<|endoftext|>"
+    vocab = {eos: 0, **{token: i + 1 for token, i in sorted(trained.items(), key=lambda item: item[1])}}
+    tokenizer = GPT2Tokenizer(vocab=vocab, merges=merges, unk_token=eos, bos_token=eos, eos_token=eos, pad_token=eos)
+    tokenizer.model_max_length = max_position_embeddings
+    tokenizer.save_pretrained(out_dir)
+    head_dim = hidden_size // num_attention_heads
+    config = GraniteMoeConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_hidden_layers,
+        num_attention_heads=num_attention_heads,
+        num_key_value_heads=num_key_value_heads,
+        num_local_experts=num_local_experts,
+        num_experts_per_tok=num_experts_per_tok,
+        max_position_embeddings=max_position_embeddings,
+        router_aux_loss_coef=0.001,
+        embedding_multiplier=embedding_multiplier,
+        residual_multiplier=residual_multiplier,
+        logits_scaling=logits_scaling,
+        attention_multiplier=attention_multiplier if attention_multiplier is not None else head_dim**-0.5,
+        tie_word_embeddings=True,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+    )
+    torch.manual_seed(seed)
+    GraniteMoeForCausalLM(config).save_pretrained(out_dir)
+    GenerationConfig(bos_token_id=0, eos_token_id=0, pad_token_id=0).save_pretrained(out_dir)
+    return out_dir

@@ -45,7 +45,17 @@ SYSTEM = (
     "markdown, no field names inside the text)."
 )
 LANGUAGES = {"zh": "Chinese", "en": "English"}
-KEY_TEXT = re.compile(r"^\s*(content|summary|question|answer|format|comment)\s*[:：]", re.IGNORECASE | re.MULTILINE)
+KEY_TEXT = re.compile(
+    r"^\s*(content|summary|question|answer|format|comment|source|interpretation)\s*[:：]", re.IGNORECASE | re.MULTILINE
+)
+#: Why a question or answer is unusable (:func:`check_field`), in words for messages.
+REASONS = {
+    "empty_field": "empty",
+    "json_in_field": "JSON inside the text (a reply's object pasted as a field)",
+    "key_value_text": "a 'key: value' line inside the text (summary:, format:, source: ...)",
+    "stray_quote": "a quote left over at its start or end (an odd number of quotes)",
+    "wrong_language": "not in the language asked for",
+}
 
 
 @dataclass
@@ -71,11 +81,14 @@ class Report:
 
 def read_sections(source: Path, column: str | None = None) -> list[str]:
     """Text sections of ``source``: a folder's ``.txt``/``.md`` files split on blank lines, or a CSV's
-    ``column`` (UTF-8, with or without a byte-order mark).
+    ``column`` (UTF-8, with or without a byte-order mark; GBK read with a notice: ``labkit.lab.data``).
 
     Raises:
-        LabError: the source does not exist, holds no text files or sections, or the CSV lacks the column.
+        LabError: the source does not exist, holds no text files or sections, a file's encoding or a
+            CSV's quoting is unreadable, or the CSV lacks the column.
     """
+    from labkit.lab.data import read_csv, read_csv_text
+
     source = Path(source)
     if not source.exists():
         raise LabError(f"source {source} does not exist: give a folder of .txt/.md files or a CSV file")
@@ -83,14 +96,15 @@ def read_sections(source: Path, column: str | None = None) -> list[str]:
         files = sorted(p for p in source.rglob("*") if p.suffix.lower() in (".txt", ".md") and p.is_file())
         if not files:
             raise LabError(f"source folder {source} holds no .txt or .md files")
-        text = "\n\n".join(p.read_text(encoding="utf-8-sig") for p in files)
+        text = "\n\n".join(read_csv_text(p)[0] for p in files)  # UTF-8; GBK read with a notice
         sections = [s.strip() for s in re.split(r"\n\s*\n", text) if s.strip()]
     else:
-        with source.open(encoding="utf-8-sig", newline="") as f:
-            reader = csv.DictReader(f)
-            if not column or column not in (reader.fieldnames or []):
-                raise LabError(f"{source} has no column {column!r}; it has: {', '.join(reader.fieldnames or [])}")
-            sections = [row[column].strip() for row in reader if (row[column] or "").strip()]
+        rows, _ = read_csv(source)
+        if not column or column not in rows.column_names:
+            raise LabError(
+                f"{source} has no column {column!r}; it has: {', '.join(rows.column_names)} (set generate.column)"
+            )
+        sections = [t.strip() for t in rows[column] if t.strip()]
     if not sections:
         raise LabError(f"source {source} holds no text")
     return sections
@@ -105,8 +119,23 @@ def language_ok(text: str, language: str) -> bool:
     return cjk >= 0.3 if language == "zh" else cjk < 0.1
 
 
-def check_field(text, language: str) -> str | None:
-    """Why a question or answer is unusable, or ``None``."""
+def stray_quote(t: str) -> bool:
+    """A quote at the start or end of ``t`` that pairs with nothing: an odd number of ``"`` or ``'``,
+    or unequal numbers of ``“`` and ``”`` (``“云雾白毫”是什么？`` is fine, ``"讼卦代表争讼。`` is not)."""
+    ends = {t[0], t[-1]}
+    return bool(
+        ('"' in ends and t.count('"') % 2)
+        or ("'" in ends and t.count("'") % 2)
+        or (ends & {"“", "”"} and t.count("“") != t.count("”"))
+    )
+
+
+def check_field(text, language: str | None) -> str | None:
+    """Why a question or answer is unusable (a key of :data:`REASONS`), or ``None``.
+
+    The same checks for generated pairs and for a CSV you bring (:func:`check_pairs`); the language
+    is checked where one was asked for (``language`` ``zh``/``en``; ``None``: not checked).
+    """
     if not isinstance(text, str) or not text.strip():
         return "empty_field"
     t = text.strip()
@@ -114,11 +143,51 @@ def check_field(text, language: str) -> str | None:
         return "json_in_field"
     if KEY_TEXT.search(t):
         return "key_value_text"
-    if t[0] in "\"'“”" or t[-1] in "\"'“”" and t.count(t[-1]) % 2:
+    if stray_quote(t):
         return "stray_quote"
-    if not language_ok(t, language):
+    if language and not language_ok(t, language):
         return "wrong_language"
     return None
+
+
+def check_pairs(rows, columns: tuple[str, str], policy: str, where: str, place) -> tuple[object, dict[str, int]]:
+    """The pair checks of :func:`check_field` on a question/answer ``datasets.Dataset`` (your CSV, or
+    the generated one): under ``policy`` ``fail`` the first defective field is an error naming
+    ``where``, the record and line (``place(row, column)``), the column and the defect, with the
+    count of all others; under ``drop`` defective rows are dropped and counted by reason.
+
+    Returns:
+        ``(rows without the defective ones, {reason: rows dropped})``.
+
+    Raises:
+        LabError: a defective field under ``fail``.
+    """
+    found = []  # (row, column, reason)
+    for i, row in enumerate(rows):
+        for column in columns:
+            why = check_field(row[column], None)
+            if why:
+                found.append((i, column, why))
+    if not found:
+        return rows, {}
+    bad_rows = sorted({i for i, _, _ in found})
+    if policy == "fail":
+        i, column, why = found[0]
+        excerpt = rows[i][column].strip().replace("\n", " ")
+        excerpt = excerpt[:40] + ("..." if len(excerpt) > 40 else "")
+        more = f" ({len(found) - 1} more defective field(s) in the file)" if len(found) > 1 else ""
+        raise LabError(
+            f"{where}: {place(i, column)}, column {column!r}: {REASONS[why]}: {excerpt!r}{more}. "
+            "Fix the data, or set data.bad_text=drop to drop such rows (they are counted in metrics.json)."
+        )
+    first_reason = {}
+    for i, _, why in found:
+        first_reason.setdefault(i, why)  # a row is counted once, under its first defect
+    counts = dict(Counter(first_reason.values()))
+    shown = ", ".join(place(i) for i in bad_rows[:10]) + (", ..." if len(bad_rows) > 10 else "")
+    print(f"{where}: dropped {len(bad_rows)} row(s) with defective text {counts}: {shown}", flush=True)
+    keep = set(range(len(rows))) - set(bad_rows)
+    return rows.select(sorted(keep)), counts
 
 
 def validate(reply: str, language: str) -> tuple[list[dict], str | None, Counter]:
@@ -201,6 +270,11 @@ def ask(client, cfg: dict, messages: list[dict], cache: Path, report: Report) ->
         ) from None
     except openai.APIConnectionError as exc:
         raise LabError(f"cannot reach {url}: {exc.__cause__ or exc}") from None
+    except openai.NotFoundError:
+        raise LabError(
+            f"{url} answered HTTP 404 for model {cfg['model']!r}: set generate.model to a model it serves "
+            "(and check that the URL ends in /v1)"
+        ) from None
     except openai.APIStatusError as exc:
         raise LabError(f"{url} answered HTTP {exc.status_code} after {cfg['max_retries']} retries") from None
     content = response.choices[0].message.content or ""
@@ -224,6 +298,8 @@ def generate(cfg: dict, source: Path, out_dir: Path, cache: Path) -> tuple[Path,
     Raises:
         LabError: bad source, missing or rejected key, unreachable endpoint, or no valid pair at all.
     """
+    if cfg["language"] not in LANGUAGES:
+        raise LabError(f"generate.language={cfg['language']!r}: use one of {', '.join(LANGUAGES)}")
     report = Report()
     sections = read_sections(source, cfg.get("column"))
     report.sections = len(sections)

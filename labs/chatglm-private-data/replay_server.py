@@ -8,7 +8,8 @@ It checks the ``Authorization: Bearer`` header is present, as a real endpoint wo
 
 So the smoke profile exercises the real client path: HTTP, retries on 429 and 5xx, JSON-object
 replies, usage accounting, validation of malformed replies, and the cache. ``generate.py`` does not
-know it is talking to a replay.
+know it is talking to a replay. The replies are about one text, the ``source`` folder beside the
+script (:func:`recorded_source`); the lab serves them for that text only.
 
     with ReplayServer(Path("replies.jsonl")) as url:   # http://127.0.0.1:<port>/v1
         ...
@@ -21,6 +22,16 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+
+def recorded_source(script: Path) -> Path:
+    """The text a replay script's replies were recorded for: the ``source`` folder beside it.
+
+    The server answers in script order whatever it is asked, so its replies only make sense for that
+    text: the lab starts it for that source only (``run.endpoint``) and asks a real chat API for
+    other documents.
+    """
+    return Path(script).parent / "source"
 
 
 class ReplayServer:

@@ -29,12 +29,12 @@ import labkit.lab  # noqa: F401  (first, before torch: the torch_npu guard, a qu
 import contextlib
 import os
 
-from datasets import DatasetDict, load_dataset
+from datasets import DatasetDict
 from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
 from labkit.errors import LabError
-from labkit.lab.data import CSV_KEEP_TEXT, check_texts, require_columns
+from labkit.lab.data import check_texts, read_csv
 from labkit.lab.llm.chat import ChatTemplateModel
 from labkit.lab.llm.checks import check_device_support, quantization_counts, quantized
 from labkit.lab.llm.generation import compare_before_after, logits_on
@@ -45,37 +45,85 @@ from labkit.lab.runner import RunContext, main
 from labkit.lab.tiny import build_tiny_glm
 from labkit.verify import fingerprint
 
-from generate import generate
-from replay_server import ReplayServer
+from generate import check_pairs, generate, read_sections
+from replay_server import ReplayServer, recorded_source
+
+#: What a run without generation (your own CSV) leaves out, for verification (``metrics.json`` ``not_run``).
+NO_GENERATION = "generate.enabled is false: the pairs are your CSV (data.file), nothing was generated"
+GENERATION_OUTPUTS = ("dataset.csv", "generation_report.json", "generation_report.")
 
 
-def endpoint(gen: dict, repo_root: Path):
-    """The chat endpoint for step 1: the lab's replay server (``base_url: replay``) or a real one."""
-    if gen["base_url"] != "replay":
-        return contextlib.nullcontext(gen["base_url"])
-    os.environ.setdefault("OPENAI_API_KEY", "replay")  # the replay checks a key is sent, not which
-    return ReplayServer(repo_root / gen["replies"])
+def endpoint(gen: dict, source: Path, repo_root: Path):
+    """The chat endpoint for step 1, as a context manager giving its URL.
 
-
-def load_pairs(csv_path: Path, cfg: dict) -> DatasetDict:
-    """``train`` / ``validation`` splits of a question/answer CSV (UTF-8, with or without a BOM).
+    ``base_url`` a URL: that endpoint; ``null``: ``OPENAI_BASE_URL``, else OpenAI's. ``replay``: the
+    lab's replay server, which has replies for one text only (the ``source`` folder beside its
+    script, :func:`replay_server.recorded_source`); for other documents the run asks
+    ``OPENAI_BASE_URL`` when it is set.
 
     Raises:
-        LabError: the file is missing, lacks the profile's columns, or has an empty cell (under
-            ``bad_text: fail``; names the line and column).
+        LabError: other documents under ``replay`` with no ``OPENAI_BASE_URL``, or with the replay's
+            model name: before any request, one line saying how to point the run at a chat API.
     """
-    if not csv_path.is_file():
-        raise LabError(f"data file {csv_path} not found")
-    rows = load_dataset("csv", data_files=str(csv_path), split="train", encoding="utf-8-sig", **CSV_KEEP_TEXT)
-    columns = (cfg["prompt_column"], cfg["answer_column"])
-    require_columns(
-        DatasetDict(data=rows), columns, f"set data.prompt_column / data.answer_column (the CSV is {csv_path})"
+    if gen["base_url"] != "replay":
+        return contextlib.nullcontext(gen["base_url"])
+    replies = repo_root / (gen["replies"] or "")
+    if not replies.is_file():
+        raise LabError(f"generate.replies={gen['replies']!r}: the replay server's script is not there")
+    recorded = recorded_source(replies)
+    if read_sections(source, gen["column"]) == read_sections(recorded):
+        os.environ.setdefault("OPENAI_API_KEY", "replay")  # the replay checks a key is sent, not which
+        return ReplayServer(replies)
+    how = (
+        "export OPENAI_BASE_URL=http://localhost:8000/v1 (a local vLLM or `transformers serve`; Ollama: "
+        "http://localhost:11434/v1) and OPENAI_API_KEY (any value for a local server), and SET "
+        'generate.model=<a model it serves>; or SET "generate.base_url=https://api.openai.com/v1 '
+        'generate.model=gpt-4o-mini" with your OPENAI_API_KEY'
     )
-    rows, dropped = check_texts(rows, columns, cfg["bad_text"], str(csv_path), first_line=2)
+    url = os.environ.get("OPENAI_BASE_URL")
+    if not url:
+        raise LabError(
+            f"generate.source {source} is not the text the replay server (generate.base_url=replay) has replies "
+            f"for ({recorded}), and no chat API is set: {how}"
+        )
+    if gen["model"] == "replay":
+        raise LabError(f"generate.model is 'replay', the replay server's name: {url} needs a model it serves: {how}")
+    print(f"generate.source is not the replay's text: asking OPENAI_BASE_URL={url} (model {gen['model']})", flush=True)
+    return contextlib.nullcontext(url)
+
+
+def load_pairs(csv_path: Path, cfg: dict) -> tuple[DatasetDict, dict, dict]:
+    """``train`` / ``validation`` splits of a question/answer CSV (UTF-8 with or without a BOM; a
+    GBK/GB18030 or UTF-16 file is read with a notice), checked as generated pairs are.
+
+    Returns:
+        ``(splits, {column: empty rows dropped}, {defect: rows dropped})`` (drops under ``bad_text: drop``).
+
+    Raises:
+        LabError: the file is missing, unreadable (encoding, quoting, field counts), lacks the
+            profile's columns, has an empty or defective question or answer under ``bad_text:
+            fail`` (names the record, its physical line and the column), or leaves fewer than 2 rows.
+    """
+    rows, records = read_csv(csv_path)
+    columns = (cfg["prompt_column"], cfg["answer_column"])
+    missing = [c for c in columns if c not in rows.column_names]
+    if missing:
+        raise LabError(
+            f"{csv_path} has no column(s) {', '.join(missing)}; it has: {', '.join(rows.column_names)}. "
+            "Set data.prompt_column / data.answer_column to yours"
+        )
+    rows = rows.add_column("__record__", list(range(len(rows))))  # the record each row came from, for messages
+
+    def place(i: int, column: str | None = None) -> str:
+        return records.place(rows[i]["__record__"], column)
+
+    rows, dropped = check_texts(rows, columns, cfg["bad_text"], str(csv_path), records=records)
+    rows, defective = check_pairs(rows, columns, cfg["bad_text"], str(csv_path), place)
+    rows = rows.remove_columns("__record__")
     if len(rows) < 2:
         raise LabError(f"{csv_path} holds {len(rows)} usable row(s): at least 2 are needed (one to hold out)")
     split = rows.train_test_split(test_size=max(1, round(len(rows) * cfg["eval_fraction"])), seed=cfg["shuffle_seed"])
-    return DatasetDict(train=split["train"], validation=split["test"]), dropped
+    return DatasetDict(train=split["train"], validation=split["test"]), dropped, defective
 
 
 def run(ctx: RunContext) -> dict:
@@ -83,22 +131,26 @@ def run(ctx: RunContext) -> dict:
     gen = cfg["generate"]
 
     # 1. The training set: generated from your documents through the chat API, or your own CSV.
-    report = None
+    report, not_run = None, {}
     if gen["enabled"]:
         source = ctx.repo_root / gen["source"]  # an absolute path stays as given
         cache = ctx.repo_root / gen["cache"] if gen["cache"] else out.parents[1] / "cache"  # <output root>/<lab>/cache
-        with endpoint(gen, ctx.repo_root) as url:
+        with endpoint(gen, source, ctx.repo_root) as url:
             csv_path, report = generate({**gen, "base_url": url}, source, out, cache)
         print(f"generated {report.pairs} pairs from {report.sections} sections: {out / 'dataset.csv'}", flush=True)
     else:
         if not cfg["data"]["file"]:
             raise LabError("generate.enabled is false and data.file is not set: give a CSV (SET=data.file=...)")
-        csv_path = Path(cfg["data"]["file"])
-        csv_path = csv_path if csv_path.is_absolute() else ctx.repo_root / csv_path
-    dsd, dropped = load_pairs(csv_path, cfg["data"])
+        csv_path = ctx.repo_root / cfg["data"]["file"]  # an absolute path stays as given
+        not_run = dict.fromkeys(GENERATION_OUTPUTS, NO_GENERATION)
+    dsd, dropped, defective = load_pairs(csv_path, cfg["data"])
 
     columns = (cfg["data"]["prompt_column"], cfg["data"]["answer_column"])
-    data = {"dropped_rows": dropped, "fingerprint": fingerprint({"pairs": csv_path})}
+    data = {
+        "dropped_rows": dropped,
+        "dropped_defective": defective,
+        "fingerprint": fingerprint({"pairs": csv_path}),
+    }
     chat = ChatTemplateModel()
 
     # 2. Tokenizer and prompts: the chat template around the input, the answer and its end-of-text the
@@ -177,6 +229,7 @@ def run(ctx: RunContext) -> dict:
         "eval": {"loss_before": losses["eval_before"], "loss_after": losses["eval_after"]},
         "generation": generation,
         "reload": {"max_abs_logit_diff": max_diff},
+        **({"not_run": not_run} if not_run else {}),
     }
 
 

@@ -71,6 +71,31 @@ def test_long_summaries_are_cut_and_counted_long_contents_cut_no_room_named(tiny
     assert tokenize_chat(rows_of(ROW), COLS, tok, 3, 32, "drop")[1]["dropped_no_room"] == 1
 
 
+def test_an_answer_cut_inside_a_rare_character_ends_on_a_whole_one(tiny):
+    """Byte-level BPE (GLM-4's scheme) writes a character it never saw in training as its 3 UTF-8
+    bytes, 3 tokens. Cutting such an answer at max_output_length must not leave part of a character:
+    decoded and tokenized again, the part became U+FFFD (3 more tokens) and the target ended in '\ufffd',
+    longer than the limit. The cut is on token ids, moved back to the last whole character."""
+    _, tok = tiny
+    rare = "龘龘齉齉爩"  # none in the tiny tokenizer's training texts: 2-3 byte tokens each
+    ids = tok(rare, add_special_tokens=False)["input_ids"]
+    inside = [n for n in range(1, len(ids)) if tok.decode(ids[:n]).endswith("\ufffd")]
+    assert len(ids) > len(rare) and inside  # cuts that fall inside a character exist
+    for max_output in range(1, len(ids)):
+        data, counts = tokenize_chat(rows_of({**ROW, "summary": rare}), COLS, tok, 64, max_output, "fail")
+        target = [t for t in data[0]["labels"] if t != -100]
+        assert target[-1] == tok.eos_token_id and counts["answers_cut"] == 1
+        kept = target[:-1]
+        assert len(kept) <= max_output and kept == ids[: len(kept)], (max_output, kept)  # the answer's own ids
+        assert "\ufffd" not in tok.decode(kept) and rare.startswith(tok.decode(kept))
+        assert all(n in inside for n in range(len(kept) + 1, max_output + 1))  # the last whole character
+    # a prompt cut inside a rare character is cut back to a whole one too
+    for max_input in range(8, 22):
+        data, counts = tokenize_chat(rows_of({"content": rare * 4, "summary": "好"}), COLS, tok, max_input, 8, "fail")
+        prompt = [t for t, lab in zip(data[0]["input_ids"], data[0]["labels"]) if lab == -100]
+        assert counts["prompts_cut"] == 1 and len(prompt) <= max_input and "\ufffd" not in tok.decode(prompt)
+
+
 def test_a_tokenizer_without_chat_template_is_named(tiny):
     _, tok = tiny
     bare = type(tok).from_pretrained(tok.name_or_path)
@@ -244,3 +269,34 @@ def test_npu_profiles_refuse_4bit_on_an_npu_before_loading():
     check_device_support(cfg["model"]["quantization"], False, "npu")  # bf16 LoRA passes
     with pytest.raises(LabError, match="load_in_4bit on an Ascend NPU"):
         check_device_support(load_profile(LAB, "full")[0]["model"]["quantization"], False, "npu")
+
+
+def test_the_readmes_your_own_data_command_runs_as_written(tmp_path):
+    """The README's own-data command, as written, through make (RUNTIME=native): other rows verify,
+    with the checks that count the bundled rows SKIPped. Our rows: the lab's second dataset
+    (data/foreign, written by hand: shoes, bags and accessories)."""
+    import os
+    import shutil
+    import subprocess
+
+    repo = LAB.dir.parents[1]
+    if not shutil.which("make") or not (repo / ".venv" / "bin" / "invoke").exists():
+        pytest.skip("needs make and the tooling virtualenv .venv (`make venv`)")
+    text = (LAB.dir / "README.md").read_text(encoding="utf-8")
+    block = text.split("## Run it", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    commands = [" ".join(line.split("#")[0].split()) for line in block.splitlines() if "data.files." in line]
+    assert commands == [
+        'make lab-chatglm-qlora PROFILE=smoke SET="data.files.train=my_train.jsonl data.files.validation=my_val.jsonl"'
+    ]
+    shutil.copy(LAB.dir / "data" / "foreign" / "train.jsonl", tmp_path / "my_train.jsonl")
+    shutil.copy(LAB.dir / "data" / "foreign" / "validation.jsonl", tmp_path / "my_val.jsonl")
+    command = commands[0].replace("my_train.jsonl", str(tmp_path / "my_train.jsonl"))
+    command = command.replace("my_val.jsonl", str(tmp_path / "my_val.jsonl"))
+    env = {k: v for k, v in os.environ.items() if k not in ("PROFILE", "RUNTIME", "SET", "VARIANT")}
+    env.update(RUNTIME="native", OUTPUT_ROOT=str(tmp_path / "outputs"))
+    done = subprocess.run(
+        ["bash", "-c", command], cwd=repo, env=env, capture_output=True, text=True, timeout=900, check=False
+    )
+    out = done.stdout + done.stderr
+    assert done.returncode == 0 and "=> PASS" in out and "Traceback" not in out, out[-3000:]
+    assert "data.train_examples" in out and "skipped: the run used other data" in out

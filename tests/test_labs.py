@@ -19,7 +19,9 @@ from labkit.config import REPO_ROOT
 from labkit.errors import LabError
 from labkit.host import docker, runs
 from labkit.host.native import ensure_env
-from labkit.host.probe import probe
+from labkit.host.nvidia import Gpu
+from labkit.host.plan import resolve
+from labkit.host.probe import Accelerators, probe
 from labkit.rundir import newest_completed_run
 from labkit.verify import format_table, load_expected, verify_run
 
@@ -242,9 +244,13 @@ def test_each_variant_image_runs_its_smoke_profile(lab, outputs):
 
 @needs_engine
 def test_gpu_run_on_engine_without_nvidia_runtime_is_explained(lab, outputs, capsys):
+    """A GPU host whose Docker lacks the NVIDIA Container Toolkit: the run asks for --gpus and the
+    engine refuses; the error names the toolkit. (The host's GPU is stood in for: on a host without
+    one the plan refuses the full profile before Docker, test_full_profile_without_accelerator_fails_clearly.)"""
     if probe().kind:
         pytest.skip("this host has a GPU")
-    code, tail = run_lab(lab, "full", "docker", [], outputs)
+    gpu_host = Accelerators(gpus=(Gpu("NVIDIA T4 (stand-in)", 15.0, "580.95.05"),))
+    code, tail = runs.run(resolve(lab, "full", "docker", host=gpu_host), outputs)
     assert code != 0
     if "could not select device driver" not in tail:
         pytest.skip("this engine accepted --gpus (an NVIDIA runtime is configured)")
@@ -283,28 +289,67 @@ def test_launch_that_waits_for_a_missing_node_stops_at_its_timeout(lab, tmp_path
     assert "ran past 20 s and was stopped" in tail or "RendezvousTimeoutError" in tail
 
 
+#: Run in node1's container: SIGKILL its rank process(es) (train.py, not the torchrun agent); prints their pids.
+KILL_RANK = """\
+import os, signal
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        argv = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\\0")
+    except OSError:
+        continue
+    if any(a.endswith(b"train.py") for a in argv) and b"torch.distributed.run" not in argv:
+        os.kill(int(pid), signal.SIGKILL)
+        print(pid)
+"""
+
+
 @needs_engine
 @pytest.mark.labs("deepspeed-zero")
 @pytest.mark.skipif(not shutil.which("docker-compose"), reason="no docker-compose binary (make venv installs it)")
 def test_two_containers_train_as_two_nodes(lab, tmp_path):
     """labs/deepspeed-zero/compose.multinode.yaml: node0 and node1 on a private bridge network, one
-    job across them (torchrun c10d rendezvous, gloo), ZeRO-2 and ZeRO-3, resumed from node-local checkpoints."""
+    job across them (torchrun c10d rendezvous, gloo), ZeRO-2 and ZeRO-3, resumed from node-local checkpoints.
+    Mid-way through the ZeRO-3 job node1's rank is killed (SIGKILL): torchrun (max_restarts=1) restarts the
+    ranks of both nodes, which resume from the newest checkpoint both completed (checkpoint_every=3) and end
+    with the uninterrupted run's losses (expected/smoke.yaml's exact values)."""
+    import time
+
     docker.build_lab_image(lab)
     tmp_path.chmod(0o777)  # the containers run as uid 1000
     compose = ["docker-compose", "-f", str(lab.dir / "compose.multinode.yaml"), "-p", f"dz{tmp_path.name[-8:].lower()}"]
     env = {**os.environ, "OUTPUT_ROOT": str(tmp_path), "IMAGE": docker.image_tag(lab.name)}
+    env.update(MAX_RESTARTS="1", CHECKPOINT_EVERY="3")
+    killed, log = "", tmp_path / "compose.log"
     try:
-        result = subprocess.run(
-            [*compose, "up", "--abort-on-container-failure"], env=env, text=True, capture_output=True
-        )
+        with log.open("w") as out:
+            up = subprocess.Popen([*compose, "up", "--abort-on-container-failure"], env=env, stdout=out, stderr=out)
+            deadline = time.monotonic() + 1500
+            while up.poll() is None and time.monotonic() < deadline:
+                progress = list(tmp_path.glob("deepspeed-zero/smoke/*/zero3-np2/progress.json"))
+                step = json.loads(progress[0].read_text() or "{}").get("step", 0) if progress else 0
+                if not killed and step >= 7:  # node0's rank 0 finished step 7: the step-6 checkpoint is complete
+                    node1 = subprocess.run([*compose, "ps", "-q", "node1"], env=env, capture_output=True, text=True)
+                    killed = subprocess.run(
+                        [*docker.docker_cli(), "exec", node1.stdout.strip(), "python", "-c", KILL_RANK],
+                        capture_output=True,
+                        text=True,
+                    ).stdout.strip()
+                time.sleep(0.2)
+            up.wait(timeout=max(1, deadline - time.monotonic()))
     finally:
         subprocess.run([*compose, "down", "--volumes"], env=env, capture_output=True)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert up.returncode == 0, log.read_text()[-5000:]
+    assert killed, "node1's rank was not killed mid-training"
     run_dir, checks = verify_latest(tmp_path, lab)
     assert all(c.passed for c in checks), [c for c in checks if not c.passed]
     assert not any(
-        c.skipped and c.name.startswith(("reload", "resume", "stages.max_abs_weight_diff_np2")) for c in checks
+        c.skipped and c.name.startswith(("reload", "resume", "stages.max_abs_weight_diff_np2", "jobs.zero3-np2"))
+        for c in checks
     )
+    (restart,) = json.loads((run_dir / "metrics.json").read_text())["restarts"]["events"]
+    assert restart["job"] == "zero3-np2" and restart["attempt"] == 1 and restart["resumed_from_step"] in (6, 9)
+    assert restart["steps_lost"] == restart["last_step_done"] - restart["resumed_from_step"] >= 1
+    print(f"node1's rank (pid {killed}) killed; the restart: {restart}")
     ranks = [json.loads((run_dir / "zero3-np2" / f"rank{r}.json").read_text()) for r in (0,)]
     node1 = latest_run(tmp_path / "node1", lab.name, "smoke")
     ranks.append(json.loads((node1 / "zero3-np2" / "rank1.json").read_text()))

@@ -162,17 +162,31 @@ def build_tiny_encoder(
     intermediate_size: int = 128,
     max_position_embeddings: int = 512,
 ) -> Path:
-    """Build and save a tiny ``bert`` or ``distilbert`` (config, random weights, WordPiece tokenizer).
+    """Build and save a tiny ``bert``, ``distilbert`` or ``roberta`` (config, random weights, tokenizer).
 
-    The vocabulary is trained on ``texts`` (``lowercase`` as in ``bert-base-cased`` = False or
-    ``distilbert-base-uncased`` = True). The saved folder loads with any ``AutoModelFor*`` of that
-    architecture: the task head is added, as with a Hub checkpoint, by ``from_pretrained``.
+    ``bert`` / ``distilbert``: a WordPiece vocabulary trained on ``texts`` (``lowercase`` as in
+    ``bert-base-cased`` = False or ``distilbert-base-uncased`` = True). ``roberta``: see
+    :func:`build_tiny_roberta` (byte-level BPE of ``vocab_size`` tokens; ``lowercase`` is ignored).
+    The saved folder loads with any ``AutoModelFor*`` of that architecture: the task head is added,
+    as with a Hub checkpoint, by ``from_pretrained``.
 
     Returns:
         ``out_dir``.
     """
     from transformers import AutoModel, BertConfig, BertTokenizer, DistilBertConfig, DistilBertTokenizer
 
+    if model_type == "roberta":
+        return build_tiny_roberta(
+            out_dir,
+            texts,
+            seed=seed,
+            bpe_vocab_size=vocab_size,
+            hidden_size=hidden_size,
+            layers=layers,
+            heads=heads,
+            intermediate_size=intermediate_size,
+            max_positions=max_position_embeddings,
+        )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     vocab = {token: i for i, token in enumerate(train_wordpiece(texts, vocab_size, lowercase))}
@@ -197,11 +211,110 @@ def build_tiny_encoder(
             max_position_embeddings=max_position_embeddings,
         )
     else:
-        raise ValueError(f"model_type must be bert or distilbert, not {model_type!r}")
+        raise ValueError(f"model_type must be bert, distilbert or roberta, not {model_type!r}")
     tokenizer.model_max_length = max_position_embeddings
     tokenizer.save_pretrained(out_dir)
     torch.manual_seed(seed)
     AutoModel.from_config(config).save_pretrained(out_dir)
+    return out_dir
+
+
+#: RoBERTa's special tokens and their ids in ``FacebookAI/roberta-base``'s vocabulary; ``<mask>`` is its last id.
+ROBERTA_SPECIALS = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}
+
+
+def init_weights_portably(model: torch.nn.Module, seed: int, std: float = 0.02) -> None:
+    """Initialise ``model`` as BERT/RoBERTa's ``_init_weights`` does (Linear and Embedding weights
+    normal(0, ``std``) with ``std`` = ``initializer_range`` 0.02, biases 0, LayerNorm 1 and 0,
+    embedding padding rows 0), from one ``torch.Generator`` seeded with ``seed``, parameter by
+    parameter in name order.
+
+    Transformers' own initialisation draws from the global generator in an order that changed between
+    releases (4.57 and 5.x give different weights for the same seed); this one depends only on the
+    parameter names and shapes, so two environments with different Transformers build the same tiny
+    model, byte for byte (the peft-methods lab compares methods trained in both).
+    """
+    g = torch.Generator().manual_seed(seed)
+    modules = dict(model.named_modules())
+    with torch.no_grad():
+        for name, param in sorted(model.named_parameters()):
+            owner = modules[name.rsplit(".", 1)[0]] if "." in name else model
+            if isinstance(owner, torch.nn.LayerNorm):
+                param.fill_(1.0 if name.endswith("weight") else 0.0)
+            elif name.endswith("bias"):
+                param.zero_()
+            else:
+                param.copy_(torch.randn(param.shape, generator=g) * std)
+                if isinstance(owner, torch.nn.Embedding) and owner.padding_idx is not None:
+                    param[owner.padding_idx].zero_()
+
+
+def build_tiny_roberta(
+    out_dir: Path,
+    texts: list[str],
+    seed: int = 0,
+    bpe_vocab_size: int = 1000,
+    hidden_size: int = 64,
+    layers: int = 2,
+    heads: int = 4,
+    intermediate_size: int = 128,
+    max_positions: int = 512,
+) -> Path:
+    """Build and save a tiny RoBERTa (``FacebookAI/roberta-base``'s architecture, random weights).
+
+    The tokenizer is RoBERTa's scheme, a GPT-2 byte-level BPE (:func:`train_byte_level_bpe`, trained
+    on ``texts``) with ``<s>`` 0, ``<pad>`` 1, ``</s>`` 2, ``<unk>`` 3 and ``<mask>`` last, written as
+    ``vocab.json`` + ``merges.txt`` (the files Transformers 4 and 5 both read), so ``<s> A </s>`` and
+    pairs ``<s> A </s></s> B </s>``. The model is ``RobertaModel`` with roberta-base's settings
+    (padding id 1, one token type, LayerNorm eps 1e-5, GELU) at ``hidden_size`` 64 and 2 layers
+    instead of 768 and 12, and ``max_positions`` + 2 position embeddings (RoBERTa numbers positions
+    from ``padding_idx + 1`` = 2: roberta-base has 514 for 512 tokens). Weights come from
+    :func:`init_weights_portably`: the same ``seed`` gives the same weights with any Transformers.
+
+    Returns:
+        ``out_dir`` (loadable with ``AutoModelFor*.from_pretrained`` and ``AutoTokenizer``).
+    """
+    from transformers import AutoTokenizer, RobertaConfig, RobertaModel
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    trained, merges = train_byte_level_bpe(texts, bpe_vocab_size)
+    vocab = dict(ROBERTA_SPECIALS)
+    for token, _ in sorted(trained.items(), key=lambda item: item[1]):
+        vocab.setdefault(token, len(vocab))
+    vocab["<mask>"] = len(vocab)
+    (out_dir / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    (out_dir / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), "utf-8")
+    settings = {
+        "tokenizer_class": "RobertaTokenizer",
+        "model_max_length": max_positions,
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "sep_token": "</s>",
+        "cls_token": "<s>",
+        "unk_token": "<unk>",
+        "pad_token": "<pad>",
+        "mask_token": "<mask>",
+        "add_prefix_space": False,
+    }
+    (out_dir / "tokenizer_config.json").write_text(json.dumps(settings), encoding="utf-8")
+    tokenizer = AutoTokenizer.from_pretrained(out_dir)
+    config = RobertaConfig(
+        vocab_size=len(vocab),
+        hidden_size=hidden_size,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=intermediate_size,
+        max_position_embeddings=max_positions + ROBERTA_SPECIALS["<pad>"] + 1,
+        type_vocab_size=1,
+        layer_norm_eps=1e-5,
+        pad_token_id=ROBERTA_SPECIALS["<pad>"],
+        bos_token_id=ROBERTA_SPECIALS["<s>"],
+        eos_token_id=ROBERTA_SPECIALS["</s>"],
+    )
+    model = RobertaModel(config, add_pooling_layer=False)
+    init_weights_portably(model, seed, config.initializer_range)
+    model.save_pretrained(out_dir)
     return out_dir
 
 

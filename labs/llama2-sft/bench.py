@@ -27,12 +27,13 @@ import labkit.lab  # noqa: F401  (first, before torch: the torch_npu guard, a qu
 import torch
 from datasets import Dataset
 from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-from run import load_base
 from transformers import LlamaConfig, LlamaForCausalLM
 from trl import SFTConfig, SFTTrainer
 
 from labkit.config import get_lab, load_profile
 from labkit.lab.bench import Bench, RandomTokens, bench_training, main, non_embedding_params, scratch_dir, train_steps
+
+from run import load_base
 
 #: meta-llama/Llama-2-7b-hf config.json (the full profile's model); ``tiny`` is the CPU self-test's.
 ARCHS = {

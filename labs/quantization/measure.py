@@ -49,7 +49,7 @@ def generate(model, tokenizer, prompt: str, max_new_tokens: int, device: str, re
     the median of ``repeats`` timed runs (``labkit.lab.timing``: the first call pays CUDA start-up).
 
     Returns:
-        ``text`` (str), ``tokens_per_s`` (new tokens / median wall seconds), ``tokens_per_s_runs``
+        ``text`` (str), ``tokens_per_s`` (new tokens / median wall seconds), ``runs_tokens_per_s``
         (each timed run), ``peak_memory_bytes`` (bytes, :class:`labkit.lab.device.PeakMemory`:
         ``max_memory_allocated`` on a GPU, sampled RSS on CPU, over the warm-up and timed runs).
     """
@@ -66,7 +66,7 @@ def generate(model, tokenizer, prompt: str, max_new_tokens: int, device: str, re
     return {
         "text": tokenizer.decode(out[0][0], skip_special_tokens=True),
         "tokens_per_s": round(new / seconds, 2),
-        "tokens_per_s_runs": [round(new / s, 2) for s in runs],
+        "runs_tokens_per_s": [round(new / s, 2) for s in runs],
         "peak_memory_bytes": peak.bytes,
     }
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import logging
 from pathlib import Path
 
 import torch
@@ -50,6 +51,49 @@ def load_model(path: str | Path, device: str, dtype: str, device_map: str | None
     return AutoModelForCausalLM.from_pretrained(
         path, device_map=device_map or {"": device}, **{DTYPE_KW: torch_dtype(dtype)}, **kwargs
     )
+
+
+@contextlib.contextmanager
+def output_to(log):
+    """Inside, what the libraries print goes to ``log`` (the run's ``run.log``, open) instead of the console.
+
+    GPTQModel writes its banner, environment notes, tables and progress with LogBar, and Optimum and
+    AutoAWQ their progress with tqdm, straight to ``sys.stdout``/``sys.stderr`` rather than through
+    Python logging, so ``labkit.lab.runner``'s log handler does not catch them: the lab prints its steps
+    and numbers, the libraries' messages are in ``run.log``. GPTQModel's live progress (redrawn once a
+    second while it compiles its CPU extension: thousands of lines on a slow machine) is turned off
+    at its source as well (:func:`quiet_gptqmodel_progress`), so it does not fill the log either.
+    """
+    # torch's loggers (torch.utils._pytree warns when torchao loads) have a handler of their own on the
+    # stderr torch found at import: it goes to the log too while inside.
+    handlers = [h for h in logging.getLogger("torch").handlers if type(h) is logging.StreamHandler]
+    streams = [h.stream for h in handlers]
+    with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        for handler in handlers:
+            handler.setStream(log)
+        try:
+            quiet_gptqmodel_progress()
+            yield
+        finally:
+            for handler, stream in zip(handlers, streams):
+                handler.setStream(stream)
+
+
+def quiet_gptqmodel_progress() -> bool:
+    """Turn GPTQModel's live progress bars and spinners into no-ops; ``False`` where GPTQModel is not
+    installed (the course variant).
+
+    GPTQModel draws them through ``gptqmodel.utils.logger.setup_logger()``, which already returns a
+    silent progress handle when ``_suppress_live_renderables()`` says the session is not interactive
+    (GPTQModel 7.6 asks that only under pytest). A lab run is not interactive either: the function is
+    made to say so. ``tests/test_lab.py`` checks that GPTQModel's progress then prints nothing.
+    """
+    try:
+        from gptqmodel.utils import logger as gptqmodel_logger
+    except ImportError:
+        return False
+    gptqmodel_logger._suppress_live_renderables = lambda: True
+    return True
 
 
 def free(device: str) -> None:

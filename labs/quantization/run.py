@@ -4,7 +4,9 @@ Steps (the profile's ``steps``, in order): the fp16 baseline; GPTQ calibrated on
 your own data; AWQ; bitsandbytes 8-bit, 4-bit FP4, NF4, NF4 + double quantization and the QLoRA
 setting. Each quantized model is saved, reloaded from disk and measured: weight footprint,
 perplexity on held-out wikitext-2, quantization time, peak memory while quantizing and generating,
-generation speed. Results: ``comparison.csv``/``.md``/``.png`` and ``metrics.json``.
+generation speed. Results: ``comparison.csv``/``.md``/``.png`` and ``metrics.json``. The console shows
+one line per step (footprint, perplexity, time, speed); what the libraries print while they load,
+train and quantize (GPTQModel's banner, tables and progress; Optimum's bars) goes to ``run.log``.
 
 The full profile quantizes ``facebook/opt-2.7b`` on a GPU. The smoke profile builds a tiny OPT,
 trains it for a few seconds on bundled wikitext-style text (so that perplexity means something) and
@@ -29,11 +31,13 @@ import labkit.lab  # noqa: F401  (first, before torch: the torch_npu guard, a qu
 
 if (os.cpu_count() or 1) < 4:  # GPTQModel 7.6 gives its CPU pool 1 worker on 2 cores, then asks for 2
     os.environ.setdefault("GPTQMODEL_CPU_WORKERS", "2")
+# No progress bars (the console shows the lab's steps and numbers): tqdm >= 4.66 takes TQDM_* settings
+# from the environment when it is imported; Optimum's GPTQ loop draws two nested bars with it.
+os.environ.setdefault("TQDM_DISABLE", "1")
 
 from labkit.errors import LabError
 from labkit.lab.device import PeakMemory
 from labkit.lab.runner import RunContext, main
-from labkit.lab.tiny import build_tiny_opt
 
 from measure import footprint_bytes, generate, perplexity
 from methods import (
@@ -42,6 +46,7 @@ from methods import (
     cuda_skip,
     free,
     load_model,
+    output_to,
     quantize_awq,
     quantize_gptq,
     weights_format,
@@ -96,6 +101,8 @@ def source_model(ctx: RunContext, texts: list[str], weights: bool) -> str:
     enough to check the texts), with ``weights=True`` everything (opt-2.7b: 5.3 GB)."""
     model_cfg = ctx.config["model"]
     if model_cfg["build_tiny"]:
+        from labkit.lab.tiny import build_tiny_opt  # here, not at the top: its imports print (torchao, torch)
+
         path = build_tiny_opt(ctx.run_dir / "tiny-opt", texts, seed=ctx.config["seed"], **model_cfg["tiny"])
         return str(Path(path).resolve())
     from huggingface_hub import snapshot_download
@@ -138,9 +145,7 @@ def run_step(ctx: RunContext, name: str, step: dict, src: str, tokenizer, window
     method, dtype = step["method"], cfg["model"]["dtype"]
     row: dict = {"method": method, "status": "ok", "calibration": None}
     if reason := cuda_skip(variant, method, device):
-        print(f"[{ctx.lab.name}] step {name} ({method}): skipped: needs CUDA ({reason})", flush=True)
         return {**row, "status": "skipped: needs CUDA", "reason": reason}
-    print(f"[{ctx.lab.name}] step {name} ({method})", flush=True)
     if method in ("gptq", "awq"):
         model_dir = ctx.run_dir / "models" / name
         calibration = step["calibration"]
@@ -157,7 +162,6 @@ def run_step(ctx: RunContext, name: str, step: dict, src: str, tokenizer, window
         row["saved_config"] = {k: saved[k] for k in SAVED_CONFIG_KEYS if k in saved}
         row["weights_format"] = weights_format(model_dir)
         if reason := cuda_skip(variant, f"{method}-reload", device):
-            print(f"[{ctx.lab.name}] step {name}: saved; reload skipped: needs CUDA ({reason})", flush=True)
             return {**row, "status": "saved; reload skipped: needs CUDA", "reason": reason}
         model = load_model(
             model_dir, device, dtype, cfg["model"]["device_map"], use_safetensors=row["weights_format"] == "safetensors"
@@ -175,13 +179,28 @@ def run_step(ctx: RunContext, name: str, step: dict, src: str, tokenizer, window
     gen = generate(model, tokenizer, g["prompt"], g["max_new_tokens"], device, g["repeats"])
     row.update(
         tokens_per_s=gen["tokens_per_s"],
-        tokens_per_s_runs=gen["tokens_per_s_runs"],
+        runs_tokens_per_s=gen["runs_tokens_per_s"],
         generate_peak_bytes=gen["peak_memory_bytes"],
         sample=gen["text"],
     )
     del model
     free(device)
     return row
+
+
+def step_line(name: str, row: dict) -> str:
+    """One console line per step: what it measured, or why it did not."""
+    if row["status"] != "ok":
+        return f"{name} ({row['method']}): {row['status']} ({row['reason']})"
+    parts = [f"{row['footprint_bytes'] / 2**20:.2f} MiB"]
+    if "footprint_vs_fp16" in row and row["footprint_vs_fp16"] != 1:
+        parts[0] += f" ({row['footprint_vs_fp16']:.2f}x smaller)"
+    ppl = f"perplexity {row['perplexity']:.4g}"
+    parts.append(ppl + (f" (x{row['perplexity_vs_fp16']:.4f})" if "perplexity_vs_fp16" in row else ""))
+    if "quantize_s" in row:
+        parts.append(f"quantized in {row['quantize_s']:.1f} s")
+    parts.append(f"{row['tokens_per_s']:.1f} tokens/s")
+    return f"{name} ({row['method']}): " + ", ".join(parts)
 
 
 def selected_steps(cfg: dict) -> dict:
@@ -199,34 +218,56 @@ def run(ctx: RunContext) -> dict:
     cfg = ctx.config
     check_steps(cfg, ctx.lab.profile_of(ctx.profile)[1] or "maintained")
     chosen = selected_steps(cfg)
+    # What the libraries print goes to run.log (methods.output_to); the console gets one line per step.
+    log = open(ctx.run_dir / "run.log", "a", encoding="utf-8", buffering=1)  # noqa: SIM115  (open for the run)
+
+    def say(text: str) -> None:
+        print(f"[{ctx.lab.name}] {text}", flush=True)
+
     # 1. Every text, checked with the model's tokenizer before any long work (download, training).
-    sources = {s["calibration"] for s in chosen.values() if s.get("calibration")} | {"eval", "wikitext"}
-    texts = {key: load_texts(cfg["data"][key], ctx.repo_root) for key in sorted(sources)}
-    src = source_model(ctx, texts["wikitext"], weights=False)
-    tokenizer = AutoTokenizer.from_pretrained(src)
-    windows = {  # per step: GPTQ and AWQ sample different lengths (gptq/awq.seq_len, num_samples)
-        name: calibration_windows(
-            texts[step["calibration"]],
-            tokenizer,
-            cfg[step["method"]]["seq_len"],
-            cfg[step["method"]]["num_samples"],
-            cfg["seed"],
-            f"{step['calibration']} ({describe(cfg['data'][step['calibration']])})",
-            setting=f"{step['method']}.seq_len",
-        )
-        for name, step in chosen.items()
-        if step.get("calibration")
-    }
-    eval_ids = token_ids(texts["eval"], tokenizer)[: cfg["eval_max_tokens"]]
+    with output_to(log):
+        sources = {s["calibration"] for s in chosen.values() if s.get("calibration")} | {"eval", "wikitext"}
+        texts = {key: load_texts(cfg["data"][key], ctx.repo_root) for key in sorted(sources)}
+        src = source_model(ctx, texts["wikitext"], weights=False)
+        tokenizer = AutoTokenizer.from_pretrained(src)
+        windows = {  # per step: GPTQ and AWQ sample different lengths (gptq/awq.seq_len, num_samples)
+            name: calibration_windows(
+                texts[step["calibration"]],
+                tokenizer,
+                cfg[step["method"]]["seq_len"],
+                cfg[step["method"]]["num_samples"],
+                cfg["seed"],
+                f"{step['calibration']} ({describe(cfg['data'][step['calibration']])})",
+                setting=f"{step['method']}.seq_len",
+            )
+            for name, step in chosen.items()
+            if step.get("calibration")
+        }
+        eval_ids = token_ids(texts["eval"], tokenizer)[: cfg["eval_max_tokens"]]
+    samples = ", ".join(f"{name} {len(w)} x {len(w[0])}" for name, w in windows.items())
+    say(f"data: {len(eval_ids):,} evaluation tokens; calibration windows (samples x tokens): {samples or 'none'}")
 
     # 2. The model: the tiny one trained briefly (smoke), or the Hub checkpoint's weights.
-    if cfg["model"]["build_tiny"]:
-        pretrain = pretrain_tiny(ctx, src, tokenizer, texts["wikitext"])
-    else:
-        src, pretrain = source_model(ctx, [], weights=True), {}
+    with output_to(log):
+        if cfg["model"]["build_tiny"]:
+            pretrain = pretrain_tiny(ctx, src, tokenizer, texts["wikitext"])
+        else:
+            src, pretrain = source_model(ctx, [], weights=True), {}
+    if pretrain:
+        first, last = pretrain["loss_first"], pretrain["loss_last"]
+        say(f"tiny OPT trained for {pretrain['steps']} steps on the wikitext source: loss {first:.3f} -> {last:.3f}")
 
     # 3. Every step: quantize, save, reload, measure.
-    steps = {name: run_step(ctx, name, step, src, tokenizer, windows, eval_ids) for name, step in chosen.items()}
+    steps, base = {}, None
+    for name, step in chosen.items():
+        say(f"step {name} ({step['method']}) ...")
+        with output_to(log):
+            row = steps[name] = run_step(ctx, name, step, src, tokenizer, windows, eval_ids)
+        base = row if name == cfg["baseline"] else base
+        if base and row.get("footprint_bytes"):
+            row["footprint_vs_fp16"] = round(base["footprint_bytes"] / row["footprint_bytes"], 3)
+            row["perplexity_vs_fp16"] = round(row["perplexity"] / base["perplexity"], 4)
+        say(step_line(name, row))
 
     # 4. Compare with the fp16 baseline; write the table and the chart.
     base = steps[cfg["baseline"]]
@@ -235,7 +276,9 @@ def run(ctx: RunContext) -> dict:
             row["footprint_vs_fp16"] = round(base["footprint_bytes"] / row["footprint_bytes"], 3)
             row["perplexity_vs_fp16"] = round(row["perplexity"] / base["perplexity"], 4)
     rows = write_tables(steps, ctx.run_dir, ctx.device)
-    plot(rows, ctx.run_dir / "comparison.png", f"{ctx.lab.name} / {ctx.profile} ({cfg['variant']} libraries)")
+    with output_to(log):
+        plot(rows, ctx.run_dir / "comparison.png", f"{ctx.lab.name} / {ctx.profile} ({cfg['variant']} libraries)")
+    say(f"comparison of the {len(steps)} steps: {ctx.run_dir / 'comparison.md'} (and .csv, .png)")
     return {
         "variant": cfg["variant"],
         "pretrain": pretrain,

@@ -4,11 +4,15 @@ avoids), a learned </s>, truncation that never cuts the completion, bad rows, pa
 from __future__ import annotations
 
 import json
+import re
+import shlex
+import shutil
+import sys
 
 import pytest
 import torch
 
-from labkit.config import get_lab, load_profile
+from labkit.config import REPO_ROOT, get_lab, load_profile
 from labkit.errors import LabError
 from labkit.verify import load_expected
 
@@ -92,6 +96,7 @@ def test_a_long_input_is_cut_and_the_completion_never(tiny):
 
 def test_completions_that_cannot_fit_fail_naming_the_row_or_are_dropped(tiny):
     from datasets import Dataset
+
     from run import tokenized
 
     _, tok = tiny
@@ -172,6 +177,7 @@ def test_4bit_layers_keep_training_on_cpu_after_an_evaluation(tiny):
     then passes no gradient back: an evaluation before training would silently freeze the adapter.
     The lab's load_base turns that repacking off on the CPU."""
     from peft import LoraConfig, get_peft_model
+
     from run import load_base
 
     path, _ = tiny
@@ -219,3 +225,111 @@ def test_bundled_rows_cover_every_dolly_category():
     rows = [json.loads(line) for line in (LAB.dir / "data/smoke/train.jsonl").read_text().splitlines()]
     assert {r["category"] for r in rows} == set(CATEGORIES)
     assert any(r["context"] for r in rows) and any(not r["context"] for r in rows)
+
+
+# --- The README's "your own data" commands, run as written ------------------------------------------
+# Each SET line is resolved the way `make lab-llama2-sft SET=...` resolves it (labkit.host.plan and
+# labkit.host.runs, natively, on a host without an accelerator), and the lab's data step runs on what
+# its script would receive, with the files where the command names them (relative paths are read
+# from the repository root: here a temporary folder stands in for it); the files command also runs
+# whole, through make (the last test). tests/test_labs.py's foreign-data test runs the smoke on the
+# same rows (lab.yaml foreign_data).
+
+FOREIGN = LAB.dir / "data" / "foreign"
+OWN_FILES = 'SET="data.files.train=my_train.jsonl data.files.test=my_test.jsonl"'
+
+
+def script_settings(command: str, tmp_path, monkeypatch) -> tuple[str, list[str]]:
+    """``(profile, --set values)`` the lab's script receives for ``make lab-llama2-sft <command>``: the
+    run plan and ``labkit.host.runs.run`` as `make` calls them; the script is captured, not started."""
+    from labkit.host import runs
+    from labkit.host.plan import resolve
+    from labkit.host.probe import Accelerators
+
+    make_vars = dict(word.split("=", 1) for word in shlex.split(command))
+    plan = resolve(LAB, make_vars.get("PROFILE", "auto"), "native", make_vars.get("SET", ""), host=Accelerators())
+    started = []
+    monkeypatch.setattr(runs, "ensure_env", lambda lab, variant=None: sys.executable)
+    monkeypatch.setattr(runs, "stream", lambda cmd, env=None: started.append(cmd) or (0, ""))
+    assert runs.run(plan, tmp_path / "outputs") == (0, "")
+    args = started[0][2:]
+    return args[args.index("--profile") + 1], [args[i + 1] for i, a in enumerate(args) if a == "--set"]
+
+
+def test_readme_gives_these_own_data_commands():
+    """The commands the tests below run; a README that gives others must bring their tests."""
+    readme = (LAB.dir / "README.md").read_text(encoding="utf-8")
+    section = re.split(r"\n#+ ", readme.split("\n## Your own data\n")[1])[0]
+    assert re.findall(r"`([^`]*SET=[^`]*)`", section) == [OWN_FILES, "SET=data.bad_text=drop"]
+
+
+def test_readme_own_files_command_trains_and_tests_on_those_rows(tmp_path, monkeypatch):
+    import make_foreign_data
+    from transformers import AutoTokenizer
+
+    from labkit.lab.data import hub_or_json_fingerprint
+    from labkit.lab.tiny import build_tiny_llama
+
+    from run import load_dolly, tokenized
+
+    shutil.copy(FOREIGN / "train.jsonl", tmp_path / "my_train.jsonl")
+    shutil.copy(FOREIGN / "test.jsonl", tmp_path / "my_test.jsonl")
+    profile, settings = script_settings(OWN_FILES, tmp_path, monkeypatch)
+    assert profile == "smoke" and settings == ["data.files.train=my_train.jsonl", "data.files.test=my_test.jsonl"]
+    cfg = load_profile(LAB, profile, settings)[0]
+    dsd, dropped = load_dolly(cfg["data"], tmp_path)
+    assert dropped == {} and len(dsd["train"]) == 120 and len(dsd["test"]) == 12
+    assert sorted(set(dsd["train"]["category"])) == sorted(make_foreign_data.TRAIN)  # six of the eight
+    assert dsd["train"]["category"].count("open_qa") == 34
+    own = hub_or_json_fingerprint(cfg["data"], tmp_path, ("train", "test"))
+    foreign = load_profile(LAB, "smoke", shlex.split(LAB.meta["foreign_data"]))[0]["data"]
+    assert own == hub_or_json_fingerprint(foreign, REPO_ROOT, ("train", "test"))  # same rows, other place
+    assert own != load_expected(LAB.expected_path("smoke"))["data"]["fingerprint"]
+    # The run's tokenizer: the tiny Llama's, trained on these rows (run.py); the 8 long stories are cut.
+    task = cfg["task"]
+    texts = [prompt_text(r, task) + completion_of(r, task) for split in dsd.values() for r in split]
+    tok = AutoTokenizer.from_pretrained(build_tiny_llama(tmp_path / "tiny", texts, seed=42, **cfg["model"]["tiny"]))
+    data, lengths = tokenized(dsd["train"], task, tok, cfg["training"]["max_length"], "fail")
+    long_stories = sum(len(r["response"]) > 1000 for r in dsd["train"])
+    assert len(data) == 120 and lengths == {"inputs_cut": long_stories, "dropped_too_long": 0} and long_stories == 8
+    assert max(len(ids) for ids in data["input_ids"]) <= cfg["training"]["max_length"]
+
+
+def test_readme_bad_text_command_drops_and_counts_bad_rows(tmp_path, monkeypatch):
+    from run import load_dolly
+
+    rows = [json.loads(line) for line in (FOREIGN / "train.jsonl").read_text(encoding="utf-8").splitlines()]
+    rows[3]["response"], rows[7]["category"] = "", "poetry"
+    write_rows(tmp_path / "my_train.jsonl", rows)
+    shutil.copy(FOREIGN / "test.jsonl", tmp_path / "my_test.jsonl")
+    profile, settings = script_settings(OWN_FILES, tmp_path, monkeypatch)
+    with pytest.raises(LabError, match=r"my_train.jsonl: column 'response' is empty at line 4\..*data.bad_text=drop"):
+        load_dolly(load_profile(LAB, profile, settings)[0]["data"], tmp_path)
+    both = OWN_FILES[:-1] + ' data.bad_text=drop"'  # the README's two settings in one SET
+    profile, settings = script_settings(both, tmp_path, monkeypatch)
+    assert settings[-1] == "data.bad_text=drop"
+    dsd, dropped = load_dolly(load_profile(LAB, profile, settings)[0]["data"], tmp_path)
+    assert dropped == {"train": {"response": 1, "category": 1}} and len(dsd["train"]) == 118
+
+
+def test_readme_own_files_command_runs_through_make_and_verifies(tmp_path):
+    """The README's own-data command through make (PROFILE=smoke, natively), the file names replaced
+    by copies of the foreign rows: the run verifies, the checks tied to the bundled rows SKIPped."""
+    import os
+    import subprocess
+
+    if not shutil.which("make") or not (REPO_ROOT / ".venv" / "bin" / "invoke").exists():
+        pytest.skip("needs make and the tooling virtualenv .venv (`make venv`)")
+    shutil.copy(FOREIGN / "train.jsonl", tmp_path / "my_train.jsonl")
+    shutil.copy(FOREIGN / "test.jsonl", tmp_path / "my_test.jsonl")
+    command = f"make lab-llama2-sft {OWN_FILES}"
+    for name in ("my_train.jsonl", "my_test.jsonl"):
+        command = command.replace(name, str(tmp_path / name))
+    env = {k: v for k, v in os.environ.items() if k not in ("PROFILE", "RUNTIME", "SET", "VARIANT")}
+    env.update(PROFILE="smoke", RUNTIME="native", OUTPUT_ROOT=str(tmp_path / "outputs"))
+    done = subprocess.run(
+        ["bash", "-c", command], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=1800, check=False
+    )
+    out = done.stdout + done.stderr
+    assert done.returncode == 0 and "=> PASS (8 skipped)" in out and "Traceback" not in out, out[-3000:]
+    assert "data: 120 train / 12 held-out rows" in out

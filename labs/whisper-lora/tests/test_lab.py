@@ -7,14 +7,18 @@ trainable-parameter count (checked against the full profile's expected value), d
 from __future__ import annotations
 
 import csv
+import re
+import shlex
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
 
-from labkit.config import get_lab, load_profile
+from labkit.config import REPO_ROOT, get_lab, load_profile
 from labkit.errors import LabError
 from labkit.lab.audio import decode
 from labkit.lab.device import select_device
@@ -371,3 +375,146 @@ def test_expected_data_fingerprint_is_the_bundled_clips():
     expected = load_expected(LAB.expected_path("smoke"))["data"]["fingerprint"]
     assert data_fingerprint(load_profile(LAB, "smoke")[0]["data"], LAB.dir.parents[1]) == expected
     assert not load_expected(LAB.expected_path("full"))["data"]  # a local Common Voice copy: no fixed fingerprint
+
+
+# --- The README's "your own data" commands, run as written ------------------------------------------
+# Each command line is resolved the way `make lab-whisper-lora` resolves it (labkit.host.plan and
+# labkit.host.runs, natively, on a host without an accelerator), and the lab's own data step runs on
+# what its script would receive; the first command also runs whole, through make (the last test).
+# tests/test_labs.py's foreign-data test runs the smoke on the same folder (lab.yaml foreign_data).
+
+FOREIGN_CV = LAB.dir / "data" / "foreign" / "cv-corpus-foreign" / "zh-CN"
+PLACEHOLDER = "/path/to/folder"
+
+
+def readme_section(title: str) -> str:
+    text = (LAB.dir / "README.md").read_text(encoding="utf-8")
+    return re.split(r"\n#+ ", text.split(f"\n### {title}\n", 1)[1], maxsplit=1)[0]
+
+
+def script_settings(command: str, tmp_path, monkeypatch) -> tuple[str, list[str]]:
+    """``(profile, --set values)`` the lab's script receives for a README command line such as
+    ``CV_DIR=/x make lab-whisper-lora`` or ``SET=...`` (then ``make lab-whisper-lora SET=...``): the
+    run plan and ``labkit.host.runs.run`` as `make` calls them, natively, without an accelerator;
+    the script's command is captured instead of started."""
+    from labkit.host import runs
+    from labkit.host.plan import resolve
+    from labkit.host.probe import Accelerators
+
+    words = shlex.split(command)
+    if "make" not in words:
+        words = ["make", f"lab-{LAB.name}", *words]
+    at = words.index("make")
+    for word in words[:at]:  # VAR=value before make: the environment
+        monkeypatch.setenv(*word.split("=", 1))
+    assert words[at + 1] == f"lab-{LAB.name}", command
+    make_vars = dict(word.split("=", 1) for word in words[at + 2 :])
+    plan = resolve(LAB, make_vars.get("PROFILE", "auto"), "native", make_vars.get("SET", ""), host=Accelerators())
+    started = []
+    monkeypatch.setattr(runs, "ensure_env", lambda lab, variant=None: sys.executable)
+    monkeypatch.setattr(runs, "stream", lambda cmd, env=None: started.append(cmd) or (0, ""))
+    assert runs.run(plan, tmp_path / "outputs") == (0, "")
+    args = started[0][2:]
+    return args[args.index("--profile") + 1], [args[i + 1] for i, a in enumerate(args) if a == "--set"]
+
+
+def test_readme_gives_these_own_data_commands():
+    """The commands the tests below run; a README that gives others must bring their tests."""
+    found = re.findall(r"`([^`]*(?:SET|CV_DIR)=[^`]*)`", readme_section("Your own data"))
+    assert found == [
+        f"CV_DIR={PLACEHOLDER} make lab-whisper-lora",
+        f"SET=data.path={PLACEHOLDER}",
+        "SET=data.bad_text=drop",
+    ]
+    block = re.search(r"```bash\n(.*?)```", readme_section("Transcribe your own recordings"), re.S).group(1)
+    assert (
+        block.split()
+        == (
+            ".venvs/whisper-lora/bin/python labs/whisper-lora/infer.py --run outputs/whisper-lora/full/latest "
+            "\\ meeting.flac note1.mp3 note2.wav [--timestamps] [--device cuda]"
+        ).split()
+    )
+
+
+@pytest.mark.parametrize("command", [f"CV_DIR={PLACEHOLDER} make lab-whisper-lora", f"SET=data.path={PLACEHOLDER}"])
+def test_readme_own_folder_commands_train_and_test_on_that_folder(command, tmp_path, monkeypatch):
+    import make_foreign_data
+
+    from data import data_fingerprint
+
+    monkeypatch.delenv("CV_DIR", raising=False)
+    profile, settings = script_settings(command.replace(PLACEHOLDER, str(FOREIGN_CV)), tmp_path, monkeypatch)
+    assert profile == "smoke" and settings == [f"data.path={FOREIGN_CV}"]
+    cfg = load_profile(LAB, profile, settings)[0]["data"]
+    dsd, dropped = load_splits(cfg, REPO_ROOT)
+    written = make_foreign_data.SPLITS
+    assert dropped == {} and len(dsd["train"]) == 5 and len(dsd["test"]) == 4
+    assert sorted(dsd["test"]["sentence"]) == sorted(s for s, *_ in written["test"])
+    assert sorted(dsd["train"]["sentence"]) == sorted(s for s, *_ in written["train"] + written["dev"])
+    assert {decode(a, 16000).source_rate for a in dsd["test"]["audio"]} == {16000, 8000}
+    bundled = load_expected(LAB.expected_path("smoke"))["data"]["fingerprint"]
+    assert data_fingerprint(cfg, REPO_ROOT) not in (bundled, None)
+
+
+def test_readme_bad_text_command_drops_and_counts_an_empty_transcript(tmp_path, monkeypatch):
+    own = tmp_path / "zh-CN"
+    shutil.copytree(FOREIGN_CV, own)
+    rewrite_sentences(own / "dev.tsv", {1: "  "})
+    profile, settings = script_settings(f"CV_DIR={own} make lab-whisper-lora", tmp_path, monkeypatch)
+    with pytest.raises(LabError, match=r"dev.tsv: column 'sentence' is empty at line 3\. .*data.bad_text=drop"):
+        load_splits(load_profile(LAB, profile, settings)[0]["data"], REPO_ROOT)
+    command = f"CV_DIR={own} make lab-whisper-lora SET=data.bad_text=drop"  # the README's two, together
+    profile, settings = script_settings(command, tmp_path, monkeypatch)
+    assert settings == ["data.bad_text=drop", f"data.path={own}"]
+    dsd, dropped = load_splits(load_profile(LAB, profile, settings)[0]["data"], REPO_ROOT)
+    assert dropped == {"dev": {"sentence": 1}} and len(dsd["train"]) == 4 and len(dsd["test"]) == 4
+    assert "下雨的时候路上车很多。" not in dsd["train"]["sentence"]
+
+
+def test_readme_infer_command_transcribes_flac_mp3_and_wav(adapter_run, tmp_path):
+    """The README's infer.py line as written (script path from the repo root, the run folder and three
+    recordings named as there, one longer than Whisper's 30 s window), in a process of its own; with
+    the README's `--max-new-tokens` lowered to 8, since the untrained smoke model always writes up to
+    the limit (128 by default: minutes on a busy 2-core machine)."""
+    clips = sorted((FOREIGN_CV / "clips").glob("*.flac"))
+    speech = np.concatenate([decode(c, 16000).array for c in clips])  # 9 clips, 42.6 s
+    sf.write(tmp_path / "meeting.flac", speech, 16000)
+    sf.write(tmp_path / "note1.mp3", decode(clips[0], 22050).array, 22050, format="MP3")
+    sf.write(tmp_path / "note2.wav", decode(clips[6], None).array, 8000)
+    files = [tmp_path / n for n in ("meeting.flac", "note1.mp3", "note2.wav")]
+    result = subprocess.run(
+        [sys.executable, "labs/whisper-lora/infer.py", "--run", str(adapter_run), *map(str, files)]
+        + ["--max-new-tokens", "8"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert [line.split("\t")[0] for line in result.stdout.strip().splitlines()] == list(map(str, files))
+    for f, rate in zip(files, (16000, 22050, 8000)):
+        assert f"{f}: {rate} Hz, {decode(f, None).duration_s:.1f} s, transcribed in" in result.stderr
+    assert decode(files[0], None).duration_s > 30 and result.stderr.count("model loaded in") == 1
+
+
+def test_readme_cv_dir_command_runs_through_make_and_verifies(tmp_path):
+    """The README's first own-data command, through make as written (a CPU-only host's PROFILE=auto:
+    the smoke profile; natively), on a copy of the foreign clips: the run verifies, with the 6 checks
+    tied to the bundled clips SKIPped and the mechanics checks passing."""
+    import os
+
+    if not shutil.which("make") or not (REPO_ROOT / ".venv" / "bin" / "invoke").exists():
+        pytest.skip("needs make and the tooling virtualenv .venv (`make venv`)")
+    own = tmp_path / "zh-CN"
+    shutil.copytree(FOREIGN_CV, own)
+    command = f"CV_DIR={PLACEHOLDER} make lab-whisper-lora".replace(PLACEHOLDER, str(own))
+    env = {k: v for k, v in os.environ.items() if k not in ("PROFILE", "RUNTIME", "SET", "VARIANT", "CV_DIR")}
+    env.update(PROFILE="smoke", RUNTIME="native", OUTPUT_ROOT=str(tmp_path / "outputs"))  # smoke on a GPU host too
+    done = subprocess.run(
+        ["bash", "-c", command], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=1800, check=False
+    )
+    out = done.stdout + done.stderr
+    assert done.returncode == 0 and "=> PASS (6 skipped)" in out and "Traceback" not in out, out[-3000:]
+    assert "data: 5 train / 4 test clips, 0.01 h, 8000, 16000 Hz -> 16000 Hz" in out
+    assert f"--set data.path={own}" in out  # CV_DIR became the run's data.path

@@ -181,3 +181,17 @@ def test_your_own_files_are_mounted_read_only_into_the_container(tmp_path):
     assert runs.host_path_mounts(shared) == [
         (str(REPO_ROOT / "images/cuda/requirements.in"), "/opt/labs/images/cuda/requirements.in:ro")
     ]
+
+
+def test_cv_dir_reaches_the_container_and_the_lab_reads_it(tmp_path, monkeypatch):
+    """CV_DIR with RUNTIME=docker: the folder is mounted and data.path points the run at it (before,
+    a smoke run in the container trained on the bundled clips without saying so)."""
+    seen = {}
+    monkeypatch.setenv("CV_DIR", str(tmp_path / "zh-CN"))
+    monkeypatch.setattr(docker, "image_id", lambda tag: "sha256:test")
+    monkeypatch.setattr(runs, "stream", lambda cmd, env=None: seen.setdefault("cmd", cmd) and (0, ""))
+    monkeypatch.setattr(docker, "docker_error", lambda: None)
+    plan = resolve("whisper-lora", "smoke", "docker", host=NO_ACCELERATOR)
+    assert runs.run(plan, tmp_path / "out") == (0, "")
+    cmd = " ".join(seen["cmd"])
+    assert f"-v {tmp_path / 'zh-CN'}:/data/common_voice:ro" in cmd and "--set data.path=/data/common_voice" in cmd

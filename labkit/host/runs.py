@@ -22,8 +22,9 @@ from labkit.host.native import ensure_env
 from labkit.host.plan import RunPlan
 from labkit.rundir import check_writable, git_commit, newest_completed_run, run_status
 
-#: Where the container sees the outputs folder.
+#: Where the container sees the outputs folder, and ``CV_DIR`` (a Common Voice locale folder).
 CONTAINER_OUTPUTS = "/opt/labs/outputs"
+CONTAINER_CV_DIR = "/data/common_voice"
 
 
 def output_root() -> Path:
@@ -118,7 +119,8 @@ def run(plan: RunPlan, root: Path | None = None) -> tuple[int, str]:
         raise LabError(f"image {tag} is not built yet: run `invoke build --lab {plan.lab.name}` (make lab-... does)")
     mounts = [(str(root), CONTAINER_OUTPUTS), *host_path_mounts(plan)]
     if cv_dir:
-        mounts.append((str(Path(cv_dir).resolve()), "/data/common_voice:ro"))
+        mounts.append((str(Path(cv_dir).resolve()), f"{CONTAINER_CV_DIR}:ro"))
+        overrides.append(f"data.path={CONTAINER_CV_DIR}")
     cmd = docker.run_args(mounts, {"LAB_IMAGE_ID": found, **env}, plan.container_accelerator, cards=plan.nproc)
     if platform := docker.image_platform(plan.lab.base_image(plan.variant)):
         cmd += ["--platform", platform]

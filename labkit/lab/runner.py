@@ -156,7 +156,7 @@ def quiet_console(run_dir: Path):
     logging.getLogger().setLevel(logging.INFO)
     logging.captureWarnings(True)
     warnings.simplefilter("default")
-    for name in ("transformers", "datasets", "huggingface_hub", "accelerate", "peft", "trl"):
+    for name in ("torch", "transformers", "datasets", "huggingface_hub", "accelerate", "peft", "trl"):
         library = logging.getLogger(name)
         for old in list(library.handlers):
             library.removeHandler(old)  # their own stderr handler: the file handler above gets it all

@@ -19,7 +19,8 @@ processes than devices, an unreadable or malformed hostfile (parsed by DeepSpeed
 byte-order mark, ``slots=0`` or an odd character in a host name refused), a host that does not
 answer on its ssh port within ``timeout_s``, restarts asked of the deepspeed launcher. A launch
 that fails names its log and shows the exception each rank ended with (:func:`failure_lines`).
-One-node launches take a free port, so two runs on one machine never meet.
+One-node launches take a free port, so two runs on one machine never meet; the processes of every
+launch share a cache of compiled bytecode (:func:`bytecode_cache`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -313,6 +315,30 @@ def failure_lines(text: str, limit: int = 12) -> list[str]:
     return (rank_errors or [line for line in lines if line.strip()])[-limit:]
 
 
+def bytecode_cache(env: dict) -> dict:
+    """``env`` with ``PYTHONPYCACHEPREFIX``: every process a launch starts (launcher and ranks) imports
+    torch, DeepSpeed and Transformers, some 3,300 modules; where their compiled bytecode cannot be
+    kept beside the sources (an image's root-owned virtualenv, ``PYTHONDONTWRITEBYTECODE=1``), each
+    process compiled them all again: 11 s of CPU per process instead of 4 s (measured on 2 cores).
+    The first process writes the bytecode to a cache folder outside the repository
+    (``~/.cache/llm-labs/pycache``, else the temporary folder), the others read it; Python checks each
+    file against its source. A prefix you set is kept."""
+    if env.get("PYTHONPYCACHEPREFIX"):
+        return env
+    home = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    for cache in (Path(home) / "llm-labs" / "pycache", Path(tempfile.gettempdir()) / f"llm-labs-pycache-{os.getuid()}"):
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=cache):
+                pass
+        except OSError:
+            continue
+        out = {**env, "PYTHONPYCACHEPREFIX": str(cache)}
+        out.pop("PYTHONDONTWRITEBYTECODE", None)  # it keeps .pyc files out of source folders: these are not
+        return out
+    return env
+
+
 def launch(spec: LaunchSpec, script: Path, args: list[str], log: Path, job: int = 0, env: dict | None = None) -> str:
     """Run ``script`` on every rank through the launcher; its output goes to ``log``.
 
@@ -335,11 +361,12 @@ def launch(spec: LaunchSpec, script: Path, args: list[str], log: Path, job: int 
         check_hosts_reachable(list(read_hostfile(spec.hostfile)), timeout_s=min(10.0, spec.timeout_s))
     one_node = spec.nnodes == 1 and not spec.hostfile
     cmd = command(spec, script, args, job, port=free_port() if one_node else None)
+    env = bytecode_cache(dict(os.environ if env is None else env))
     if spec.max_restarts:
         # By default torchrun's ranks share the rendezvous' store with every restart round, and a restarted
         # rank reads the dead round's addresses (gloo: "connectFullMesh failed ... Connection refused");
         # unshared, each round's rank 0 starts a store of its own (torch.distributed.elastic.rendezvous).
-        env = {**(os.environ if env is None else env), "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+        env["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = "1"
     print(f"+ {shown(cmd)}", flush=True)
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("w", encoding="utf-8") as out:

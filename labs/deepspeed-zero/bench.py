@@ -2,8 +2,9 @@
 
 t5-large's architecture (``zero.T5_SIZES``, from google-t5/t5-large config.json) with random weights,
 trained the lab's way on one process: the lab's DeepSpeed configs with ``"auto"`` filled from the
-full profile's training settings (bf16 on CUDA), the engine's forward / backward / step
-(``train.deepspeed_engine``), on random rows of ``max_source_length`` + ``max_target_length`` tokens.
+full profile's training settings (bf16 on CUDA; ``zero.prepare_ds_config``), the engine's forward /
+backward / step (``train.deepspeed_engine``), on random rows of ``max_source_length`` +
+``max_target_length`` tokens.
 Each batch size is measured under ZeRO-2 and ZeRO-3 (the table's variants); several GPUs are the
 lab's own launches (``make lab-deepspeed-zero NPROC=N``), whose per-rank peaks ``metrics.json`` holds.
 
@@ -17,7 +18,6 @@ sample costs ``6 * (N_enc * S + N_dec * T)``, which with ``S = T`` is ``3 * N * 
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import sys
@@ -29,13 +29,13 @@ sys.path.insert(1, str(Path(__file__).resolve().parents[2]))
 
 import torch  # noqa: E402
 from transformers import AutoModelForSeq2SeqLM, T5Config  # noqa: E402
-from zero import T5_SIZES, config_path  # noqa: E402
 
 from labkit.config import get_lab, load_profile  # noqa: E402
 from labkit.lab.bench import Bench, main, non_embedding_params, scratch_dir  # noqa: E402
 from labkit.lab.timing import synchronize  # noqa: E402
 
 from train import deepspeed_engine  # noqa: E402
+from zero import T5_SIZES, config_path, prepare_ds_config, read_ds_config, training_arguments  # noqa: E402
 
 LAB_DIR = Path(__file__).resolve().parent
 TINY = dict(d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4)
@@ -69,12 +69,15 @@ def make(arch: str, device: str) -> Bench:
     single_process_group()
 
     def step(batch: int, n: int, variant: str) -> tuple[list[float], dict]:
-        ds_json = json.loads(config_path(LAB_DIR / "configs", int(variant[-1]), False).read_text(encoding="utf-8"))
+        stage, path = int(variant[-1]), config_path(LAB_DIR / "configs", int(variant[-1]), False)
         training = dict(cfg["training"], per_device_train_batch_size=batch, max_steps=n, seed=0)
         training.update(bf16=device == "cuda" and torch.cuda.get_device_capability()[0] >= 8)  # no emulated bf16
-        engine, _, _ = deepspeed_engine(
-            ds_json, training, device, Path(scratch_dir()), lambda: AutoModelForSeq2SeqLM.from_config(config)
-        )
+        args = training_arguments(training, device, Path(scratch_dir()))
+        ds_config = prepare_ds_config(
+            read_ds_config(path), path, stage=stage, model_type="t5", hidden_size=config.d_model, args=args,
+            world_size=1, max_steps=n,
+        )  # fmt: skip
+        engine, _ = deepspeed_engine(ds_config, lambda: AutoModelForSeq2SeqLM.from_config(config))
         g = torch.Generator().manual_seed(0)
         times = []
         for _ in range(n):

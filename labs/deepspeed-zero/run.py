@@ -18,6 +18,7 @@ checkpoint in a new launch; 6. reload without DeepSpeed, compare stages, DeepSpe
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -28,13 +29,24 @@ import labkit.lab  # noqa: F401  (first, before torch: the torch_npu guard, a qu
 # isort: split
 
 import torch
-from zero import config_path, estimates, load_ds_config, load_pairs, tokenize_pairs
 
 from labkit.errors import LabError
 from labkit.lab.data import hub_or_json_fingerprint
 from labkit.lab.launch import LaunchSpec, check_nproc, launch
 from labkit.lab.runner import RunContext, main
 from labkit.lab.tiny import build_tiny_t5
+
+from zero import (
+    T5_FAMILY,
+    T5_FP16,
+    config_path,
+    estimates,
+    load_pairs,
+    prepare_ds_config,
+    read_ds_config,
+    tokenize_pairs,
+    training_arguments,
+)
 
 LAB_DIR = Path(__file__).resolve().parent
 ONE_NODE_ONLY = "runs on the rank-0 node (this is node {rank} of a multi-node run)"
@@ -67,33 +79,26 @@ def run(ctx: RunContext) -> dict:
     from transformers import AutoConfig, AutoTokenizer
 
     revision = cfg["model"]["revision"]
-    model_type = AutoConfig.from_pretrained(model, revision=revision).model_type
+    model_config = AutoConfig.from_pretrained(model, revision=revision)
+    model_type = model_config.model_type
     tokenizer = AutoTokenizer.from_pretrained(model, revision=revision)
     rows, cuts = tokenize_pairs(pairs, tokenizer, cfg["data"])
     data["lengths"] = cuts
     tokenized = ctx.run_dir / "tokenized.jsonl"
     tokenized.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
 
-    # 3. DeepSpeed configs: the lab's (configs/ds_zero<stage>[_offload].json) or yours, checked here
-    #    before any process starts; "auto" values are filled on each rank from the training settings.
+    # 3. DeepSpeed configs: the lab's (configs/ds_zero<stage>[_offload].json) or yours, read by DeepSpeed's
+    #    own config models, checked, and filled as the Trainer fills them for each launch's world size,
+    #    before any process starts.
     stages = cfg["zero_stage"]
     if cfg["ds_config"] and len(stages) != 1:
         raise LabError(
             f"ds_config={cfg['ds_config']} is one config: set zero_stage to its stage (e.g. SET=zero_stage=3)"
         )
-    configs = {}
-    for stage in stages:
-        path = Path(cfg["ds_config"]) if cfg["ds_config"] else config_path(LAB_DIR / "configs", stage, cfg["offload"])
-        path = path if path.is_absolute() else ctx.repo_root / path
-        configs[stage] = load_ds_config(path, model_type, training["fp16"])
-        if configs[stage].get("zero_optimization", {}).get("stage", 0) != stage:
-            raise LabError(
-                f"{path} is a ZeRO-{configs[stage]['zero_optimization'].get('stage', 0)} config, not ZeRO-{stage}"
-            )
-        # Nodes share no filesystem: each keeps its own ranks' checkpoint files.
-        if launch_cfg["nnodes"] > 1 or launch_cfg["hostfile"]:
-            configs[stage].setdefault("checkpoint", {})["use_node_local_storage"] = True
+    if cfg["checkpoint_every"] < 0:
+        raise LabError(f"checkpoint_every={cfg['checkpoint_every']}: give 0 (none) or a number of steps")
     counts = process_counts(cfg)
+    specs = {nproc: LaunchSpec.from_config(launch_cfg, nproc) for nproc in counts}
     for nproc in [] if launch_cfg["hostfile"] else counts:  # with a hostfile its slots decide
         check_nproc(nproc, ctx.device)
     if training["bf16"] and ctx.device == "cuda" and torch.cuda.get_device_capability()[0] < 8:
@@ -101,30 +106,65 @@ def run(ctx: RunContext) -> dict:
             f"{torch.cuda.get_device_name(0)} has no bf16 (compute capability below 8.0, e.g. the course's T4): "
             "SET=bf16=false trains in fp32 (T5 in fp16 overflows, so fp16 is no way out)"
         )
+    if training["fp16"] and model_type in T5_FAMILY:  # before Transformers judges fp16 on this device
+        raise LabError(f"fp16=true with a {model_type} model (T5 family) is refused. {T5_FP16}")
+    args = training_arguments(training, ctx.device, ctx.run_dir / "trainer")
+    configs = {}  # (stage, world size) -> the filled config its job runs
+    for stage in stages:
+        path = Path(cfg["ds_config"]) if cfg["ds_config"] else config_path(LAB_DIR / "configs", stage, cfg["offload"])
+        path = path if path.is_absolute() else ctx.repo_root / path
+        raw = read_ds_config(path)
+        for spec in specs.values():
+            filled = prepare_ds_config(
+                raw,
+                path,
+                stage=stage,
+                model_type=model_type,
+                hidden_size=model_config.hidden_size,
+                args=args,
+                world_size=spec.world_size,
+                max_steps=training["max_steps"],
+            )
+            # Nodes share no filesystem: each keeps its own ranks' checkpoint files.
+            if launch_cfg["nnodes"] > 1 or launch_cfg["hostfile"]:
+                filled.setdefault("checkpoint", {})["use_node_local_storage"] = True
+            configs[stage, spec.world_size] = filled
+    if launch_cfg["max_restarts"] and not cfg["checkpoint_every"]:
+        print(
+            "note: max_restarts without checkpoint_every: a restarted launch trains its unfinished job from its "
+            "first step (SET=checkpoint_every=N saves every N steps)",
+            flush=True,
+        )
 
-    # 4. One launch per stage x processes per node; every rank runs train.py.
-    jobs, commands = {}, {}
-    plan = [(stage, nproc) for nproc in counts for stage in stages]
-    for index, (stage, nproc) in enumerate(plan):
-        spec = LaunchSpec.from_config(launch_cfg, nproc)
-        name = f"zero{stage}-np{spec.world_size}"
-        resume_job = cfg["resume_check"] and index == len(plan) - 1
-        job = job_file(ctx, name, model, revision, tokenized, configs[stage], resume_job and training["max_steps"] // 2)
-        commands[name] = launch(spec, LAB_DIR / "train.py", [str(job)], ctx.run_dir / name / "launch.log", index)
-        jobs[name] = read_job(ctx.run_dir / name, on_rank0_node)
-        print(summary_line(name, jobs[name]), flush=True)
+    # 4. One launch per process count; its ranks run one job per ZeRO stage, one after the other (each
+    #    from a fresh engine, model and seed: what a launch of its own trains). Every rank runs train.py.
+    jobs, commands = {}, []
+    save_at = training["max_steps"] // 2 if cfg["resume_check"] else None
+    for index, nproc in enumerate(counts):
+        spec, last = specs[nproc], index == len(counts) - 1
+        names = [f"zero{stage}-np{spec.world_size}" for stage in stages]
+        saves = [last and i == len(stages) - 1 and save_at for i in range(len(stages))]  # the run's last job
+        files = [
+            job_file(ctx, name, model, revision, tokenized, configs[stage, spec.world_size], save)
+            for name, stage, save in zip(names, stages, saves, strict=True)
+        ]
+        log = ctx.run_dir / f"launch-np{spec.world_size}.log"
+        commands.append(portable(launch(spec, LAB_DIR / "train.py", [str(f) for f in files], log, index), ctx))
+        for name in names:
+            jobs[name] = read_job(ctx.run_dir / name, on_rank0_node)
+            print(summary_line(name, jobs[name]), flush=True)
 
     # 5. Resume: a new launch loads the last job's ZeRO checkpoint (saved half-way) and trains on.
     resume = {}
     if cfg["resume_check"]:
-        stage, nproc = plan[-1]
-        spec = LaunchSpec.from_config(launch_cfg, nproc)
+        spec, stage = specs[counts[-1]], stages[-1]
         first = f"zero{stage}-np{spec.world_size}"
         checkpoint = ctx.run_dir / first / "checkpoint"
-        job = job_file(ctx, f"{first}-resumed", model, revision, tokenized, configs[stage], None, checkpoint)
-        commands[f"{first}-resumed"] = launch(
-            spec, LAB_DIR / "train.py", [str(job)], job.parent / "launch.log", len(plan)
+        job = job_file(
+            ctx, f"{first}-resumed", model, revision, tokenized, configs[stage, spec.world_size], None, checkpoint
         )
+        log = ctx.run_dir / f"launch-np{spec.world_size}-resumed.log"
+        commands.append(portable(launch(spec, LAB_DIR / "train.py", [str(job)], log, len(counts)), ctx))
         if on_rank0_node:
             resumed = read_job(job.parent, True)
             tail = jobs[first]["result"]["losses"][training["max_steps"] // 2 :]
@@ -137,14 +177,23 @@ def run(ctx: RunContext) -> dict:
 
     metrics = {"data": data, "model_type": model_type, "launch": {"commands": commands, **launch_cfg}}
     metrics["jobs"] = {name: job_metrics(job) for name, job in jobs.items()}
+    metrics["restarts"] = {
+        "max_restarts": launch_cfg["max_restarts"],
+        "checkpoint_every": cfg["checkpoint_every"],
+        "count": sum(len(j["result"]["restarts"]) for j in jobs.values() if "result" in j),
+        "events": [{"job": n, **r} for n, j in jobs.items() if "result" in j for r in j["result"]["restarts"]],
+    }
     if not on_rank0_node:  # metrics, models and plots are rank 0's; this node holds its ranks' files
         why = ONE_NODE_ONLY.format(rank=launch_cfg["node_rank"])
         prefixes = ["reload.", "stages.", "resume.", "jobs.", "train.", "train_log.jsonl", "loss_curve.png"]
-        worlds = {LaunchSpec.from_config(launch_cfg, n).world_size for n in counts}
-        prefixes += [f"zero{stage}-np{world}/" for stage in (2, 3) for world in sorted(worlds)]
-        return {**metrics, "not_run": dict.fromkeys(prefixes, why)}
+        worlds = {specs[n].world_size for n in counts}
+        prefixes += [f"zero{stage}-np{world}/" for stage in stages for world in sorted(worlds)]
+        not_run = dict.fromkeys(prefixes, why)
+        for name in (f"zero{stage}-np{world}" for stage in (2, 3) for world in (1, 2)):
+            not_run.setdefault(f"{name}/", f"no launch {name} in this run (zero_stage, nproc_per_node, nnodes)")
+        return {**metrics, "not_run": not_run}
 
-    saved_checkpoint = f"zero{plan[-1][0]}-np{LaunchSpec.from_config(launch_cfg, plan[-1][1]).world_size}"
+    saved_checkpoint = f"zero{stages[-1]}-np{specs[counts[-1]].world_size}"
     metrics["not_run"] = left_out(jobs, stages, saved_checkpoint if cfg["resume_check"] else None)
 
     # 6. Reload each saved model in plain Transformers (no DeepSpeed): its logits must be the trained
@@ -201,10 +250,22 @@ def plot_curves(curves: dict[str, tuple[int, list[float]]], run_dir: Path) -> No
     plt.close(fig)
 
 
+def portable(command: str, ctx) -> str:
+    """A launch's command for ``metrics.json``: the repository and the run folder as relative paths
+    (``<run>``), and a one-node launch's port (a free one, taken at launch) as ``<free port>``, so two
+    runs of the same profile (native or in the container) record the same commands."""
+    command = command.replace(str(ctx.run_dir), "<run>").replace(f"{ctx.repo_root}/", "")
+    if ctx.config["launch"]["nnodes"] == 1 and not ctx.config["launch"]["hostfile"]:
+        command = re.sub(r"--master_port \d+", "--master_port <free port>", command)
+    return command
+
+
 def job_file(ctx, name, model, revision, tokenized, ds_config, save_at, resume_from=None) -> Path:
-    """Write ``<run>/<name>/job.json``: everything one launch of ``train.py`` needs."""
+    """Write ``<run>/<name>/job.json`` (everything ``train.py`` needs for one configuration) and the
+    DeepSpeed config it runs, filled (``<run>/<name>/ds_config.json``)."""
     out = ctx.run_dir / name
     out.mkdir(parents=True, exist_ok=True)
+    (out / "ds_config.json").write_text(json.dumps(ds_config, indent=2) + "\n", encoding="utf-8")
     job = {
         "out_dir": str(out),
         "device": ctx.device,
@@ -215,6 +276,7 @@ def job_file(ctx, name, model, revision, tokenized, ds_config, save_at, resume_f
         "training": {**ctx.config["training"], "seed": ctx.config["seed"]},
         "eval_batch_size": ctx.config["eval_batch_size"],
         "save_checkpoint_at": save_at or None,
+        "checkpoint_every": ctx.config["checkpoint_every"],
         "resume_from": str(resume_from) if resume_from else None,
         "checkpoint_tag": f"step{ctx.config['training']['max_steps'] // 2}",
     }

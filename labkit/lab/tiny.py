@@ -161,12 +161,14 @@ def build_tiny_encoder(
     heads: int = 4,
     intermediate_size: int = 128,
     max_position_embeddings: int = 512,
+    initializer_range: float = 0.02,
 ) -> Path:
     """Build and save a tiny ``bert``, ``distilbert`` or ``roberta`` (config, random weights, tokenizer).
 
     ``bert`` / ``distilbert``: a WordPiece vocabulary trained on ``texts`` (``lowercase`` as in
     ``bert-base-cased`` = False or ``distilbert-base-uncased`` = True). ``roberta``: see
     :func:`build_tiny_roberta` (byte-level BPE of ``vocab_size`` tokens; ``lowercase`` is ignored).
+    ``initializer_range``: the standard deviation of the random weights (the configs' default 0.02).
     The saved folder loads with any ``AutoModelFor*`` of that architecture: the task head is added,
     as with a Hub checkpoint, by ``from_pretrained``.
 
@@ -186,6 +188,7 @@ def build_tiny_encoder(
             heads=heads,
             intermediate_size=intermediate_size,
             max_positions=max_position_embeddings,
+            initializer_range=initializer_range,
         )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -199,6 +202,7 @@ def build_tiny_encoder(
             num_attention_heads=heads,
             intermediate_size=intermediate_size,
             max_position_embeddings=max_position_embeddings,
+            initializer_range=initializer_range,
         )
     elif model_type == "distilbert":
         tokenizer = DistilBertTokenizer(vocab=vocab, do_lower_case=lowercase)
@@ -209,6 +213,7 @@ def build_tiny_encoder(
             n_heads=heads,
             hidden_dim=intermediate_size,
             max_position_embeddings=max_position_embeddings,
+            initializer_range=initializer_range,
         )
     else:
         raise ValueError(f"model_type must be bert, distilbert or roberta, not {model_type!r}")
@@ -259,6 +264,7 @@ def build_tiny_roberta(
     heads: int = 4,
     intermediate_size: int = 128,
     max_positions: int = 512,
+    initializer_range: float = 0.02,
 ) -> Path:
     """Build and save a tiny RoBERTa (``FacebookAI/roberta-base``'s architecture, random weights).
 
@@ -269,12 +275,13 @@ def build_tiny_roberta(
     (padding id 1, one token type, LayerNorm eps 1e-5, GELU) at ``hidden_size`` 64 and 2 layers
     instead of 768 and 12, and ``max_positions`` + 2 position embeddings (RoBERTa numbers positions
     from ``padding_idx + 1`` = 2: roberta-base has 514 for 512 tokens). Weights come from
-    :func:`init_weights_portably`: the same ``seed`` gives the same weights with any Transformers.
+    :func:`init_weights_portably` with standard deviation ``initializer_range`` (roberta-base's 0.02
+    by default): the same ``seed`` gives the same weights with any Transformers.
 
     Returns:
         ``out_dir`` (loadable with ``AutoModelFor*.from_pretrained`` and ``AutoTokenizer``).
     """
-    from transformers import AutoTokenizer, RobertaConfig, RobertaModel
+    from transformers import RobertaConfig, RobertaModel
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -298,7 +305,6 @@ def build_tiny_roberta(
         "add_prefix_space": False,
     }
     (out_dir / "tokenizer_config.json").write_text(json.dumps(settings), encoding="utf-8")
-    tokenizer = AutoTokenizer.from_pretrained(out_dir)
     config = RobertaConfig(
         vocab_size=len(vocab),
         hidden_size=hidden_size,
@@ -308,6 +314,7 @@ def build_tiny_roberta(
         max_position_embeddings=max_positions + ROBERTA_SPECIALS["<pad>"] + 1,
         type_vocab_size=1,
         layer_norm_eps=1e-5,
+        initializer_range=initializer_range,
         pad_token_id=ROBERTA_SPECIALS["<pad>"],
         bos_token_id=ROBERTA_SPECIALS["<s>"],
         eos_token_id=ROBERTA_SPECIALS["</s>"],

@@ -14,7 +14,8 @@ extra sections. Here:
   inside fields, no stray quotes, the expected language) and rejected replies are counted by reason;
 * rate limits (429) and server errors (5xx) are retried with the client's exponential backoff
   (honouring ``retry-after``); every reply is cached by the hash of its request, so a stopped run
-  resumes without paying for the same call twice;
+  resumes without paying for the same call twice (:mod:`labkit.lab.chatapi`, shared with the rlhf
+  lab's AI judge);
 * pairs are de-duplicated and written to ``dataset.csv`` (``question,answer``, UTF-8) with
   ``generation_report.json`` (requests, retries, cache hits, rejected replies by reason, tokens).
 
@@ -24,9 +25,7 @@ The API key is read from the environment at run time and never printed, logged o
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
-import os
 import re
 import sys
 from collections import Counter
@@ -36,6 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from labkit.errors import LabError  # noqa: E402
+from labkit.lab.chatapi import ask, client_for  # noqa: E402  (the shared client: key, retries, cache by request hash)
 
 SYSTEM = (
     "You turn a section of a document into training data for a question-answering assistant. "
@@ -211,83 +211,6 @@ def validate(reply: str, language: str) -> tuple[list[dict], str | None, Counter
     return pairs, (None if pairs else (next(iter(dropped)) if dropped else "no_pairs")), dropped
 
 
-def client_for(base_url: str | None, timeout_s: float, max_retries: int, report: Report):
-    """An ``openai.OpenAI`` client whose HTTP layer counts requests and retried statuses.
-
-    Raises:
-        LabError: ``OPENAI_API_KEY`` is not set (names the variable and where to set it).
-    """
-    import openai
-
-    key = os.environ.get("OPENAI_API_KEY")
-    if not key:
-        raise LabError(
-            "OPENAI_API_KEY is not set: export it (or pass it to the container with -e OPENAI_API_KEY); "
-            "it is read at run time and never saved. A local server that needs no key takes any value."
-        )
-
-    def count(response) -> None:
-        report.requests += 1
-        if response.status_code == 429 or response.status_code >= 500:
-            report.retries += 1
-
-    http = openai.DefaultHttpxClient(event_hooks={"response": [count]})
-    url = base_url or os.environ.get("OPENAI_BASE_URL")
-    return openai.OpenAI(api_key=key, base_url=url, timeout=timeout_s, max_retries=max_retries, http_client=http)
-
-
-def request_key(model: str, messages: list[dict]) -> str:
-    return hashlib.sha256(json.dumps([model, messages], ensure_ascii=False, sort_keys=True).encode()).hexdigest()
-
-
-def ask(client, cfg: dict, messages: list[dict], cache: Path, report: Report) -> str:
-    """The reply text for ``messages``: from the cache, or from the endpoint (then cached).
-
-    Raises:
-        LabError: the key is rejected, the endpoint does not answer within the timeout after its
-            retries, or keeps failing (names the endpoint and what to check).
-    """
-    import openai
-
-    path = cache / f"{request_key(cfg['model'], messages)}.json"
-    if path.is_file():
-        report.cache_hits += 1
-        return json.loads(path.read_text(encoding="utf-8"))["content"]
-    url = str(client.base_url)
-    try:
-        response = client.chat.completions.create(
-            model=cfg["model"],
-            messages=messages,
-            temperature=cfg["temperature"],
-            max_tokens=cfg["max_tokens"],
-            response_format={"type": "json_object"},
-        )
-    except openai.AuthenticationError as exc:
-        raise LabError(f"{url} rejected the API key (HTTP {exc.status_code}): check OPENAI_API_KEY") from None
-    except openai.APITimeoutError:
-        raise LabError(
-            f"{url} did not answer within {cfg['timeout_s']} s ({cfg['max_retries']} retries): is the server up?"
-        ) from None
-    except openai.APIConnectionError as exc:
-        raise LabError(f"cannot reach {url}: {exc.__cause__ or exc}") from None
-    except openai.NotFoundError:
-        raise LabError(
-            f"{url} answered HTTP 404 for model {cfg['model']!r}: set generate.model to a model it serves "
-            "(and check that the URL ends in /v1)"
-        ) from None
-    except openai.APIStatusError as exc:
-        raise LabError(f"{url} answered HTTP {exc.status_code} after {cfg['max_retries']} retries") from None
-    content = response.choices[0].message.content or ""
-    if response.usage:
-        report.prompt_tokens += response.usage.prompt_tokens
-        report.completion_tokens += response.usage.completion_tokens
-    cache.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(f".{os.getpid()}.partial")  # a run killed mid-write leaves no half reply
-    partial.write_text(json.dumps({"content": content}, ensure_ascii=False), encoding="utf-8")
-    partial.replace(path)
-    return content
-
-
 def generate(cfg: dict, source: Path, out_dir: Path, cache: Path) -> tuple[Path, Report]:
     """Generate ``out_dir/dataset.csv`` and ``generation_report.json`` from ``source``.
 
@@ -308,7 +231,7 @@ def generate(cfg: dict, source: Path, out_dir: Path, cache: Path) -> tuple[Path,
     pairs, seen = [], set()
     for section in sections:
         messages = [{"role": "system", "content": system}, {"role": "user", "content": section}]
-        reply = ask(client, cfg, messages, cache, report)
+        reply = ask(client, cfg, messages, cache, report, model_setting="generate.model")
         valid, rejected, dropped = validate(reply, cfg["language"])
         report.pairs_rejected.update(dropped)
         if rejected:

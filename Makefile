@@ -22,7 +22,7 @@ NPROC ?=
 
 help: ## Show the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 22
-	@echo "lab-<name>            Build, run and verify one lab; labs: $$(ls labs | paste -sd' ')"
+	@echo "lab-<name>            Build, run and verify one lab; labs: $$(ls labs/*/lab.yaml | cut -d/ -f2 | paste -sd' ')"
 	@echo "                      PROFILE=auto|smoke|full RUNTIME=auto|docker|native SET=\"key=value ...\" [VARIANT=course|npu] [NPROC=N]"
 	@echo "bench-<name>          Full-profile step on random weights: peak memory, samples/s (BATCH_SIZES=1,4,16)"
 	@echo "                      on a CPU: ARCH=tiny DEVICE=cpu (the same step at tiny scale)"
@@ -49,7 +49,7 @@ images: $(VENV)/.installed ## Build the shared CUDA image (BASE_IMAGE=...); IMAG
 	$(INVOKE) images --name $(or $(IMAGE),cuda)
 
 smoke: $(VENV)/.installed ## Run every lab's smoke profile natively and verify it
-	@for lab in $$(ls labs); do $(INVOKE) run --lab $$lab --profile smoke --runtime native || exit 1; done
+	@for lab in $$(ls labs/*/lab.yaml | cut -d/ -f2); do $(INVOKE) run --lab $$lab --profile smoke --runtime native || exit 1; done
 
 test: $(VENV)/.installed ## The whole test suite (LAB=<name> for one lab)
 	$(INVOKE) test $(if $(LAB),--lab $(LAB))

@@ -66,9 +66,20 @@ def new_run_dir(output_root: Path, lab: str, profile: str) -> Path:
     return run_dir
 
 
+def run_order(run_dir: Path) -> tuple[str, int]:
+    """Sort key of run folders by start time: the UTC stamp, then the ``-N`` suffix of runs started in
+    the same second (``...Z-10`` after ``...Z-2``)."""
+    stamp, _, n = Path(run_dir).name.partition("-")
+    return stamp, int(n) if n.isdigit() else 0
+
+
 def point_latest(run_dir: Path) -> None:
-    """Point ``<run_dir>/../latest`` at ``run_dir`` (a relative symlink, replaced atomically)."""
+    """Point ``<run_dir>/../latest`` at ``run_dir`` (a relative symlink, replaced atomically), unless a
+    newer run completed first (two runs at once: ``latest`` stays on the newer)."""
     parent = Path(run_dir).parent
+    current = parent / "latest"
+    if current.exists() and run_order(current.resolve()) > run_order(run_dir):
+        return
     tmp = parent / f".latest-{os.getpid()}"
     tmp.unlink(missing_ok=True)
     tmp.symlink_to(Path(run_dir).name)
@@ -92,7 +103,7 @@ def newest_completed_run(output_root: Path, lab: str, profile: str) -> tuple[Pat
     """
     parent = Path(output_root) / lab / profile
     runs = (
-        sorted((p for p in parent.iterdir() if p.is_dir() and not p.is_symlink()), reverse=True)
+        sorted((p for p in parent.iterdir() if p.is_dir() and not p.is_symlink()), key=run_order, reverse=True)
         if parent.is_dir()
         else []
     )
@@ -158,8 +169,11 @@ def base_manifest(lab: str, profile: str, seed: int, config: dict, overrides: di
     }
 
 
-#: Files holding weights (the tiny model built for a smoke run, trained models, adapters, quantized models).
+#: Files holding weights (the tiny model built for a smoke run, trained models, adapters, quantized models,
+#: ZeRO checkpoints), and the Trainer's ``training_args.bin`` that is not weights (a pickled
+#: TrainingArguments holding the run folder's path).
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+NOT_WEIGHTS = ("training_args.bin",)
 
 
 def weight_hashes(run_dir: Path) -> dict[str, str]:
@@ -167,7 +181,7 @@ def weight_hashes(run_dir: Path) -> dict[str, str]:
     runs of the same profile on the same machine and image must give the same (``tests/test_labs.py``)."""
     found = {}
     for path in sorted(Path(run_dir).rglob("*")):
-        if path.suffix in WEIGHT_SUFFIXES and path.is_file() and not path.is_symlink():
+        if path.suffix in WEIGHT_SUFFIXES and path.name not in NOT_WEIGHTS and path.is_file() and not path.is_symlink():
             digest = hashlib.sha256()
             with path.open("rb") as f:
                 for block in iter(lambda: f.read(1 << 20), b""):
@@ -177,11 +191,12 @@ def weight_hashes(run_dir: Path) -> dict[str, str]:
 
 
 #: Metrics that may differ between two runs of the same profile that are otherwise identical: wall-clock
-#: timings and speeds, memory peaks, the chat-API cache's counters (a rerun makes no request), and the
+#: timings and speeds, memory peaks, the chat-API cache's counters (a rerun makes no request and counts
+#: no tokens), and the
 #: environment report (a native run's CPU torch build vs the image's CUDA build).
 VOLATILE_METRIC = re.compile(
     r"(^|\.)([a-z_]*(_s|_seconds|seconds|runtime|per_second|per_s|_ms|_time)|time_[a-z_]*|[a-z_]*(peak|memory|rss)"
-    r"[a-z_]*|requests|retries|cache_[a-z_]*|from_cache|total_flos|environment)(\.|$)"
+    r"[a-z_]*|requests|retries|cache_[a-z_]*|from_cache|(prompt|completion)_tokens|total_flos|environment)(\.|$)"
 )
 
 

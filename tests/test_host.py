@@ -40,7 +40,7 @@ def test_tasks_py_is_a_thin_command_line():
 def test_a_plan_is_resolved_once_with_the_variant_as_a_field():
     plan = resolve("quantization", "smoke", "native", "learning_rate=0", variant="course", host=NO_ACCELERATOR)
     assert (plan.kind, plan.variant, plan.profile, plan.runtime) == ("smoke", "course", "course-smoke", "native")
-    assert plan.offline and plan.accelerator is None and plan.config["seed"] == plan.config["seed"]
+    assert plan.offline and plan.accelerator is None and plan.applied == {"pretrain.learning_rate": 0.0}
     named = resolve("quantization", "course-smoke", "native", host=NO_ACCELERATOR)  # a profile file's name
     assert (named.kind, named.variant) == ("smoke", "course")
     full = resolve("bert-yelp", "auto", "native", host=ONE_GPU)
@@ -195,3 +195,21 @@ def test_cv_dir_reaches_the_container_and_the_lab_reads_it(tmp_path, monkeypatch
     assert runs.run(plan, tmp_path / "out") == (0, "")
     cmd = " ".join(seen["cmd"])
     assert f"-v {tmp_path / 'zh-CN'}:/data/common_voice:ro" in cmd and "--set data.path=/data/common_voice" in cmd
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="hands folders to uid 1000 only as root")
+def test_a_containers_folders_are_handed_to_its_user_up_to_the_output_root(tmp_path):
+    """The chat-API labs write beside the run folder (<root>/<lab>/cache): as root, <root>/<lab> must
+    belong to the container's user too, the output root itself stays as it was."""
+    folder = tmp_path / "out" / "rlhf" / "smoke"
+    (tmp_path / "out").mkdir()
+    docker.container_writable(folder, top=tmp_path / "out")
+    owners = [p.stat().st_uid for p in (tmp_path / "out", folder.parent, folder)]
+    assert owners == [0, docker.LAB_UID, docker.LAB_UID]
+
+
+def test_a_local_chat_endpoint_is_reached_through_the_hosts_network(monkeypatch):
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://localhost:8000/v1")
+    assert docker.run_args([], {}, None)[-2:] == ["--network", "host"]
+    monkeypatch.setenv("OPENAI_BASE_URL", "https://api.deepseek.com/v1")
+    assert "--network" not in docker.run_args([], {}, None)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
 from labkit.errors import LabError
-from labkit.rundir import base_manifest, check_writable, finish_manifest, new_run_dir
+from labkit.rundir import base_manifest, check_writable, finish_manifest, new_run_dir, run_order
 
 from helpers import latest_run
 
@@ -51,3 +52,12 @@ def test_outputs_path_under_a_file_is_a_clear_error(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(LabError, match=f"outputs directory {tmp_path / 'file' / 'lab'} is not writable"):
         check_writable(tmp_path / "file" / "lab")
+
+
+def test_latest_stays_on_the_newest_run_when_an_older_one_finishes_later(tmp_path):
+    older = new_run_dir(tmp_path, "lab", "smoke")
+    newer = run(tmp_path, "completed")
+    finish_manifest(older, base_manifest("lab", "smoke", 1, {}, {}), "completed")
+    assert latest_run(tmp_path, "lab", "smoke") == newer.resolve()
+    names = ["20261206T101010Z-10", "20261206T101010Z", "20261206T101010Z-2", "20261206T101011Z"]
+    assert sorted(names, key=lambda n: run_order(Path(n))) == [names[1], names[2], names[0], names[3]]

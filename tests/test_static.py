@@ -143,3 +143,12 @@ def test_ci_runs_the_readme_test_command():
 
 def test_makefile_has_the_lab_pattern_rule():
     assert re.search(r"^lab-%:", (REPO_ROOT / "Makefile").read_text(), re.M)
+
+
+def test_make_help_names_every_lab_and_nothing_else():
+    """`make help` (and `make smoke`) take the labs from labs/*/lab.yaml: labs/Dockerfile is not a lab."""
+    from labkit.config import list_labs
+
+    out = subprocess.run(["make", "-s", "help"], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout
+    line = next(x for x in out.splitlines() if x.startswith("lab-<name>"))
+    assert line.split("labs: ", 1)[1].split() == [lab.name for lab in list_labs()]

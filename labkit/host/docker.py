@@ -13,6 +13,7 @@ shared images' bases), ``ASCEND_PLATFORM`` (``linux/arm64`` under QEMU), ``PIP_I
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -148,7 +149,7 @@ def build_image(
             raise LabError(f"EXTRA_CA_CERT={ca} is not a readable file")
         cmd += ["--secret", f"id=extra_ca,src={Path(ca).resolve()}"]
     cmd.append(".")
-    print("+ " + shlex.join(cmd), flush=True)
+    print("+ " + shlex.join(re.sub(r"//[^/@\s]+@", "//***@", arg) for arg in cmd), flush=True)  # no credentials
     result = subprocess.run(cmd, cwd=REPO_ROOT, env={**os.environ, "DOCKER_BUILDKIT": "1"}, check=False)
     if result.returncode != 0:
         hint = ""
@@ -207,16 +208,35 @@ def image_id(tag: str) -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
-def container_writable(folder: Path) -> None:
+def container_writable(folder: Path, top: Path | None = None) -> None:
     """Make ``folder`` (created if needed) writable by the container's user: uid 1000 when we are root,
-    else our own uid (:func:`run_args` passes ``--user``).
+    else our own uid (:func:`run_args` passes ``--user``). As root, the folders between ``top`` (the
+    output root, left as it is) and ``folder`` are handed over too: a lab writes beside its run
+    folder (``<root>/<lab>/cache``, the chat-API reply cache).
 
     Raises:
         LabError: the folder cannot be created or written (names it).
     """
     check_writable(folder)
     if os.geteuid() == 0:
-        os.chown(folder, LAB_UID, LAB_UID)
+        folder = Path(folder)
+        chain = [folder, *folder.parents]
+        stop = chain.index(Path(top)) if top is not None and Path(top) in chain else 1
+        for path in chain[:stop]:
+            os.chown(path, LAB_UID, LAB_UID)
+
+
+#: Loopback host names: an endpoint there is on the host, which a container reaches only through the
+#: host's network.
+LOOPBACK = ("localhost", "127.0.0.1", "::1", "[::1]")
+
+
+def local_endpoint() -> str | None:
+    """``OPENAI_BASE_URL`` when it points at this host (a local vLLM, Ollama or ``transformers serve``)."""
+    from urllib.parse import urlsplit
+
+    url = os.environ.get("OPENAI_BASE_URL", "")
+    return url if url and urlsplit(url).hostname in LOOPBACK else None
 
 
 def run_args(
@@ -240,6 +260,9 @@ def run_args(
     for key, value in env.items():
         cmd += ["-e", f"{key}={value}"]
     cmd += [arg for key in PASSED_ENV if key in os.environ and key not in env for arg in ("-e", key)]
+    if local_endpoint():  # localhost inside a container is the container: share the host's network
+        print("OPENAI_BASE_URL is on this host: the container shares the host's network (--network host)")
+        cmd += ["--network", "host"]
     if accelerator == "npu":
         from labkit.host.ascend import docker_args
 

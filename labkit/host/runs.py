@@ -112,7 +112,7 @@ def run(plan: RunPlan, root: Path | None = None) -> tuple[int, str]:
         cmd = [str(ensure_env(plan.lab, plan.variant)), str(plan.lab.dir / plan.lab.entrypoint)]
         return stream(cmd + script_args(plan, str(root), overrides), {**os.environ, **env})
 
-    docker.container_writable(root / plan.lab.name / plan.profile)
+    docker.container_writable(root / plan.lab.name / plan.profile, top=root)
     tag = docker.image_tag(plan.lab.image_name(plan.variant))
     found = docker.image_id(tag)
     if not found:
@@ -198,7 +198,7 @@ def bench(
         code, _ = stream(cmd, {**os.environ, "HF_HUB_OFFLINE": "1"})
     else:
         docker.build_lab_image(lab)
-        docker.container_writable(out)
+        docker.container_writable(out, top=root)
         accel = None if device == "cpu" else "cuda"
         cmd = docker.run_args([(str(out), "/opt/labs/bench-out")], {"HF_HUB_OFFLINE": "1"}, accelerator=accel)
         cmd += ["--entrypoint", "python", docker.image_tag(lab.name), f"labs/{lab.name}/bench.py", *args]

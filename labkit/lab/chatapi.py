@@ -68,9 +68,22 @@ def client_for(base_url: str | None, timeout_s: float, max_retries: int, counts)
     return openai.OpenAI(api_key=key, base_url=url, timeout=timeout_s, max_retries=max_retries, http_client=http)
 
 
-def request_key(model: str, messages: list[dict]) -> str:
-    """The cache key of a request: SHA-256 of the model name and the messages (JSON, sorted keys)."""
-    return hashlib.sha256(json.dumps([model, messages], ensure_ascii=False, sort_keys=True).encode()).hexdigest()
+def request_key(cfg: dict, messages: list[dict]) -> str:
+    """The cache key of a request: SHA-256 of what shapes the reply (the model, ``temperature``,
+    ``max_tokens``) and the messages, as JSON with sorted keys. The endpoint's address is left out: the
+    same model behind another address (a replay server's free port, a mirror) answers the same."""
+    shaping = [cfg["model"], cfg["temperature"], cfg["max_tokens"], messages]
+    return hashlib.sha256(json.dumps(shaping, ensure_ascii=False, sort_keys=True).encode()).hexdigest()
+
+
+def shown_url(url: str) -> str:
+    """``url`` without a ``user:password@`` part, for messages and logs."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(str(url))
+    if "@" not in parts.netloc:
+        return str(url)
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
 
 
 def ask(client, cfg: dict, messages: list[dict], cache: Path, counts, model_setting: str = "model") -> str:
@@ -89,11 +102,11 @@ def ask(client, cfg: dict, messages: list[dict], cache: Path, counts, model_sett
     """
     import openai
 
-    path = Path(cache) / f"{request_key(cfg['model'], messages)}.json"
+    path = Path(cache) / f"{request_key(cfg, messages)}.json"
     if path.is_file():
         counts.cache_hits += 1
         return json.loads(path.read_text(encoding="utf-8"))["content"]
-    url = str(client.base_url)
+    url = shown_url(client.base_url)
     try:
         response = client.chat.completions.create(
             model=cfg["model"],
@@ -116,11 +129,15 @@ def ask(client, cfg: dict, messages: list[dict], cache: Path, counts, model_sett
             "(and check that the URL ends in /v1)"
         ) from None
     except openai.APIStatusError as exc:
-        raise LabError(f"{url} answered HTTP {exc.status_code} after {cfg['max_retries']} retries") from None
+        said = " ".join(str(getattr(exc, "message", "") or exc).split())[:300]
+        retried = f" after {cfg['max_retries']} retries" if exc.status_code == 429 or exc.status_code >= 500 else ""
+        raise LabError(f"{url} answered HTTP {exc.status_code}{retried}: {said}") from None
+    if not response.choices:
+        raise LabError(f"{url} answered with no choices for model {cfg['model']!r}: is it a chat model?")
     content = response.choices[0].message.content or ""
     if response.usage:
-        counts.prompt_tokens += response.usage.prompt_tokens
-        counts.completion_tokens += response.usage.completion_tokens
+        counts.prompt_tokens += response.usage.prompt_tokens or 0
+        counts.completion_tokens += response.usage.completion_tokens or 0
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(f".{os.getpid()}.partial")  # a run killed mid-write leaves no half reply
     partial.write_text(json.dumps({"content": content}, ensure_ascii=False), encoding="utf-8")

@@ -328,7 +328,10 @@ def bytecode_cache(env: dict) -> dict:
     home = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     for cache in (Path(home) / "llm-labs" / "pycache", Path(tempfile.gettempdir()) / f"llm-labs-pycache-{os.getuid()}"):
         try:
-            cache.mkdir(parents=True, exist_ok=True)
+            cache.mkdir(parents=True, exist_ok=True, mode=0o700)
+            info = cache.stat()
+            if info.st_uid != os.getuid() or info.st_mode & 0o022:  # another user's, or writable by others
+                continue  # (it would run their .pyc files)
             with tempfile.NamedTemporaryFile(dir=cache):
                 pass
         except OSError:

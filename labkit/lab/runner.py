@@ -161,6 +161,8 @@ def quiet_console(run_dir: Path):
         for old in list(library.handlers):
             library.removeHandler(old)  # their own stderr handler: the file handler above gets it all
         library.propagate = True
+    # httpx logs every request's URL at INFO (an endpoint's user:password part included): warnings only.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     # TrainingArguments turns the Trainer's progress bar off when its module logs above WARNING
     # (``disable_tqdm``'s default); the Trainer then prints each logged step's numbers, one line each.
     logging.getLogger("transformers.training_args").setLevel(logging.ERROR)

@@ -34,6 +34,7 @@ from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_t
 from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
 from labkit.errors import LabError
+from labkit.lab.chatapi import shown_url
 from labkit.lab.data import check_texts, read_csv
 from labkit.lab.llm.chat import ChatTemplateModel
 from labkit.lab.llm.checks import check_device_support, quantization_counts, quantized
@@ -87,8 +88,10 @@ def endpoint(gen: dict, source: Path, repo_root: Path):
             f"for ({recorded}), and no chat API is set: {how}"
         )
     if gen["model"] == "replay":
-        raise LabError(f"generate.model is 'replay', the replay server's name: {url} needs a model it serves: {how}")
-    print(f"generate.source is not the replay's text: asking OPENAI_BASE_URL={url} (model {gen['model']})", flush=True)
+        raise LabError(
+            f"generate.model is 'replay', the replay server's name: {shown_url(url)} needs a model it serves: {how}"
+        )
+    print(f"generate.source is not the replay's text: asking {shown_url(url)} (model {gen['model']})", flush=True)
     return contextlib.nullcontext(url)
 
 

@@ -274,6 +274,7 @@ def job_file(ctx, name, model, revision, tokenized, ds_config, save_at, resume_f
         "tokenized": str(tokenized),
         "ds_config": ds_config,
         "training": {**ctx.config["training"], "seed": ctx.config["seed"]},
+        "deterministic": ctx.config["deterministic"],
         "eval_batch_size": ctx.config["eval_batch_size"],
         "save_checkpoint_at": save_at or None,
         "checkpoint_every": ctx.config["checkpoint_every"],

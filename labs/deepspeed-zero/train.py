@@ -160,6 +160,10 @@ def run_job(job: dict, rank: int, world: int, attempt: int) -> None:
 
     out = Path(job["out_dir"])
     device, training = job["device"], job["training"]
+    if job.get("deterministic"):  # the profile's `deterministic`, on every rank (labkit.lab.runner.seed_everything)
+        from transformers import enable_full_determinism
+
+        enable_full_determinism(training["seed"])
     torch.manual_seed(training["seed"])  # the same start in a launch of its own and after another job
     tokenizer = AutoTokenizer.from_pretrained(job["model"], revision=job["revision"])
     same_inputs_everywhere(job, tokenizer, rank)

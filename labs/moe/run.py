@@ -38,6 +38,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoConfig, AutoTokenizer, TrainingArguments, default_data_collator
 from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
 
+from labkit.errors import LabError
 from labkit.lab.device import peak_memory_bytes
 from labkit.lab.llm.checks import check_device_support, quantization_counts, quantized
 from labkit.lab.llm.loading import load_causal_lm, prepare_for_training
@@ -78,6 +79,8 @@ def check_settings(cfg: dict, device: str) -> None:
     for factor in p1["capacity_factors"]:
         check_capacity_factor(factor, "part1.capacity_factors")
     check_capacity_factor(cfg["moe"]["capacity_factor"], "moe.capacity_factor")
+    if p1["tokens"] < 4 or p1["tokens"] % 4:
+        raise LabError(f"part1.tokens={p1['tokens']}: give a multiple of 4 (part 1 feeds 4 sequences of equal length)")
     if cfg["model"]["build_tiny"]:
         tiny = cfg["model"]["tiny"]
         check_routing(tiny["num_local_experts"], tiny["num_experts_per_tok"], "model.tiny")
@@ -195,8 +198,6 @@ def run(ctx: RunContext) -> dict:
 
     # 0. What the run refuses before loading anything: routing and capacity settings, the device.
     check_settings(cfg, ctx.device)
-    if cfg["cpu_threads"]:  # a tiny model on a shared CPU: one thread, no waiting on the others
-        torch.set_num_threads(int(cfg["cpu_threads"]))
 
     # 1. Part 1, by hand: noisy top-k, Switch capacity, aux loss, top-2; proved equal to Mixtral's block.
     part1 = part1_by_hand(cfg["part1"], ctx.device, cfg["seed"])

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from labkit.errors import LabError
+
 
 @torch.no_grad()
 def generate(
@@ -40,11 +42,14 @@ def compare_before_after(before: list[dict], after: list[dict], records: list[di
     that stopped with EOS before and after.
 
     Raises:
-        ValueError: the three lists differ in length, or are empty.
+        LabError: no answers (``generation.samples`` 0, or no held-out row).
+        ValueError: the three lists differ in length.
     """
     import json
 
-    if not before or not len(before) == len(after) == len(records):
+    if not before:
+        raise LabError("generation.samples is 0 (or no held-out row is left): set it to 1 or more")
+    if not len(before) == len(after) == len(records):
         raise ValueError(f"before/after/records: {len(before)}, {len(after)}, {len(records)} answers")
     with open(path, "w", encoding="utf-8") as f:
         for record, b, a in zip(records, before, after):

@@ -316,7 +316,6 @@ def test_full_profile_parameter_counts_match_expected(name):
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert trainable == expected[f"methods.{name}.params.trainable"]["equals"]
     assert trainable - places.get("head", 0) == expected[f"methods.{name}.params.without_head"]["equals"]
-    assert sum(p.numel() for p in model.parameters() if not p.requires_grad) >= 0
     if name == "lora":
         assert trainable - places["head"] == 294_912  # LoRA paper Table 2, RoBERTa-base: 0.3 M
     assert expected["model.base_params"]["equals"] == 124_647_170

@@ -269,10 +269,10 @@ def sampling_part(cfg: dict) -> str:
     return "|".join(f"{key}={cfg.get(key)}" for key in SAMPLING_KEYS)
 
 
-def hub_or_json_fingerprint(cfg: dict, repo_root: Path, splits: tuple[str, ...]) -> str:
-    """``labkit.verify.fingerprint`` of what :func:`load_hub_or_json` reads for ``cfg`` (a profile's
+def hub_or_files_fingerprint(cfg: dict, repo_root: Path, splits: tuple[str, ...]) -> str:
+    """``labkit.verify.fingerprint`` of what :func:`load_hub_or_files` reads for ``cfg`` (a profile's
     ``data``): the files (or the Hub id and revision) and the sub-sampling settings."""
-    if cfg["source"] == "json":
+    if cfg["source"] == "files":
         parts = {split: repo_root / cfg["files"][split] for split in splits}
     else:
         parts = {split: f"hub:{cfg['hub_dataset']}@{cfg['hub_revision']}" for split in splits}
@@ -350,19 +350,19 @@ def read_local_file(path: Path) -> tuple[Dataset, dict]:
     return ds, {"first_line": 1} if suffix == ".jsonl" else {}
 
 
-def load_hub_or_json(
+def load_hub_or_files(
     cfg: dict,
     repo_root: Path,
     splits: tuple[str, ...],
     columns: tuple[str, ...],
     text_columns: tuple[str, ...] = (),
 ) -> tuple[DatasetDict, dict]:
-    """``splits`` of ``cfg["hub_dataset"]`` (``source: hub``) or of local files (``source: json``).
+    """``splits`` of ``cfg["hub_dataset"]`` (``source: hub``) or of local files (``source: files``).
 
     ``cfg`` is a profile's ``data`` section: ``source``, ``hub_dataset``, ``hub_revision``, ``files``
     (split name -> path relative to ``repo_root``, or absolute) and ``bad_text`` (``fail``/``drop``,
     for ``text_columns``; see :func:`check_texts`). The Hub honours ``HF_ENDPOINT`` and ``HF_TOKEN``.
-    ``source: json`` (the name predates other formats) reads each split's file by its extension
+    ``source: files`` reads each split's file by its extension
     through :func:`read_local_file`: JSON lines, JSON, CSV, TSV or Parquet (:data:`LOCAL_FORMATS`);
     the splits may differ in format.
 
@@ -376,16 +376,16 @@ def load_hub_or_json(
     """
     if cfg["source"] == "hub":
         dsd = load_dataset(cfg["hub_dataset"], revision=cfg["hub_revision"])
-    elif cfg["source"] == "json":
+    elif cfg["source"] == "files":
         read = {split: read_local_file(repo_root / cfg["files"][split]) for split in splits}
         dsd = DatasetDict({split: ds for split, (ds, _) in read.items()})
     else:
-        raise LabError(f"data.source {cfg['source']!r} is not one of hub, json")
+        raise LabError(f"data.source {cfg['source']!r} is not one of hub, files (local files read by extension)")
     require_columns(dsd, columns)
     dsd = DatasetDict({split: dsd[split] for split in splits})
     dropped = {}
     for split in splits:
-        if cfg["source"] == "json":
+        if cfg["source"] == "files":
             where, places = str(repo_root / cfg["files"][split]), read[split][1]
         else:
             where, places = f"{cfg['hub_dataset']} split {split}", {}

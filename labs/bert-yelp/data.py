@@ -13,7 +13,7 @@ from pathlib import Path
 from datasets import ClassLabel, DatasetDict
 
 from labkit.errors import LabError
-from labkit.lab.data import load_hub_or_json, subsample
+from labkit.lab.data import load_hub_or_files, subsample
 
 
 def load_reviews(cfg: dict, repo_root: Path) -> tuple[DatasetDict, dict]:
@@ -32,7 +32,7 @@ def load_reviews(cfg: dict, repo_root: Path) -> tuple[DatasetDict, dict]:
             column (lists the columns there), bad text, or a label that is not one of
             ``label_names`` nor an id (names it).
     """
-    dsd, dropped = load_hub_or_json(cfg, repo_root, ("train", "test"), ("text", "label"), text_columns=("text",))
+    dsd, dropped = load_hub_or_files(cfg, repo_root, ("train", "test"), ("text", "label"), text_columns=("text",))
     dsd = encode_labels(dsd, cfg["label_names"])
     sizes = {"train": cfg["train_samples"], "test": cfg["eval_samples"]}
     return subsample(dsd, sizes, cfg["shuffle_seed"]), dropped

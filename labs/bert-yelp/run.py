@@ -25,7 +25,7 @@ import torch
 from sklearn.metrics import accuracy_score
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trainer, TrainingArguments
 
-from labkit.lab.data import hub_or_json_fingerprint
+from labkit.lab.data import hub_or_files_fingerprint
 from labkit.lab.metrics import JsonlLogger, plot_loss, training_summary
 from labkit.lab.runner import RunContext, main
 from labkit.lab.tiny import build_tiny_encoder
@@ -105,7 +105,7 @@ def run(ctx: RunContext) -> dict:
             "num_labels": len(names),
             "label_names": names,
             "dropped_rows": dropped,
-            "fingerprint": hub_or_json_fingerprint(cfg["data"], ctx.repo_root, ("train", "test")),
+            "fingerprint": hub_or_files_fingerprint(cfg["data"], ctx.repo_root, ("train", "test")),
         },
         "model": {
             "num_labels": reloaded.config.num_labels,

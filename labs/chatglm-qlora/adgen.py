@@ -18,7 +18,7 @@ from pathlib import Path
 
 from datasets import DatasetDict, load_dataset
 
-from labkit.lab.data import check_texts, load_hub_or_json, subsample
+from labkit.lab.data import check_texts, load_hub_or_files, subsample
 
 COLUMNS = ("content", "summary")
 
@@ -38,6 +38,6 @@ def load_adgen(cfg: dict, repo_root: Path) -> tuple[DatasetDict, dict]:
             dsd[split], counts = check_texts(rows, COLUMNS, cfg["bad_text"], f"{cfg['hub_dataset']} split {split}")
             dropped.update({split: counts} if counts else {})
     else:
-        dsd, dropped = load_hub_or_json(cfg, repo_root, ("train", "validation"), COLUMNS, COLUMNS)
+        dsd, dropped = load_hub_or_files(cfg, repo_root, ("train", "validation"), COLUMNS, COLUMNS)
     sizes = {"train": cfg["train_samples"], "validation": cfg["eval_samples"]}
     return subsample(dsd, sizes, cfg["shuffle_seed"]), dropped

@@ -33,7 +33,7 @@ from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_t
 from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
 from labkit.errors import LabError
-from labkit.lab.data import hub_or_json_fingerprint
+from labkit.lab.data import hub_or_files_fingerprint
 from labkit.lab.llm.chat import ChatTemplateModel
 from labkit.lab.llm.checks import check_device_support, quantization_counts, quantized
 from labkit.lab.llm.generation import compare_before_after, logits_on
@@ -56,7 +56,7 @@ def run(ctx: RunContext) -> dict:
         "train_examples": len(dsd["train"]),
         "eval_examples": len(dsd["validation"]),
         "dropped_rows": dropped,
-        "fingerprint": hub_or_json_fingerprint(cfg["data"], ctx.repo_root, ("train", "validation")),
+        "fingerprint": hub_or_files_fingerprint(cfg["data"], ctx.repo_root, ("train", "validation")),
     }
     columns = ("content", "summary")
 

@@ -31,7 +31,7 @@ import labkit.lab  # noqa: F401  (first, before torch: the torch_npu guard, a qu
 import torch
 
 from labkit.errors import LabError
-from labkit.lab.data import hub_or_json_fingerprint
+from labkit.lab.data import hub_or_files_fingerprint
 from labkit.lab.launch import LaunchSpec, check_nproc, launch
 from labkit.lab.runner import RunContext, main
 from labkit.lab.tiny import build_tiny_t5
@@ -341,9 +341,9 @@ def memory_table(metrics: dict) -> str:
 
 
 def fingerprint(cfg: dict, repo_root: Path) -> str:
-    """``hub_or_json_fingerprint`` with the Hub dataset's configuration (``wmt16`` ``ro-en``) in its name."""
+    """``hub_or_files_fingerprint`` with the Hub dataset's configuration (``wmt16`` ``ro-en``) in its name."""
     named = {**cfg, "hub_dataset": f"{cfg['hub_dataset']}/{cfg['hub_config']}"}
-    return hub_or_json_fingerprint(named, repo_root, ("train", "validation"))
+    return hub_or_files_fingerprint(named, repo_root, ("train", "validation"))
 
 
 def left_out(jobs: dict, stages: list[int], saved_checkpoint: str | None) -> dict:

@@ -22,7 +22,7 @@ from pathlib import Path
 from datasets import DatasetDict, load_dataset
 
 from labkit.errors import LabError
-from labkit.lab.data import check_texts, load_hub_or_json, subsample
+from labkit.lab.data import check_texts, load_hub_or_files, subsample
 
 #: google-t5/t5-large and google-t5/t5-3b config.json (the course's ZeRO-2 and ZeRO-3 models); the
 #: shared vocabulary is 32,128 and the embeddings are tied.
@@ -61,7 +61,7 @@ def load_pairs(cfg: dict, repo_root: Path) -> tuple[DatasetDict, dict]:
             dsd[split], counts = check_texts(rows, columns, cfg["bad_text"], f"{cfg['hub_dataset']} split {split}")
             dropped.update({split: counts} if counts else {})
     else:
-        dsd, dropped = load_hub_or_json(cfg, repo_root, ("train", "validation"), columns, columns)
+        dsd, dropped = load_hub_or_files(cfg, repo_root, ("train", "validation"), columns, columns)
         dsd = DatasetDict({split: rows.select_columns(list(columns)) for split, rows in dsd.items()})  # no extras
     sizes = {"train": cfg["train_samples"], "validation": cfg["eval_samples"]}
     return subsample(dsd, sizes, cfg["shuffle_seed"]), dropped

@@ -25,7 +25,7 @@ from torchmetrics.text import SQuAD
 from transformers import AutoModelForQuestionAnswering, AutoTokenizer, Trainer, TrainingArguments
 
 from labkit.errors import LabError
-from labkit.lab.data import hub_or_json_fingerprint, load_hub_or_json, subsample
+from labkit.lab.data import hub_or_files_fingerprint, load_hub_or_files, subsample
 from labkit.lab.metrics import JsonlLogger, plot_loss, training_summary
 from labkit.lab.runner import RunContext, main
 from labkit.lab.tiny import build_tiny_encoder
@@ -56,7 +56,7 @@ def load_squad(cfg: dict, repo_root: Path) -> tuple[DatasetDict, dict]:
             ``answers`` column that is not SQuAD's nested one (names the split and what it holds),
             or bad text.
     """
-    dsd, dropped = load_hub_or_json(cfg, repo_root, ("train", "validation"), COLUMNS, ("question", "context"))
+    dsd, dropped = load_hub_or_files(cfg, repo_root, ("train", "validation"), COLUMNS, ("question", "context"))
     for split, ds in dsd.items():
         answers = ds.features["answers"]
         if not (isinstance(answers, dict) and {"text", "answer_start"} <= set(answers)):
@@ -150,7 +150,7 @@ def run(ctx: RunContext) -> dict:
             "eval_features": len(eval_features["validation"]),
             "questions_truncated": cut["n"],
             "dropped_rows": dropped,
-            "fingerprint": hub_or_json_fingerprint(cfg["data"], ctx.repo_root, ("train", "validation")),
+            "fingerprint": hub_or_files_fingerprint(cfg["data"], ctx.repo_root, ("train", "validation")),
         },
         "train": training_summary(loss_before, loss_after, result),
         "eval": {

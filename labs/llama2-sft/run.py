@@ -33,7 +33,7 @@ from transformers import AutoTokenizer
 from trl import SFTConfig, SFTTrainer
 
 from labkit.errors import LabError
-from labkit.lab.data import check_texts, hub_or_json_fingerprint, load_hub_or_json, subsample
+from labkit.lab.data import check_texts, hub_or_files_fingerprint, load_hub_or_files, subsample
 from labkit.lab.llm.checks import check_device_support, check_packing, quantization_counts, quantized
 from labkit.lab.llm.generation import generate, logits_on
 from labkit.lab.llm.loading import attention, load_causal_lm, prepare_for_training
@@ -52,7 +52,7 @@ def load_dolly(cfg: dict, repo_root: Path) -> tuple[DatasetDict, dict]:
     """``DatasetDict(train, test)`` of Dolly rows and ``{split: {reason: rows dropped}}``.
 
     ``source: hub`` loads databricks-dolly-15k's one split and holds out ``eval_samples`` rows with
-    ``train_test_split(seed=shuffle_seed)``; ``source: json`` reads a train and a test file.
+    ``train_test_split(seed=shuffle_seed)``; ``source: files`` reads a train and a test file.
 
     Raises:
         LabError: a missing file or column, an empty instruction or response, or a category that is
@@ -69,7 +69,7 @@ def load_dolly(cfg: dict, repo_root: Path) -> tuple[DatasetDict, dict]:
         dsd = rows.train_test_split(test_size=cfg["eval_samples"], seed=cfg["shuffle_seed"])
         dsd = DatasetDict(train=dsd["train"], test=dsd["test"])
     else:
-        dsd, dropped = load_hub_or_json(cfg, repo_root, ("train", "test"), COLUMNS, TEXT_COLUMNS)
+        dsd, dropped = load_hub_or_files(cfg, repo_root, ("train", "test"), COLUMNS, TEXT_COLUMNS)
         for split in dsd:
             dsd[split], n = check_categories(dsd[split], policy, str(repo_root / cfg["files"][split]))
             if n:
@@ -205,7 +205,7 @@ def run(ctx: RunContext) -> dict:
             "categories": sorted(set(dsd["train"]["category"])),
             "lengths": lengths,
             "dropped_rows": dropped,
-            "fingerprint": hub_or_json_fingerprint(cfg["data"], ctx.repo_root, ("train", "test")),
+            "fingerprint": hub_or_files_fingerprint(cfg["data"], ctx.repo_root, ("train", "test")),
         },
         "lora": {"trainable_params": trainable, "all_params": total},
         "quantization": counts,

@@ -107,7 +107,7 @@ def normalize(rows: Dataset, where: str, place, marker: str, policy: str) -> tup
 def load_preferences(cfg: dict, repo_root: Path) -> tuple[dict[str, list[dict]], dict]:
     """``{"train": pairs, "test": pairs}`` and ``{split: {reason: pairs dropped}}``.
 
-    ``cfg`` is the profile's ``data``: ``source`` (``json``: local files ``files.train`` / ``files.test``
+    ``cfg`` is the profile's ``data``: ``source`` (``files``: local files ``files.train`` / ``files.test``
     read by extension, JSON lines, JSON, CSV, TSV or Parquet; ``hub``: ``hub_dataset`` at
     ``hub_revision``, ``hub_data_dir``, its ``train`` and ``test`` splits), ``assistant_marker``,
     ``bad_text``, ``train_samples`` / ``eval_samples`` (``None``: all; else the first n after a shuffle
@@ -125,12 +125,12 @@ def load_preferences(cfg: dict, repo_root: Path) -> tuple[dict[str, list[dict]],
                 cfg["hub_dataset"], data_dir=cfg["hub_data_dir"], revision=cfg["hub_revision"], split=split
             )
             where, places = f"{cfg['hub_dataset']} ({cfg['hub_data_dir']}) split {split}", {}
-        elif cfg["source"] == "json":
+        elif cfg["source"] == "files":
             path = repo_root / cfg["files"][split]
             rows, places = read_local_file(path)
             where = str(path)
         else:
-            raise LabError(f"data.source={cfg['source']!r}: use json (local files) or hub")
+            raise LabError(f"data.source={cfg['source']!r}: use files (local files) or hub")
         missing = [c for c in ("chosen", "rejected") if c not in rows.column_names]
         if missing:
             raise LabError(
@@ -163,7 +163,7 @@ def load_preferences(cfg: dict, repo_root: Path) -> tuple[dict[str, list[dict]],
 def data_fingerprint(cfg: dict, repo_root: Path) -> str:
     """``labkit.verify.fingerprint`` of the pairs' source: the files (or the Hub id, folder and revision)
     and the sub-sampling settings."""
-    if cfg["source"] == "json":
+    if cfg["source"] == "files":
         parts = {split: repo_root / cfg["files"][split] for split in SPLITS}
     else:
         parts = {split: f"hub:{cfg['hub_dataset']}/{cfg['hub_data_dir']}@{cfg['hub_revision']}" for split in SPLITS}

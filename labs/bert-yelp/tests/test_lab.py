@@ -126,11 +126,11 @@ def test_full_profile_expected_parameter_count_matches_bert_base_cased():
 def test_expected_data_fingerprint_is_the_profiles_data(profile):
     """expected/<profile>.yaml's data.fingerprint must name the profile's own data, or every run
     would skip the data-dependent checks (a stale fingerprint after the data changed)."""
-    from labkit.lab.data import hub_or_json_fingerprint
+    from labkit.lab.data import hub_or_files_fingerprint
     from labkit.verify import load_expected
 
     cfg = load_profile(LAB, profile)[0]["data"]
     assert (
-        hub_or_json_fingerprint(cfg, LAB.dir.parents[1], ("train", "test"))
+        hub_or_files_fingerprint(cfg, LAB.dir.parents[1], ("train", "test"))
         == (load_expected(LAB.expected_path(profile))["data"]["fingerprint"])
     )

@@ -15,7 +15,7 @@ from datasets import Dataset
 
 from labkit.config import get_lab, load_profile
 from labkit.errors import LabError
-from labkit.lab.data import hub_or_json_fingerprint
+from labkit.lab.data import hub_or_files_fingerprint
 from labkit.verify import load_expected
 
 from data import load_reviews
@@ -151,4 +151,4 @@ def test_the_foreign_reviews_are_other_data_than_the_bundled():
     bundled = {json.loads(line)["text"] for line in (LAB.dir / "data/smoke/train.jsonl").read_text().splitlines()}
     assert not bundled & set(list(dsd["train"]["text"]) + list(dsd["test"]["text"]))
     smoke = load_expected(LAB.expected_path("smoke"))["data"]["fingerprint"]
-    assert hub_or_json_fingerprint(cfg, REPO, ("train", "test")) != smoke
+    assert hub_or_files_fingerprint(cfg, REPO, ("train", "test")) != smoke

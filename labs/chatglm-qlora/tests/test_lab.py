@@ -180,11 +180,11 @@ def test_every_decoder_linear_is_4bit_and_a_plain_load_is_caught(tiny):
 
 @pytest.mark.parametrize("profile", ["smoke", "full"])
 def test_expected_data_fingerprint_is_the_profiles_data(profile):
-    from labkit.lab.data import hub_or_json_fingerprint
+    from labkit.lab.data import hub_or_files_fingerprint
 
     cfg = load_profile(LAB, profile)[0]["data"]
     expected = load_expected(LAB.expected_path(profile))["data"]["fingerprint"]
-    assert hub_or_json_fingerprint(cfg, LAB.dir.parents[1], ("train", "validation")) == expected
+    assert hub_or_files_fingerprint(cfg, LAB.dir.parents[1], ("train", "validation")) == expected
 
 
 class ChatGLM3LikeTokenizer:

@@ -140,12 +140,12 @@ def test_an_empty_question_is_named_by_file_line_and_column_or_dropped(tmp_path)
 def test_expected_data_fingerprint_is_the_profiles_data(profile):
     """expected/<profile>.yaml's data.fingerprint must name the profile's own data (see bert-yelp's twin)."""
     from labkit.config import get_lab, load_profile
-    from labkit.lab.data import hub_or_json_fingerprint
+    from labkit.lab.data import hub_or_files_fingerprint
     from labkit.verify import load_expected
 
     lab = get_lab("distilbert-squad")
     cfg = load_profile(lab, profile)[0]["data"]
     assert (
-        hub_or_json_fingerprint(cfg, lab.dir.parents[1], ("train", "validation"))
+        hub_or_files_fingerprint(cfg, lab.dir.parents[1], ("train", "validation"))
         == (load_expected(lab.expected_path(profile))["data"]["fingerprint"])
     )

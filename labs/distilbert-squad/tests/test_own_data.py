@@ -12,7 +12,7 @@ from datasets import Dataset
 
 from labkit.config import get_lab, load_profile
 from labkit.errors import LabError
-from labkit.lab.data import hub_or_json_fingerprint
+from labkit.lab.data import hub_or_files_fingerprint
 from labkit.verify import load_expected
 
 from run import load_squad
@@ -87,4 +87,4 @@ def test_the_foreign_questions_are_other_data_than_the_bundled():
     bundled = {json.loads(line)["context"] for line in (LAB.dir / "data/smoke/train.jsonl").read_text().splitlines()}
     assert not bundled & set(dsd["train"]["context"])
     smoke = load_expected(LAB.expected_path("smoke"))["data"]["fingerprint"]
-    assert hub_or_json_fingerprint(cfg, REPO, ("train", "validation")) != smoke
+    assert hub_or_files_fingerprint(cfg, REPO, ("train", "validation")) != smoke

@@ -267,7 +267,7 @@ def test_readme_own_files_command_trains_and_tests_on_those_rows(tmp_path, monke
     import make_foreign_data
     from transformers import AutoTokenizer
 
-    from labkit.lab.data import hub_or_json_fingerprint
+    from labkit.lab.data import hub_or_files_fingerprint
     from labkit.lab.tiny import build_tiny_llama
 
     from run import load_dolly, tokenized
@@ -281,9 +281,9 @@ def test_readme_own_files_command_trains_and_tests_on_those_rows(tmp_path, monke
     assert dropped == {} and len(dsd["train"]) == 120 and len(dsd["test"]) == 12
     assert sorted(set(dsd["train"]["category"])) == sorted(make_foreign_data.TRAIN)  # six of the eight
     assert dsd["train"]["category"].count("open_qa") == 34
-    own = hub_or_json_fingerprint(cfg["data"], tmp_path, ("train", "test"))
+    own = hub_or_files_fingerprint(cfg["data"], tmp_path, ("train", "test"))
     foreign = load_profile(LAB, "smoke", shlex.split(LAB.meta["foreign_data"]))[0]["data"]
-    assert own == hub_or_json_fingerprint(foreign, REPO_ROOT, ("train", "test"))  # same rows, other place
+    assert own == hub_or_files_fingerprint(foreign, REPO_ROOT, ("train", "test"))  # same rows, other place
     assert own != load_expected(LAB.expected_path("smoke"))["data"]["fingerprint"]
     # The run's tokenizer: the tiny Llama's, trained on these rows (run.py); the 8 long stories are cut.
     task = cfg["task"]

@@ -51,7 +51,7 @@ def make(arch: str, device: str) -> Bench:
     cfg = load_profile(lab, "adapters-full" if variant else "full")[0]
     if arch == "tiny":  # the smoke profile's method settings, sized for hidden 64 (the full profile's training)
         cfg["methods"] = load_profile(lab, "smoke")[0]["methods"]
-    names = selected_methods(cfg)
+    names = selected_methods(cfg, variant)
     seq = cfg["max_length"] if arch == "full" else 32
     config = RobertaConfig(
         vocab_size=VOCAB,

@@ -50,7 +50,7 @@ KINDS = {
     "houlsby": "adapters",
     "unipelt": "adapters",
 }
-#: The libraries each environment has: the default one (``variant: null``) and the ``adapters`` variant.
+#: The libraries each environment has: the lab's own (variant ``None``) and the ``adapters`` variant's.
 VARIANT_LIBRARIES = {None: ("transformers", "peft"), "adapters": ("transformers", "adapters")}
 #: Kinds that put virtual tokens in front of the input (prompt) or of every layer's keys and values
 #: (prefix): RoBERTa numbers them as positions too (see :func:`usable_positions`).
@@ -76,7 +76,7 @@ def variant_of(library: str) -> str:
     )
 
 
-def selected_methods(cfg: dict) -> list[str]:
+def selected_methods(cfg: dict, variant: str | None = None) -> list[str]:
     """The method names this run trains, in the profile's order: ``only`` (a subset), or every method
     this environment's libraries train (:data:`VARIANT_LIBRARIES`).
 
@@ -85,9 +85,7 @@ def selected_methods(cfg: dict) -> list[str]:
             lists them), a method whose ``kind`` is unknown (suggests the closest), or a method of the
             other environment (names the variant that runs it).
     """
-    methods, variant = cfg["methods"], cfg["variant"]
-    if variant not in VARIANT_LIBRARIES:
-        raise LabError(f"variant={variant!r}: use null (PEFT's methods) or adapters (Houlsby adapters, UniPELT)")
+    methods = cfg["methods"]
     for name, method in methods.items():
         if method["kind"] not in KINDS:
             raise LabError(

@@ -327,10 +327,11 @@ def fine_tune(ctx: RunContext, name: str, base: dict, train_set: Encoded, test_s
 
 
 def run(ctx: RunContext) -> dict:
-    cfg, out, variant = ctx.config, ctx.run_dir, ctx.config["variant"]
+    cfg, out = ctx.config, ctx.run_dir
+    variant = ctx.lab.profile_of(ctx.profile)[1]  # None, or adapters (its own environment: VARIANT=adapters)
 
     # 0. Settings: every refusal before any data or weights load.
-    names = selected_methods(cfg)
+    names = selected_methods(cfg, variant)
     check_settings(cfg, names)
 
     # 1. Data: labelled sentences (SST-2 in the full profile; the bundled ones in the smoke).
@@ -411,7 +412,7 @@ def run(ctx: RunContext) -> dict:
         "methods_run": len(results),
         "methods": results,
     }
-    left = [n for n in selected_methods(dict(cfg, only=None)) if n not in results]
+    left = [n for n in selected_methods(dict(cfg, only=None), variant) if n not in results]
     if left:  # only=[...]: verification SKIPs the checks (and files) of the methods left out
         why = f"left out with only=[{','.join(names)}]"
         metrics["not_run"] = {"methods_run": why} | {k: why for n in left for k in (f"methods.{n}.", f"methods/{n}/")}

@@ -168,8 +168,8 @@ def test_a_method_of_the_other_environment_names_its_variant():
     with pytest.raises(LabError, match=r"method houlsby is trained with adapters.*VARIANT=adapters"):
         selected_methods(smoke(only=["houlsby"]))
     with pytest.raises(LabError, match=r"method lora is trained with peft.*the default variant"):
-        selected_methods(smoke(only=["lora"], variant="adapters"))
-    assert selected_methods(smoke(variant="adapters")) == ["full", "houlsby", "unipelt"]
+        selected_methods(smoke(only=["lora"]), "adapters")
+    assert selected_methods(smoke(), "adapters") == ["full", "houlsby", "unipelt"]
     assert len(selected_methods(smoke())) == 12
 
 

@@ -11,10 +11,14 @@ SCRIPT = """
 import logging, sys, warnings
 from pathlib import Path
 from labkit.lab.runner import quiet_console
+torch_logger = logging.getLogger("torch")  # as torch sets it up on import: its own stderr handler
+torch_logger.addHandler(logging.StreamHandler())
+torch_logger.propagate = False
 quiet_console(Path(sys.argv[1]))
 print("[lab] 3. training: loss 1.61 -> 0.31")
 warnings.warn("`foo` is deprecated", FutureWarning)
 logging.getLogger("transformers.modeling_utils").warning("LOAD REPORT: classifier.weight MISSING")
+logging.getLogger("torch.utils._pytree").warning("<enum 'KernelPreference'> is an Enum subclass")
 print("error: something the user must see", file=sys.stderr)
 """
 
@@ -26,5 +30,11 @@ def test_the_console_shows_the_labs_lines_and_run_log_keeps_everything(tmp_path)
     assert out.stdout == "[lab] 3. training: loss 1.61 -> 0.31\n"
     assert out.stderr == "error: something the user must see\n"  # no FutureWarning, no load report
     log = (tmp_path / "run.log").read_text()
-    for line in ("loss 1.61 -> 0.31", "FutureWarning: `foo` is deprecated", "LOAD REPORT", "the user must see"):
+    for line in (
+        "loss 1.61 -> 0.31",
+        "FutureWarning: `foo` is deprecated",
+        "LOAD REPORT",
+        "KernelPreference",
+        "the user must see",
+    ):
         assert line in log

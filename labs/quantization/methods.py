@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import logging
 from pathlib import Path
 
 import torch
@@ -64,19 +63,11 @@ def output_to(log):
     second while it compiles its CPU extension: thousands of lines on a slow machine) is turned off
     at its source as well (:func:`quiet_gptqmodel_progress`), so it does not fill the log either.
     """
-    # torch's loggers (torch.utils._pytree warns when torchao loads) have a handler of their own on the
-    # stderr torch found at import: it goes to the log too while inside.
-    handlers = [h for h in logging.getLogger("torch").handlers if type(h) is logging.StreamHandler]
-    streams = [h.stream for h in handlers]
+    # Python logging (torch.utils._pytree's warning when torchao loads, Transformers' loggers) already
+    # goes to run.log: labkit.lab.runner.quiet_console hands those loggers to its file handler.
     with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-        for handler in handlers:
-            handler.setStream(log)
-        try:
-            quiet_gptqmodel_progress()
-            yield
-        finally:
-            for handler, stream in zip(handlers, streams):
-                handler.setStream(stream)
+        quiet_gptqmodel_progress()
+        yield
 
 
 def quiet_gptqmodel_progress() -> bool:

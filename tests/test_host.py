@@ -80,6 +80,16 @@ def test_docker_runtime_without_an_engine_says_how_to_get_one(monkeypatch):
     assert choose_runtime("auto", docker.docker_error) == "native"
 
 
+def test_an_engine_that_never_answers_counts_as_not_answering(tmp_path, monkeypatch):
+    hung = tmp_path / "docker"
+    hung.write_text("#!/bin/sh\nexec sleep 30\n")  # a socket that accepts and never answers
+    hung.chmod(0o755)
+    monkeypatch.setenv("DOCKER", str(hung))
+    monkeypatch.setattr(docker, "PROBE_TIMEOUT_S", 1)
+    assert "gave no answer in 1 s" in docker.engine_error()
+    assert choose_runtime("auto", docker.docker_error) == "native"
+
+
 def test_unknown_runtime_and_lab_are_named_in_one_line(monkeypatch):
     with pytest.raises(LabError, match="RUNTIME='podman'"):
         choose_runtime("podman", docker.docker_error)

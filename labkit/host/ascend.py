@@ -140,7 +140,10 @@ def npu_smi() -> tuple[list[Npu], str | None, str | None]:
     tool = find_npu_smi()
     if not tool:
         return [], None, None
-    out = subprocess.run([tool, "info"], capture_output=True, text=True, check=False)
+    try:  # a driver stuck on a held device can leave npu-smi hanging: a problem, not a hang
+        out = subprocess.run([tool, "info"], capture_output=True, text=True, check=False, timeout=60)
+    except subprocess.TimeoutExpired:
+        return [], None, f"`{tool} info` gave no answer in 60 s: the NPU driver is stuck; see `dmesg`"
     text = (out.stdout + out.stderr).strip()
     if out.returncode != 0:
         last = text.splitlines()[-1] if text else f"exit {out.returncode}"

@@ -59,6 +59,22 @@ def image_tag(name: str) -> str:
     return f"{IMAGE_PREFIX}/{name}:dev"
 
 
+#: Seconds a Docker CLI probe (``version``, ``info``, ``image inspect``) may take: an engine whose
+#: socket accepts but never answers (a hung ``dockerd``) then counts as not answering instead of
+#: hanging ``make`` and ``doctor``.
+PROBE_TIMEOUT_S = 30
+
+
+def probe_cli(args: list[str]) -> subprocess.CompletedProcess:
+    """``docker <args>`` with captured text output; exit status 124 and a one-line stderr when it does
+    not finish within :data:`PROBE_TIMEOUT_S`."""
+    cmd = [*docker_cli(), *args]
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=PROBE_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return subprocess.CompletedProcess(cmd, 124, "", f"{shlex.join(cmd)} gave no answer in {PROBE_TIMEOUT_S} s")
+
+
 def engine_error() -> str | None:
     """None if a Docker engine answers, else why not (with what to do)."""
     if not shutil.which(docker_cli()[0]):
@@ -66,9 +82,7 @@ def engine_error() -> str | None:
             f"no docker CLI ({docker_cli()[0]!r}) on PATH: install Docker Engine "
             "(https://docs.docker.com/engine/install/, or Debian's docker.io) or use RUNTIME=native"
         )
-    probe = subprocess.run(
-        [*docker_cli(), "version", "--format", "{{.Server.Version}}"], capture_output=True, text=True, check=False
-    )
+    probe = probe_cli(["version", "--format", "{{.Server.Version}}"])
     if probe.returncode != 0:
         return (
             "the Docker engine does not answer ("
@@ -80,11 +94,9 @@ def engine_error() -> str | None:
 
 def buildkit_error() -> str | None:
     """None if the docker CLI builds with BuildKit (buildx plugin, or a pre-23 client), else what to do."""
-    if subprocess.run([*docker_cli(), "buildx", "version"], capture_output=True, check=False).returncode == 0:
+    if probe_cli(["buildx", "version"]).returncode == 0:
         return None
-    client = subprocess.run(
-        [*docker_cli(), "version", "--format", "{{.Client.Version}}"], capture_output=True, text=True, check=False
-    ).stdout.strip()
+    client = probe_cli(["version", "--format", "{{.Client.Version}}"]).stdout.strip()
     if client and client.split(".")[0].isdigit() and int(client.split(".")[0]) < 23:
         return None  # 20.10-22.x clients build with BuildKit themselves when DOCKER_BUILDKIT=1
     return (
@@ -101,9 +113,7 @@ def docker_error() -> str | None:
 
 def registered_runtimes() -> str:
     """``docker info``'s runtimes as JSON text (``nvidia`` is there when the NVIDIA toolkit is configured)."""
-    return subprocess.run(
-        [*docker_cli(), "info", "--format", "{{json .Runtimes}}"], capture_output=True, text=True, check=False
-    ).stdout
+    return probe_cli(["info", "--format", "{{json .Runtimes}}"]).stdout
 
 
 def image_platform(image: str) -> str | None:
@@ -202,9 +212,7 @@ def lab_build_args(lab: Lab, variant: str | None = None) -> dict[str, str]:
 
 def image_id(tag: str) -> str | None:
     """The local image's id (``sha256:...``), or None when it is not built."""
-    out = subprocess.run(
-        [*docker_cli(), "image", "inspect", "--format", "{{.Id}}", tag], capture_output=True, text=True, check=False
-    )
+    out = probe_cli(["image", "inspect", "--format", "{{.Id}}", tag])
     return out.stdout.strip() if out.returncode == 0 else None
 
 

@@ -216,11 +216,3 @@ def sample_completions(
         seq = seq[: seq.index(tokenizer.eos_token_id) + 1] if stopped else seq
         out.append({"ids": seq, "text": tokenizer.decode(seq, skip_special_tokens=True).strip(), "stopped": stopped})
     return out
-
-
-def curve_ends(values: list[float], window: int) -> tuple[float | None, float | None]:
-    """Means of the first and of the last ``window`` values of a logged curve (``None`` when empty)."""
-    if not values:
-        return None, None
-    k = max(1, min(window, len(values) // 2 or 1))
-    return sum(values[:k]) / k, sum(values[-k:]) / k

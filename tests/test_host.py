@@ -197,6 +197,7 @@ def test_cv_dir_reaches_the_container_and_the_lab_reads_it(tmp_path, monkeypatch
     """CV_DIR with RUNTIME=docker: the folder is mounted and data.path points the run at it (before,
     a smoke run in the container trained on the bundled clips without saying so)."""
     seen = {}
+    (tmp_path / "zh-CN").mkdir()
     monkeypatch.setenv("CV_DIR", str(tmp_path / "zh-CN"))
     monkeypatch.setattr(docker, "image_id", lambda tag: "sha256:test")
     monkeypatch.setattr(runs, "stream", lambda cmd, env=None: seen.setdefault("cmd", cmd) and (0, ""))
@@ -204,7 +205,39 @@ def test_cv_dir_reaches_the_container_and_the_lab_reads_it(tmp_path, monkeypatch
     plan = resolve("whisper-lora", "smoke", "docker", host=NO_ACCELERATOR)
     assert runs.run(plan, tmp_path / "out") == (0, "")
     cmd = " ".join(seen["cmd"])
-    assert f"-v {tmp_path / 'zh-CN'}:/data/common_voice:ro" in cmd and "--set data.path=/data/common_voice" in cmd
+    assert f"--mount type=bind,source={tmp_path / 'zh-CN'},target=/data/common_voice,readonly" in cmd
+    assert "--set data.path=/data/common_voice" in cmd
+
+
+def test_a_cv_dir_that_is_not_there_is_one_line_before_any_container(tmp_path, monkeypatch):
+    monkeypatch.setenv("CV_DIR", str(tmp_path / "zh-CN"))
+    plan = resolve("whisper-lora", "smoke", "docker", host=NO_ACCELERATOR)
+    with pytest.raises(LabError, match=r"CV_DIR=.*zh-CN: no such folder; point it at a Common Voice locale folder"):
+        runs.run(plan, tmp_path / "out")
+
+
+def test_a_home_path_in_set_is_the_users_home_natively_and_in_the_container(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "my.csv").write_text("text,label\nfine,5 stars\n")
+    plan = resolve(
+        "bert-yelp", "smoke", "native", "data.files.train=~/my.csv data.files.test=~notme/x.jsonl", host=NO_ACCELERATOR
+    )
+    assert list(plan.overrides) == [f"data.files.train={tmp_path}/my.csv", "data.files.test=~notme/x.jsonl"]
+    assert runs.host_path_mounts(plan) == [(f"{tmp_path}/my.csv", f"{tmp_path}/my.csv:ro")]
+
+
+def test_paths_with_colons_and_commas_mount_as_they_are(tmp_path):
+    """``-v a:b:ro`` splits at every colon; ``--mount`` takes a CSV record."""
+    odd = tmp_path / "run 12:30, take 2"
+    odd.mkdir()
+    (odd / "train.csv").write_text("text,label\n")
+    value = docker.bind_mount(str(odd), "/data/in:ro")
+    assert value == f'type=bind,"source={odd}",target=/data/in,readonly'
+    image = os.environ.get("BASE_IMAGE", "")
+    if docker.engine_error() or not image or not docker.image_id(image):
+        pytest.skip("no Docker engine or no BASE_IMAGE built here: CI (.ci/run) has both")
+    cmd = [*docker.docker_cli(), "run", "--rm", "--mount", value, image, "cat", "/data/in/train.csv"]
+    assert subprocess.run(cmd, capture_output=True, text=True, check=True).stdout == "text,label\n"
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="hands folders to uid 1000 only as root")

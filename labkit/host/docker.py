@@ -12,6 +12,8 @@ shared images' bases), ``ASCEND_PLATFORM`` (``linux/arm64`` under QEMU), ``PIP_I
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import re
 import shlex
@@ -247,22 +249,34 @@ def local_endpoint() -> str | None:
     return url if url and urlsplit(url).hostname in LOOPBACK else None
 
 
+def bind_mount(host: str, inside: str) -> str:
+    """``--mount`` value binding ``host`` at ``inside`` (read-only when it ends with ``:ro``). Unlike
+    ``-v host:inside``, a ``:`` in a path is no separator here; the value is a CSV record (Docker
+    parses it so), so a ``,`` or ``"`` in a path is quoted."""
+    target, readonly = (inside[:-3], True) if inside.endswith(":ro") else (inside, False)
+    line = io.StringIO()
+    fields = ["type=bind", f"source={host}", f"target={target}", *(["readonly"] if readonly else [])]
+    csv.writer(line, lineterminator="").writerow(fields)
+    return line.getvalue()
+
+
 def run_args(
     mounts: list[tuple[str, str]], env: dict[str, str], accelerator: str | None, cards: int | None = None
 ) -> list[str]:
     """``docker run --rm`` with the shared settings: 8 GB of shared memory, the Hugging Face cache
-    volume, ``mounts`` (host path, container path), ``env`` plus PASSED_ENV from ours (names only:
-    values such as HF_TOKEN never appear on the command line), our uid when not root, and the
-    accelerator: ``--gpus all`` for ``cuda``; for ``npu`` the Ascend device nodes, the host driver
-    mounted read-only and ``ASCEND_RT_VISIBLE_DEVICES`` (:func:`labkit.host.ascend.docker_args`; no
-    ``--privileged``): ``ASCEND_VISIBLE_DEVICES``' host cards, else the first ``cards`` (all if None).
+    volume, ``mounts`` (host path, container path; ``:ro`` at the end for read-only: :func:`bind_mount`),
+    ``env`` plus PASSED_ENV from ours (names only: values such as HF_TOKEN never appear on the command
+    line), our uid when not root, and the accelerator: ``--gpus all`` for ``cuda``; for ``npu`` the
+    Ascend device nodes, the host driver mounted read-only and ``ASCEND_RT_VISIBLE_DEVICES``
+    (:func:`labkit.host.ascend.docker_args`; no ``--privileged``): ``ASCEND_VISIBLE_DEVICES``' host
+    cards, else the first ``cards`` (all if None).
 
     Raises:
         LabError: ``npu`` on a host that lacks a piece of the Ascend recipe (each missing piece named).
     """
     cmd = [*docker_cli(), "run", "--rm", "--shm-size", "8g", "-v", f"{IMAGE_PREFIX}-hf-cache:/cache/huggingface"]
     for host, inside in mounts:
-        cmd += ["-v", f"{host}:{inside}"]
+        cmd += ["--mount", bind_mount(host, inside)]
     if os.geteuid() != 0:
         cmd += ["--user", f"{os.geteuid()}:{os.getegid()}"]
     for key, value in env.items():

@@ -18,6 +18,7 @@ Policy, in one place:
 
 from __future__ import annotations
 
+import os
 import shlex
 from dataclasses import dataclass, field
 
@@ -99,17 +100,28 @@ class RunPlan:
 
 
 def split_overrides(text: str | list[str] | tuple[str, ...]) -> list[str]:
-    """``SET`` as ``key=value`` items, split like a shell line (quotes keep spaces).
+    """``SET`` as ``key=value`` items, split like a shell line (quotes keep spaces); a value that starts
+    with ``~/`` becomes the path in the home directory, as a shell does for ``key=~/file`` (inside
+    ``SET="..."`` the shell leaves it, and in a container ``~`` would be another user's home).
 
     Raises:
         LabError: unbalanced quotes (names the text).
     """
-    if not isinstance(text, str):
-        return list(text)
-    try:
-        return shlex.split(text)
-    except ValueError as exc:
-        raise LabError(f"SET={text!r}: {exc} (quote a value with spaces: SET=\"key='a value'\")") from None
+    if isinstance(text, str):
+        try:
+            items = shlex.split(text)
+        except ValueError as exc:
+            raise LabError(f"SET={text!r}: {exc} (quote a value with spaces: SET=\"key='a value'\")") from None
+    else:
+        items = list(text)
+    return [_home(item) for item in items]
+
+
+def _home(item: str) -> str:
+    key, sep, value = item.partition("=")
+    if sep and (value == "~" or value.startswith("~/")):
+        return f"{key}={os.path.expanduser(value)}"
+    return item
 
 
 def choose_kind(requested: str, host: Accelerators) -> str:

@@ -60,7 +60,10 @@ def common_data_mount(plan: RunPlan) -> str | None:
         return None
     if "data.path" in plan.applied:
         return None
-    return cv_dir
+    path = Path(cv_dir).expanduser()
+    if not path.is_dir():
+        raise LabError(f"CV_DIR={cv_dir}: no such folder; point it at a Common Voice locale folder (with train.tsv)")
+    return str(path.resolve())
 
 
 def host_path_mounts(plan: RunPlan) -> list[tuple[str, str]]:
@@ -75,7 +78,7 @@ def host_path_mounts(plan: RunPlan) -> list[tuple[str, str]]:
         value = item.partition("=")[2].strip()
         if not value or "\n" in value:
             continue
-        path = Path(value).expanduser()
+        path = Path(value)  # ~/ expanded already (plan.split_overrides)
         if path.is_absolute():
             if path.exists():
                 mounts.append((str(path), f"{path}:ro"))

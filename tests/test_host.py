@@ -209,9 +209,9 @@ def test_cv_dir_reaches_the_container_and_the_lab_reads_it(tmp_path, monkeypatch
     assert "--set data.path=/data/common_voice" in cmd
 
 
-def test_a_cv_dir_that_is_not_there_is_one_line_before_any_container(tmp_path, monkeypatch):
+def test_a_cv_dir_that_is_not_there_is_one_line_before_any_run(tmp_path, monkeypatch):
     monkeypatch.setenv("CV_DIR", str(tmp_path / "zh-CN"))
-    plan = resolve("whisper-lora", "smoke", "docker", host=NO_ACCELERATOR)
+    plan = resolve("whisper-lora", "smoke", "native", host=NO_ACCELERATOR)
     with pytest.raises(LabError, match=r"CV_DIR=.*zh-CN: no such folder; point it at a Common Voice locale folder"):
         runs.run(plan, tmp_path / "out")
 

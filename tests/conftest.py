@@ -35,8 +35,9 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("lab", labs, ids=[lab.name for lab in labs])
 
 
-#: Test minutes per lab in the last measured CI run (`invoke test` writes outputs/test-times.json; copy
-#: its figures here when they move). The labs run longest first, so two workers finish together.
+#: Test time per lab in the last measured CI run: `invoke test` writes outputs/test-times.json in the
+#: same format (``{lab: {"tests": n, "seconds": s}}``); copy it here when the figures move. The labs
+#: run longest first, so two workers finish together.
 CI_TIMES = Path(__file__).with_name("ci-times.json")
 
 
@@ -44,12 +45,13 @@ def pytest_collection_modifyitems(config, items):
     """Longest labs first (:data:`CI_TIMES`; a new lab counts as the longest), each lab's tests in
     their file order, the shared tests last to fill the gaps; ``invoke test`` passes
     ``--no-loadscope-reorder`` so pytest-xdist hands the labs out in this order."""
-    minutes = json.loads(CI_TIMES.read_text(encoding="utf-8")) if CI_TIMES.is_file() else {}
-    longest = max(minutes.values(), default=0.0) + 1.0
+    measured = json.loads(CI_TIMES.read_text(encoding="utf-8")) if CI_TIMES.is_file() else {}
+    seconds = {lab: row["seconds"] for lab, row in measured.items() if lab in known_labs()}
+    longest = max(seconds.values(), default=0.0) + 60.0
 
     def weight(item) -> float:
         lab = lab_of(item.nodeid)
-        return -1.0 if lab == SHARED else minutes.get(lab, longest)
+        return -1.0 if lab == SHARED else seconds.get(lab, longest)
 
     items[:] = sorted(items, key=weight, reverse=True)  # stable: file order within a lab
 

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 import yaml
 
-from labkit.config import LABS_DIR, REPO_ROOT
+from labkit.config import LABS_DIR, REPO_ROOT, list_labs
 
 IMAGES = sorted((REPO_ROOT / "images").glob("*/Dockerfile"))
 LOCKS = [
@@ -139,6 +139,17 @@ def test_ci_runs_the_readme_test_command():
     ci = (REPO_ROOT / ".ci" / "run").read_text(encoding="utf-8")
     assert "make test" in readme.split("## ")[1], "the README's first section should give the test command"
     assert re.search(r"^\s*make test\b", ci, re.M)
+
+
+def test_ci_times_name_every_lab_with_its_measured_seconds():
+    """tests/ci-times.json orders the labs longest first (tests/conftest.py): a lab missing from it
+    counts as the longest and runs first, so its measured time belongs there."""
+    import json
+
+    measured = json.loads((REPO_ROOT / "tests" / "ci-times.json").read_text(encoding="utf-8"))
+    labs = {lab.name for lab in list_labs()}
+    assert labs <= set(measured), f"add to tests/ci-times.json: {sorted(labs - set(measured))}"
+    assert all(measured[lab]["seconds"] > 0 for lab in labs)
 
 
 def test_makefile_has_the_lab_pattern_rule():

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -117,6 +118,9 @@ def test_lab_images_come_from_the_shared_dockerfile_unless_a_lab_keeps_its_own()
     assert docker.lab_build_args(zero) == {"LAB": "deepspeed-zero", "LOCKED_SDISTS": "1"}
     assert quant.dockerfile() == quant.dir / "Dockerfile" and docker.lab_build_args(quant) == {}
     assert quant.dockerfile("course") == quant.dir / "Dockerfile.course"
+    other = dataclasses.replace(bert, entrypoint="train.py")  # a lab whose script is not run.py
+    assert docker.lab_build_args(other) == {"LAB": "bert-yelp", "ENTRYPOINT": "train.py"}
+    assert "ARG ENTRYPOINT=run.py" in (REPO_ROOT / "labs" / "Dockerfile").read_text()
 
 
 def test_bench_without_a_gpu_says_how_to_run_the_cpu_self_test_and_leaves_nothing(tmp_path):

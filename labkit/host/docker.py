@@ -205,11 +205,13 @@ def build_lab_image(lab: Lab, variant: str | None = None) -> str:
 
 
 def lab_build_args(lab: Lab, variant: str | None = None) -> dict[str, str]:
-    """``--build-arg`` values of a lab image from the shared ``labs/Dockerfile``: ``LAB`` and the lab's
-    ``lab.yaml`` ``build_args``; none for a lab's (or a variant's) own Dockerfile."""
+    """``--build-arg`` values of a lab image from the shared ``labs/Dockerfile``: ``LAB``, ``ENTRYPOINT``
+    (``lab.yaml`` ``entrypoint``, where it is not the Dockerfile's default ``run.py``) and the lab's
+    ``build_args``; none for a lab's (or a variant's) own Dockerfile."""
     if lab.dockerfile(variant) != lab.dir.parent / "Dockerfile":
         return {}
-    return {"LAB": lab.name, **{k: str(v) for k, v in (lab.meta.get("build_args") or {}).items()}}
+    script = {} if lab.entrypoint == "run.py" else {"ENTRYPOINT": lab.entrypoint}  # the Dockerfile's default
+    return {"LAB": lab.name, **script, **{k: str(v) for k, v in (lab.meta.get("build_args") or {}).items()}}
 
 
 def image_id(tag: str) -> str | None:

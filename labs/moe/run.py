@@ -43,7 +43,7 @@ from labkit.lab.device import peak_memory_bytes
 from labkit.lab.llm.checks import check_device_support, quantization_counts, quantized
 from labkit.lab.llm.loading import load_causal_lm, prepare_for_training
 from labkit.lab.llm.training import release
-from labkit.lab.metrics import JsonlLogger, plot_loss, read_jsonl
+from labkit.lab.metrics import JsonlLogger, plot_loss, read_jsonl, training_summary
 from labkit.lab.runner import RunContext, main
 from labkit.lab.tiny import build_tiny_granitemoe
 from labkit.rundir import remove_if_empty
@@ -368,11 +368,7 @@ def run(ctx: RunContext) -> dict:
         "quantization": quantization,
         "moe": {"router_aux_loss_coef": moe["router_aux_loss_coef"], "capacity_factor": moe["capacity_factor"]},
         "train": {
-            "loss_before": train_before,
-            "loss_after": train_after,
-            "loss_drop_ratio": 1 - train_after / train_before,
-            "steps": steps,
-            "runtime_s": runtime,
+            **training_summary(train_before, train_after, result),
             "tokens_per_second": round(tokens / runtime, 1),
             "aux_loss_first": aux_curve[0] if aux_curve else None,
             "aux_loss_last": aux_curve[-1] if aux_curve else None,

@@ -73,7 +73,7 @@ from labkit.errors import LabError
 from labkit.lab.device import PeakMemory, model_device_map
 from labkit.lab.llm.loading import keep_4bit_trainable_on_cpu
 from labkit.lab.llm.training import release
-from labkit.lab.metrics import JsonlLogger
+from labkit.lab.metrics import JsonlLogger, training_summary
 from labkit.lab.runner import RunContext, main
 from labkit.lab.tiny import build_tiny_encoder, init_weights_portably
 from labkit.rundir import remove_if_empty
@@ -292,14 +292,7 @@ def fine_tune(ctx: RunContext, name: str, base: dict, train_set: Encoded, test_s
             "without_head": trainable - places.get("head", 0),  # the method's own, as papers count them
             "by_place": places,
         },
-        "train": {
-            "loss_before": before["train"]["loss"],
-            "loss_after": after["train"]["loss"],
-            "loss_drop_ratio": 1 - after["train"]["loss"] / before["train"]["loss"],
-            "steps": result.global_step,
-            "runtime_s": result.metrics["train_runtime"],
-            "samples_per_second": result.metrics["train_samples_per_second"],
-        },
+        "train": training_summary(before["train"]["loss"], after["train"]["loss"], result),
         "eval": {
             "metric_before": before["test"][metric],
             "metric": after["test"][metric],

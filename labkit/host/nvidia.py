@@ -8,6 +8,7 @@ no GPU, so all give the same one-line cause.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -107,7 +108,7 @@ def nvidia_smi() -> tuple[list[Gpu], str | None]:
     gpus = []
     for line in out.stdout.strip().splitlines():
         parts = [p.strip() for p in line.split(",")]
-        if len(parts) == len(fields) and re.fullmatch(r"[\d.]+", parts[1]):
+        if len(parts) in (3, 4) and re.fullmatch(r"[\d.]+", parts[1]):
             cap = parts[3] if len(parts) > 3 and re.fullmatch(r"\d+\.\d+", parts[3]) else None
             gpus.append(Gpu(parts[0], round(float(parts[1]) / 1024, 1), parts[2], cap))
     return gpus, None
@@ -133,6 +134,12 @@ def gpu_problem(cuda: str | None) -> str | None:
         return problem
     for gpu in gpus:
         if why := driver_problem(gpu.driver, cuda):
+            if os.environ.get(COMPAT_ENV) == "1":
+                return (
+                    f"NVIDIA driver {gpu.driver} is older than CUDA {cuda} needs and CUDA forward compatibility was "
+                    f"on ({COMPAT_ENV}=1), yet CUDA found no GPU ({gpu.name}): forward compatibility works on "
+                    "data-center GPUs only; run with IMAGE=cuda12, or update the host driver"
+                )
             return why
     return None
 

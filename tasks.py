@@ -51,11 +51,17 @@ def images(c, name="cuda", base_image=None):
         docker.build_shared_image(name, base_image)
 
 
-@task(positional=[], help={"lab": "lab name", "variant": "a variant's image (course, npu)"})
-def build(c, lab, variant=""):
+@task(
+    positional=[],
+    help={"lab": "lab name", "variant": "a variant's image (course, npu)", "image": "CUDA image flavor: cuda12"},
+)
+def build(c, lab, variant="", image=""):
     """Build a lab's image (and its shared base image first: the variant's, e.g. ascend for npu)."""
     with one_line_errors():
-        docker.build_lab_image(get_lab(lab), variant or None)
+        spec = get_lab(lab)
+        if image and image != "cuda" and not (spec.dir / locks.FLAVOR_LOCKS.get(image, "-")).is_file():
+            raise LabError(f"IMAGE={image}: {spec.name} has no lock for it (known flavors: cuda, cuda12)")
+        docker.build_lab_image(spec, variant or None, image or None)
 
 
 @task(

@@ -404,3 +404,31 @@ def test_the_manifest_records_the_cuda_path(monkeypatch):
         "compat_libraries_first": True,
         "why": "driver 535.104.05, Tesla T4 (data-center): ...",
     }
+
+
+@pytest.mark.skipif(
+    os.environ.get("LABS_TEST_CUDA12") != "1" or bool(docker.docker_error()),
+    reason="the CUDA 12 image's container smoke costs ~6 min cold (3 GB of CUDA 12 wheels): LABS_TEST_CUDA12=1 "
+    "runs it (CUDA12_BASE_IMAGE=labs-standin-base:bookworm without a registry)",
+)
+def test_the_cuda12_flavor_smoke_runs_in_its_container(tmp_path):
+    """IMAGE=cuda12: the shared image's CUDA 12 flavor and a lab image on it with its requirements-cuda12.txt;
+    its smoke profile verifies and the manifest says which torch and which CUDA path it ran."""
+    import json
+
+    from labkit.verify import verify_run
+
+    plan = resolve("transformers-quickstart", "smoke", "docker", host=NO_ACCELERATOR, image="cuda12")
+    runs.build(plan)
+    code, _ = runs.run(plan, tmp_path)
+    assert code == 0
+    run_dir = (tmp_path / "transformers-quickstart" / "smoke" / "latest").resolve()
+    assert all(c.passed for c in verify_run(run_dir, plan.lab.expected_path("smoke")))
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["packages"]["torch"].startswith("2.10.0") and manifest["runtime"] == "docker"
+    assert manifest["cuda_path"] == {
+        "image": "cuda12",
+        "forward_compat": False,
+        "compat_libraries_first": False,
+        "why": None,
+    }

@@ -432,3 +432,33 @@ def test_the_cuda12_flavor_smoke_runs_in_its_container(tmp_path):
         "compat_libraries_first": False,
         "why": None,
     }
+
+
+def test_doctor_with_docker_says_forward_compatibility_and_a_lab_without_a_cuda12_lock(tmp_path, monkeypatch, capsys):
+    from labkit.host import doctor
+
+    monkeypatch.setattr(docker, "engine_error", lambda: None)
+    monkeypatch.setattr(docker, "buildkit_error", lambda: None)
+    monkeypatch.setattr(docker, "registered_runtimes", lambda: '{"nvidia":{}}')
+    assert doctor.check(None, host_of("t4-535")) == []
+    out = capsys.readouterr().out
+    assert "cuda path       : images/cuda (CUDA 13.0), CUDA forward compatibility ON in containers: " in out
+    assert "cuda native     : images/cuda12 (CUDA 12.8) with RUNTIME=native: " in out
+    assert doctor.check(get_lab("quantization"), host_of("rtx4090-550")) == ["driver"]
+    out = capsys.readouterr().out
+    assert "cuda path       : images/cuda12 (CUDA 12.8) in containers: driver 550.54.14" in out
+    assert (
+        "quantization    : has no CUDA 12 lock (its pins need images/cuda's torch): on this host it needs driver >= 580"
+        in out
+    )
+
+
+def test_a_run_where_forward_compatibility_found_no_gpu_says_so(tmp_path, monkeypatch):
+    from labkit.host.nvidia import gpu_problem
+
+    fake_nvidia_smi(tmp_path, monkeypatch, RECORDED["a6000-535"])
+    monkeypatch.setenv("LABS_CUDA_COMPAT", "1")
+    assert "forward compatibility works on data-center GPUs only; run with IMAGE=cuda12" in gpu_problem("13.0")
+    monkeypatch.setenv("LABS_CUDA_COMPAT", "0")
+    assert gpu_problem("13.0").startswith("NVIDIA driver 535.183.01 is older than CUDA 13.0 needs (>= 580)")
+    assert gpu_problem("12.8") is None  # the CUDA 12 image's torch on the same host: nothing wrong

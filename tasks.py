@@ -59,8 +59,10 @@ def build(c, lab, variant="", image=""):
     """Build a lab's image (and its shared base image first: the variant's, e.g. ascend for npu)."""
     with one_line_errors():
         spec = get_lab(lab)
-        if image and image != "cuda" and not (spec.dir / locks.FLAVOR_LOCKS.get(image, "-")).is_file():
-            raise LabError(f"IMAGE={image}: {spec.name} has no lock for it (known flavors: cuda, cuda12)")
+        if image and image not in ("cuda", *locks.FLAVOR_LOCKS):
+            raise LabError(f"IMAGE={image!r}: use cuda or {' or '.join(locks.FLAVOR_LOCKS)}")
+        if image and not spec.requirements(variant or None, image).is_file():
+            raise LabError(f"IMAGE={image}: {spec.name} has no lock for it ({spec.requirements(None, image).name})")
         docker.build_lab_image(spec, variant or None, image or None)
 
 

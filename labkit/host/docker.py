@@ -189,27 +189,23 @@ def build_shared_image(name: str, base_image: str | None = None) -> None:
 def build_lab_image(lab: Lab, variant: str | None = None, flavor: str | None = None) -> str:
     """Build the shared image under ``variant``'s image (``flavor``: the CUDA image flavor, ``cuda12``
     for the CUDA 12 one), then the image itself; returns its tag (``llm-labs/<lab>[-cuda12]:dev``)."""
-    base = lab.base_image(variant)
-    shared = flavor if base == "cuda" and flavor else base
+    shared = lab.shared_image(variant, flavor)
     build_shared_image(shared)
-    name = lab.image_name(variant) + (f"-{shared}" if shared != base else "")
-    tag = image_tag(name)
-    dockerfile = lab.dockerfile(variant)
-    build_image(dockerfile, tag, image_tag(shared), image_platform(base), lab_build_args(lab, variant, shared))
+    tag = image_tag(lab.image_name(variant, flavor))
+    args = lab_build_args(lab, variant, flavor)
+    build_image(lab.dockerfile(variant), tag, image_tag(shared), image_platform(lab.base_image(variant)), args)
     return tag
 
 
-def lab_build_args(lab: Lab, variant: str | None = None, shared: str | None = None) -> dict[str, str]:
+def lab_build_args(lab: Lab, variant: str | None = None, flavor: str | None = None) -> dict[str, str]:
     """``--build-arg`` values of a lab image from the shared ``labs/Dockerfile``: ``LAB`` and the lab's
     ``lab.yaml`` ``build_args``, and ``LOCK`` on a CUDA image flavor (``requirements-cuda12.txt``); none
     for a lab's (or a variant's) own Dockerfile."""
     if lab.dockerfile(variant) != lab.dir.parent / "Dockerfile":
         return {}
     args = {"LAB": lab.name, **{k: str(v) for k, v in (lab.meta.get("build_args") or {}).items()}}
-    if shared and shared != lab.base_image(variant):
-        from labkit.host.locks import FLAVOR_LOCKS
-
-        args["LOCK"] = FLAVOR_LOCKS[shared]
+    if lab.requirements(variant, flavor).name != "requirements.txt":
+        args["LOCK"] = lab.requirements(variant, flavor).name
     return args
 
 

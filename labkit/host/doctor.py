@@ -78,7 +78,7 @@ def cuda_path_lines(host: Accelerators, lab: Lab | None, docker_ok: bool) -> lis
     if docker_ok and path.compat:
         native = nvidia.cuda_path(host.gpus, cuda, docker=False)
         say("cuda native", f"{flavor.get(native.flavor, 'NONE')} with RUNTIME=native: {native.why}")
-    if lab and path.flavor == "cuda12" and not (lab.dir / "requirements-cuda12.txt").is_file():
+    if lab and path.flavor == "cuda12" and not lab.requirements(None, "cuda12").is_file():
         floor = nvidia.MIN_DRIVER[int(cuda["cuda"].split(".")[0])]
         say(
             lab.name,

@@ -39,9 +39,10 @@ IMAGE_LOCKS = {
 }
 
 
-#: Image flavors a lab's own image is also locked for: ``{flavor: lock file name}`` (the npu variants'
-#: ``requirements-npu.txt`` is the same idea for the Ascend image, but with profiles of its own).
-FLAVOR_LOCKS = {"cuda12": "requirements-cuda12.txt"}
+#: CUDA image flavors a lab's own image is also locked for, as ``requirements-<flavor>.txt``
+#: (:meth:`labkit.config.Lab.requirements`; the npu variants' ``requirements-npu.txt`` is the same idea for
+#: the Ascend image, but with profiles of its own).
+FLAVOR_LOCKS = ("cuda12",)
 
 
 def image_locks(image: str) -> list[Path]:
@@ -138,11 +139,12 @@ def lock_flavors(lab: Lab) -> list[str]:
     if lab.image != "cuda" or lab.dockerfile() != lab.dir.parent / "Dockerfile":
         return done
     same = ("-c", str((lab.dir / "requirements.txt").relative_to(REPO_ROOT)))  # the same library versions
-    for flavor, name in FLAVOR_LOCKS.items():
+    for flavor in FLAVOR_LOCKS:
+        lock_file = lab.requirements(None, flavor)
         try:
-            uv_compile(lab.dir / "requirements.in", lab.dir / name, *on_image(flavor), *same)
+            uv_compile(lab.dir / "requirements.in", lock_file, *on_image(flavor), *same)
             done.append(flavor)
         except LabError:
-            (lab.dir / name).unlink(missing_ok=True)
+            lock_file.unlink(missing_ok=True)
             print(f"{lab.name}: no {flavor} lock: its pins do not resolve on images/{flavor}'s torch (see uv above)")
     return done

@@ -114,25 +114,11 @@ def without_packages(lock_text: str, names: set[str]) -> str:
     return "\n".join(out) + "\n"
 
 
-def _shared(lab: Lab, variant: str | None, flavor: str | None) -> str:
-    """The shared image whose Python layer the environment takes (``cuda12`` for that flavor)."""
-    base = lab.base_image(variant)
-    return flavor if base == "cuda" and flavor else base
-
-
-def _lock(lab: Lab, variant: str | None, flavor: str | None) -> Path:
-    from labkit.host.locks import FLAVOR_LOCKS
-
-    if flavor in FLAVOR_LOCKS and not variant:
-        return lab.dir / FLAVOR_LOCKS[flavor]
-    return lab.requirements(variant)
-
-
 def env_inputs(lab: Lab, variant: str | None, flavor: str | None = None) -> list[Path]:
     """Files whose content defines the environment: the image constraints, the lab lock, replacements."""
-    shared = _shared(lab, variant, flavor)
+    shared = lab.shared_image(variant, flavor)
     files = [image_constraints(shared), IMAGES_DIR / shared / "requirements.in"]
-    files.append(_lock(lab, variant, flavor))
+    files.append(lab.requirements(variant, flavor))
     for folder in replacements(lab, variant).values():
         files += sorted(p for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
     return files + [Path(__file__)]
@@ -151,8 +137,7 @@ def env_stamp(lab: Lab, variant: str | None, flavor: str | None = None) -> str:
 
 
 def env_dir(lab: Lab, variant: str | None = None, flavor: str | None = None) -> Path:
-    shared = _shared(lab, variant, flavor)
-    return VENVS_DIR / (lab.image_name(variant) + (f"-{shared}" if shared != lab.base_image(variant) else ""))
+    return VENVS_DIR / lab.image_name(variant, flavor)
 
 
 def _uv(args: list[str], what: str) -> None:
@@ -202,7 +187,7 @@ def _build(lab: Lab, variant: str | None, target: Path, python: Path, flavor: st
             f"{PYTHON_VERSION}`), or use RUNTIME=docker"
         )
     _uv(["venv", "--quiet", "--clear", "--python", probe.stdout.strip(), str(target)], "creating the virtualenv")
-    lock = _lock(lab, variant, flavor)
+    lock = lab.requirements(variant, flavor)
     # Each install compiles its packages' bytecode (uv's --compile-bytecode): every lab process imports
     # torch and Transformers, and a start then takes 2.7 s instead of 6.0 s (torch + transformers +
     # datasets on the 2-core CI machine), also where Python may not write bytecode itself
@@ -210,7 +195,7 @@ def _build(lab: Lab, variant: str | None, target: Path, python: Path, flavor: st
     on_python = ["--python", str(python)]
     compile_ = ["--compile-bytecode"]
     if not re.search(r"^torch==", lock.read_text(encoding="utf-8"), re.MULTILINE):
-        image = IMAGES_DIR / _shared(lab, variant, flavor)
+        image = IMAGES_DIR / lab.shared_image(variant, flavor)
         torch_pin(image.name)  # the image layer must pin torch
         layer = ["-c", str(image_constraints(image.name)), "-r", str(image / "requirements.in")]
         _uv(["pip", "install", *on_python, *compile_, *layer], f"installing the {image.name} image's layer (torch)")

@@ -229,9 +229,11 @@ def cuda_path(
     compat_ok = klass == "data-center" and branch in FORWARD_COMPAT_BRANCHES.get(major.get("cuda", 0), ())
     if need:
         compat = need == "cuda" and not fits.get("cuda") and compat_ok and docker
-        return CudaPath(
-            need, compat, f"{seen}: IMAGE={need} asked for" + (", CUDA forward compatibility on" if compat else "")
+        short = (
+            "" if fits.get(need) or compat else f"; the driver is older than it needs (>= {MIN_DRIVER[major[need]]})"
         )
+        on = ", CUDA forward compatibility on" if compat else ""
+        return CudaPath(need, compat, f"{seen}: IMAGE={need} asked for{on}{short}")
     if fits.get("cuda"):
         return CudaPath("cuda", False, f"{seen}: new enough for CUDA {cuda['cuda']} (>= {MIN_DRIVER[major['cuda']]})")
     old = f"{seen}: older than CUDA {cuda.get('cuda')} needs (>= {MIN_DRIVER.get(major.get('cuda', 13))})"
@@ -253,8 +255,6 @@ def cuda_path(
     if fits.get("cuda12"):
         return CudaPath("cuda12", False, f"{old}; {why_not}: the CUDA {cuda['cuda12']} image (IMAGE=cuda12)")
     floor = min((MIN_DRIVER[m] for m in major.values() if m in MIN_DRIVER), default=MIN_DRIVER[13])
-    if "cuda12" not in major:
-        floor = MIN_DRIVER.get(major.get("cuda", 13), 580)
     return CudaPath(None, False, f"{old}; {why_not}: update the NVIDIA driver to >= {floor}")
 
 

@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from labkit.config import KINDS, Lab, apply_overrides, get_lab, list_labs, load_profile, profile_name
 from labkit.errors import LabError
 from labkit.host import nvidia
-from labkit.host.locks import FLAVOR_LOCKS
 from labkit.host.probe import Accelerators, probe
 
 PROFILES = ("auto", *KINDS)
@@ -76,15 +75,12 @@ class RunPlan:
     def image_name(self) -> str:
         """The lab image's (and native environment's) name: ``<lab>[-<variant>]``, ``-cuda12`` added on
         the CUDA 12 flavor."""
-        name = self.lab.image_name(self.variant)
-        return f"{name}-{self.flavor}" if self.flavor and self.flavor != "cuda" else name
+        return self.lab.image_name(self.variant, self.flavor)
 
     @property
     def lock(self):
         """The lab's hash-locked requirements for this plan's variant and flavor."""
-        if self.flavor in FLAVOR_LOCKS and not self.variant:
-            return self.lab.dir / FLAVOR_LOCKS[self.flavor]
-        return self.lab.requirements(self.variant)
+        return self.lab.requirements(self.variant, self.flavor)
 
     @property
     def cuda_env(self) -> dict[str, str]:
@@ -249,7 +245,7 @@ def choose_flavor(
         if image not in ("auto", "cuda"):
             raise LabError(f"IMAGE={image}: VARIANT={variant} pins its own torch ({lab.requirements(variant).name})")
         return "cuda", False, ""
-    locked = [f for f in nvidia.FLAVORS if f == "cuda" or (not variant and (lab.dir / FLAVOR_LOCKS[f]).is_file())]
+    locked = [f for f in nvidia.FLAVORS if f == "cuda" or (not variant and lab.requirements(None, f).is_file())]
     if image != "auto" and image not in locked:
         raise LabError(
             f"IMAGE={image}: {lab.name}{f' VARIANT={variant}' if variant else ''} has no lock for it "
@@ -267,7 +263,7 @@ def choose_flavor(
             else ""
         )
         raise LabError(f"no image serves this GPU host: {only}{path.why}")
-    if path.compat or path.flavor != "cuda":
+    if path.compat or path.flavor != "cuda" or image != "auto":
         print(f"CUDA: {path.why}.")
     return path.flavor, path.compat, path.why
 

@@ -331,6 +331,8 @@ def test_a_host_no_image_serves_is_refused_in_one_line_naming_the_minimum_driver
     with pytest.raises(LabError, match=r"update the NVIDIA driver to >= 525$"):
         resolve("bert-yelp", "auto", "docker", host=host_of("rtx3090-470"))
     assert resolve("quantization", "full", "docker", host=host_of("t4-535")).cuda_compat  # data-center: compat
+    with pytest.raises(LabError, match=r"RUNTIME=docker can\): update the NVIDIA driver to >= 580$"):
+        resolve("quantization", "full", "native", host=host_of("t4-535"))  # compat needs the image
 
 
 def test_image_picks_a_flavor_explicitly_and_bad_choices_are_named(monkeypatch):
@@ -420,9 +422,11 @@ def test_the_cuda12_flavor_smoke_runs_in_its_container(tmp_path):
 
     plan = resolve("transformers-quickstart", "smoke", "docker", host=NO_ACCELERATOR, image="cuda12")
     runs.build(plan)
-    code, _ = runs.run(plan, tmp_path)
+    root = tmp_path / "out"  # mounted into the container: pytest's own folder is root's only (0700)
+    root.mkdir(mode=0o755)
+    code, _ = runs.run(plan, root)
     assert code == 0
-    run_dir = (tmp_path / "transformers-quickstart" / "smoke" / "latest").resolve()
+    run_dir = (root / "transformers-quickstart" / "smoke" / "latest").resolve()
     assert all(c.passed for c in verify_run(run_dir, plan.lab.expected_path("smoke")))
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["packages"]["torch"].startswith("2.10.0") and manifest["runtime"] == "docker"

@@ -250,7 +250,7 @@ def cuda_path(
         else f"branch {branch} is not one CUDA forward compatibility supports "
         f"({', '.join(map(str, FORWARD_COMPAT_BRANCHES.get(major.get('cuda', 13), ())))})"
         if not compat_ok
-        else "a native run cannot use the image's forward compatibility libraries"
+        else "a native run cannot use the image's forward compatibility libraries (RUNTIME=docker can)"
     )
     if fits.get("cuda12"):
         return CudaPath("cuda12", False, f"{old}; {why_not}: the CUDA {cuda['cuda12']} image (IMAGE=cuda12)")

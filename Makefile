@@ -3,6 +3,7 @@
 #   make lab-quantization VARIANT=course   (a lab variant: the course's pinned libraries)
 #   make lab-deepspeed-zero NPROC=2        (processes per node, one per card: the profile's nproc_per_node)
 #   make lab-llama2-sft VARIANT=npu        (the Ascend NPU variant: images/ascend)
+#   make lab-bert-yelp IMAGE=cuda12        (the CUDA 12 image; default: chosen from the driver and GPU)
 #   make test [LAB=whisper-lora]
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -23,7 +24,7 @@ NPROC ?=
 help: ## Show the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 22
 	@echo "lab-<name>            Build, run and verify one lab; labs: $$(ls labs/*/lab.yaml | cut -d/ -f2 | paste -sd' ')"
-	@echo "                      PROFILE=auto|smoke|full RUNTIME=auto|docker|native SET=\"key=value ...\" [VARIANT=course|npu] [NPROC=N]"
+	@echo "                      PROFILE=auto|smoke|full RUNTIME=auto|docker|native SET=\"key=value ...\" [VARIANT=course|npu] [NPROC=N] [IMAGE=cuda|cuda12]"
 	@echo "bench-<name>          Full-profile step on random weights: peak memory, samples/s (BATCH_SIZES=1,4,16)"
 	@echo "                      on a CPU: ARCH=tiny DEVICE=cpu (the same step at tiny scale)"
 
@@ -37,7 +38,7 @@ $(VENV)/.installed: requirements-dev.txt
 venv: $(VENV)/.installed ## Create the tooling virtualenv (.venv)
 
 lab-%: $(VENV)/.installed
-	$(INVOKE) run --lab $* --profile $(PROFILE) --runtime $(RUNTIME) --set "$(SET)" --variant "$(VARIANT)" --nproc "$(NPROC)"
+	$(INVOKE) run --lab $* --profile $(PROFILE) --runtime $(RUNTIME) --set "$(SET)" --variant "$(VARIANT)" --nproc "$(NPROC)" --image "$(or $(IMAGE),auto)"
 
 bench-%: $(VENV)/.installed
 	$(INVOKE) bench --lab $* --runtime $(RUNTIME) $(if $(BATCH_SIZES),--batch-sizes $(BATCH_SIZES)) $(if $(ARCH),--arch $(ARCH)) $(if $(DEVICE),--device $(DEVICE))
@@ -45,7 +46,7 @@ bench-%: $(VENV)/.installed
 list: $(VENV)/.installed ## List the labs
 	@$(INVOKE) list
 
-images: $(VENV)/.installed ## Build the shared CUDA image (BASE_IMAGE=...); IMAGE=ascend for the Ascend one (ASCEND_BASE_IMAGE, ASCEND_PLATFORM)
+images: $(VENV)/.installed ## Build the shared CUDA image (BASE_IMAGE=...); IMAGE=cuda12 its CUDA 12 flavor; IMAGE=ascend the Ascend one
 	$(INVOKE) images --name $(or $(IMAGE),cuda)
 
 smoke: $(VENV)/.installed ## Run every lab's smoke profile natively and verify it

@@ -40,7 +40,10 @@ def one_line_errors():
 
 @task(
     positional=[],
-    help={"name": "shared image to build (cuda, ascend)", "base_image": "overrides BASE_IMAGE / ASCEND_BASE_IMAGE"},
+    help={
+        "name": "shared image to build (cuda, cuda12, ascend)",
+        "base_image": "overrides BASE_IMAGE / CUDA12_BASE_IMAGE / ASCEND_BASE_IMAGE",
+    },
 )
 def images(c, name="cuda", base_image=None):
     """Build a shared base image (images/<name>/Dockerfile) as llm-labs/<name>:dev."""
@@ -48,11 +51,19 @@ def images(c, name="cuda", base_image=None):
         docker.build_shared_image(name, base_image)
 
 
-@task(positional=[], help={"lab": "lab name", "variant": "a variant's image (course, npu)"})
-def build(c, lab, variant=""):
+@task(
+    positional=[],
+    help={"lab": "lab name", "variant": "a variant's image (course, npu)", "image": "CUDA image flavor: cuda12"},
+)
+def build(c, lab, variant="", image=""):
     """Build a lab's image (and its shared base image first: the variant's, e.g. ascend for npu)."""
     with one_line_errors():
-        docker.build_lab_image(get_lab(lab), variant or None)
+        spec = get_lab(lab)
+        if image and image not in ("cuda", *locks.FLAVOR_LOCKS):
+            raise LabError(f"IMAGE={image!r}: use cuda or {' or '.join(locks.FLAVOR_LOCKS)}")
+        if image and not spec.requirements(variant or None, image).is_file():
+            raise LabError(f"IMAGE={image}: {spec.name} has no lock for it ({spec.requirements(None, image).name})")
+        docker.build_lab_image(spec, variant or None, image or None)
 
 
 @task(
@@ -64,12 +75,13 @@ def build(c, lab, variant=""):
         "set": "profile overrides, split like a shell line: \"learning_rate=0 data.path='/my data'\"",
         "variant": "a lab variant (course, npu): its own image and profiles",
         "nproc": "processes per node, one per card (the profile's nproc_per_node)",
+        "image": "CUDA image flavor: auto (from the host's driver and GPU: invoke doctor), cuda or cuda12",
     },
 )
-def run(c, lab, profile="auto", runtime="auto", set="", variant="", nproc=""):  # noqa: A002 (invoke flag name)
+def run(c, lab, profile="auto", runtime="auto", set="", variant="", nproc="", image="auto"):  # noqa: A002
     """Run a lab (building its image when the runtime is docker) and verify the run."""
     with one_line_errors():
-        plan = resolve(lab, profile, runtime, set, variant, nproc or None)
+        plan = resolve(lab, profile, runtime, set, variant, nproc or None, image=image or "auto")
         runs.build(plan)
         code, _ = runs.run(plan)
     if code != 0:

@@ -95,13 +95,22 @@ class Lab:
     def expected_path(self, profile: str) -> Path:
         return self.dir / "expected" / f"{profile}.yaml"
 
-    def image_name(self, variant: str | None = None) -> str:
-        """``<lab>`` or ``<lab>-<variant>``: the image (and native environment) of ``variant``."""
-        return f"{self.name}-{variant}" if variant else self.name
+    def shared_image(self, variant: str | None = None, flavor: str | None = None) -> str:
+        """The shared image (``images/<name>``) under ``variant``'s image: its ``image``, else the lab's;
+        ``flavor`` (``cuda12``) stands in for the CUDA image (the CUDA 12 flavor, for older drivers)."""
+        base = self.variants[variant].get("image", self.image) if variant else self.image
+        return flavor if flavor and base == "cuda" else base
 
     def base_image(self, variant: str | None = None) -> str:
-        """The shared image (``images/<name>``) under ``variant``'s image: its ``image``, else the lab's."""
-        return self.variants[variant].get("image", self.image) if variant else self.image
+        """The shared image under ``variant``'s image: its ``image``, else the lab's (``cuda``, ``ascend``)."""
+        return self.shared_image(variant)
+
+    def image_name(self, variant: str | None = None, flavor: str | None = None) -> str:
+        """``<lab>`` or ``<lab>-<variant>``: the image (and native environment) of ``variant``; ``-cuda12``
+        added on the CUDA 12 flavor."""
+        name = f"{self.name}-{variant}" if variant else self.name
+        shared = self.shared_image(variant, flavor)
+        return name if shared == self.base_image(variant) else f"{name}-{shared}"
 
     def dockerfile(self, variant: str | None = None) -> Path:
         """The Dockerfile of ``variant``'s image; the lab's own image is built from the one shared
@@ -111,9 +120,14 @@ class Lab:
         own = self.dir / "Dockerfile"
         return own if own.is_file() else self.dir.parent / "Dockerfile"
 
-    def requirements(self, variant: str | None = None) -> Path:
-        """The hash-locked requirements of ``variant``'s image (the lab's own for ``None``)."""
-        return self.dir / (self.variants[variant]["requirements"] if variant else "requirements.txt")
+    def requirements(self, variant: str | None = None, flavor: str | None = None) -> Path:
+        """The hash-locked requirements of ``variant``'s image (the lab's own for ``None``); on a CUDA
+        image flavor, ``requirements-<flavor>.txt`` (the same ``requirements.in`` locked on that image;
+        it may not exist: a lab whose pins need the CUDA image's torch has none)."""
+        if variant:
+            return self.dir / self.variants[variant]["requirements"]
+        shared = self.shared_image(None, flavor)
+        return self.dir / ("requirements.txt" if shared == self.image else f"requirements-{shared}.txt")
 
 
 def read_yaml(path: Path) -> Any:

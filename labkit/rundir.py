@@ -148,6 +148,22 @@ def package_versions() -> dict[str, str]:
     return dict(sorted(versions.items()))
 
 
+def cuda_path_record() -> dict | None:
+    """The CUDA path the host side chose for this run (labkit.host.nvidia.cuda_path, handed over as
+    ``LABS_CUDA_IMAGE`` / ``LABS_CUDA_COMPAT`` / ``LABS_CUDA_WHY``) and whether the forward compatibility
+    libraries really are first on ``LD_LIBRARY_PATH`` (images/common/cuda-env); None for a run the host
+    side did not plan on a CUDA image (an Ascend image, a script started by hand)."""
+    if "LABS_CUDA_IMAGE" not in os.environ:
+        return None
+    compat_dir = os.environ.get("LABS_CUDA_COMPAT_DIR", "/usr/local/cuda/compat")
+    return {
+        "image": os.environ["LABS_CUDA_IMAGE"],
+        "forward_compat": os.environ.get("LABS_CUDA_COMPAT") == "1",
+        "compat_libraries_first": os.environ.get("LD_LIBRARY_PATH", "").split(":")[0] == compat_dir,
+        "why": os.environ.get("LABS_CUDA_WHY"),
+    }
+
+
 def base_manifest(lab: str, profile: str, seed: int, config: dict, overrides: dict) -> dict:
     """The manifest fields known before the run starts."""
     return {
@@ -164,6 +180,7 @@ def base_manifest(lab: str, profile: str, seed: int, config: dict, overrides: di
         "platform": platform.platform(),
         "packages": package_versions(),
         "env": {k: os.environ[k] for k in RECORDED_ENV if k in os.environ},
+        "cuda_path": cuda_path_record(),
         "start_utc": datetime.now(UTC).isoformat(timespec="seconds"),
         "_t0": time.monotonic(),
     }

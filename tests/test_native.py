@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from labkit.config import get_lab
+from labkit.config import REPO_ROOT, get_lab
 from labkit.errors import LabError
 from labkit.host import native
 
@@ -63,3 +63,19 @@ def test_no_python_311_is_explained(monkeypatch, tmp_path):
     monkeypatch.setattr(native, "uv_command", lambda: ["false"])  # `uv python find 3.11` finds nothing
     with pytest.raises(LabError, match=r"native runs need Python 3.11 .*apt-get install python3.11.*RUNTIME=docker"):
         native.ensure_env(get_lab("whisper-lora"))
+
+
+def test_the_cuda12_flavor_has_its_own_environment_from_its_own_files():
+    """RUNTIME=native on a host that takes the CUDA 12 image: .venvs/<lab>-cuda12 from images/cuda12's torch
+    and the lab's requirements-cuda12.txt; the default flavor's environment is untouched."""
+    lab = get_lab("bert-yelp")
+    assert native.env_dir(lab, None, "cuda12").name == "bert-yelp-cuda12"
+    assert native.env_dir(lab, None, "cuda") == native.env_dir(lab) == native.VENVS_DIR / "bert-yelp"
+    names = [str(p.relative_to(REPO_ROOT)) for p in native.env_inputs(lab, None, "cuda12")]
+    assert names[:3] == [
+        "images/cuda12/constraints.txt",
+        "images/cuda12/requirements.in",
+        "labs/bert-yelp/requirements-cuda12.txt",
+    ]
+    assert native.env_stamp(lab, None, "cuda12") != native.env_stamp(lab, None)
+    assert native.env_dir(get_lab("llama2-sft"), "npu", None).name == "llama2-sft-npu"  # not a CUDA image

@@ -57,6 +57,48 @@ def test_lab_locks_leave_the_shared_image_packages_out(lab):
             continue  # a course stack: its own torch, locked whole
         entries = lock_entries(lab.requirements(variant))
         assert not {"torch", "torch-npu"} & set(entries), f"{lab.requirements(variant)} reinstalls the image's torch"
+    flavor = lab.dir / "requirements-cuda12.txt"
+    if flavor.is_file():
+        assert "torch" not in lock_entries(flavor), f"{flavor} reinstalls the image's torch"
+
+
+def test_the_cuda12_flavor_runs_the_same_libraries_on_a_cuda12_torch(lab):
+    """Every lab on labs/Dockerfile has a CUDA 12 lock with the same versions as its own lock (only torch
+    and its CUDA wheels differ, in the image); a lab with its own Dockerfile has none, and the run plan
+    refuses the CUDA 12 image for it (tests/test_host.py)."""
+    from labkit.host.nvidia import MIN_DRIVER, flavor_cuda
+
+    flavor = lab.dir / "requirements-cuda12.txt"
+    if lab.image != "cuda" or lab.dockerfile() != LABS_DIR / "Dockerfile":
+        assert not flavor.exists(), f"{flavor}: labs/Dockerfile's LOCK is the only way it is installed"
+        return
+    assert flavor.is_file(), f"{lab.name} has no CUDA 12 lock: run `invoke lock --lab {lab.name}`"
+    same = {n: v for n, (v, _) in lock_entries(lab.requirements()).items()}
+    assert {n: v for n, (v, _) in lock_entries(flavor).items()} == same
+    cuda = flavor_cuda()
+    assert cuda == {"cuda": "13.0", "cuda12": "12.8"} and MIN_DRIVER[12] < MIN_DRIVER[13]
+
+
+def test_the_cuda_images_differ_in_torch_and_say_how_they_reach_the_gpu():
+    """images/cuda: torch on CUDA 13, cuda-compat-13-0 for forward compatibility; images/cuda12: the
+    newest CUDA 12 torch, no compat libraries, a requirement the toolkit accepts from driver 525 on; both
+    start their commands through cuda-env."""
+    from labkit.host.nvidia import image_cuda
+
+    cuda, cuda12 = (REPO_ROOT / "images" / name for name in ("cuda", "cuda12"))
+    torch13 = re.search(r"^torch==(\S+)", (cuda / "requirements.in").read_text(), re.M).group(1)
+    torch12 = re.search(r"^torch==(\S+)", (cuda12 / "requirements.in").read_text(), re.M).group(1)
+    assert (image_cuda(cuda / "constraints.txt"), image_cuda(cuda12 / "constraints.txt")) == ("13.0", "12.8")
+    assert tuple(map(int, torch12.split("."))) < tuple(map(int, torch13.split(".")))
+    text13, text12 = (cuda / "Dockerfile").read_text(), (cuda12 / "Dockerfile").read_text()
+    assert "cuda-compat-13-0" in text13 and "nvidia/cuda:13.0" in text13
+    assert "nvidia/cuda:12.8" in text12 and 'NVIDIA_REQUIRE_CUDA="cuda>=12.0"' in text12
+    assert "rm -rf /usr/local/cuda/compat" in text12 and "cuda-compat-13" not in text12
+    for text, folder in ((text13, "cuda"), (text12, "cuda12")):
+        assert f"COPY images/{folder}/requirements.txt " in text
+        assert "COPY images/common/cuda-env /usr/local/bin/cuda-env" in text and 'ENTRYPOINT ["cuda-env"]' in text
+    shared = (LABS_DIR / "Dockerfile").read_text()
+    assert "ARG LOCK=requirements.txt" in shared and "COPY labs/${LAB}/${LOCK} " in shared
 
 
 def test_native_constraints_match_the_image_lock():
@@ -64,7 +106,7 @@ def test_native_constraints_match_the_image_lock():
         (c, c.parent / c.name.replace("constraints", "requirements"))
         for c in REPO_ROOT.glob("images/*/constraints*.txt")
     ]
-    assert len(pairs) >= 2  # the CUDA image's and the Ascend image's (aarch64)
+    assert len(pairs) >= 3  # the CUDA image's, its CUDA 12 flavor's and the Ascend image's (aarch64)
     for constraints, lock in pairs:
         locked = {n: v for n, (v, _) in lock_entries(lock).items()}
         text = constraints.read_text(encoding="utf-8")
@@ -91,6 +133,8 @@ def test_lab_dockerfiles_build_on_the_shared_image_deps_before_code_and_run_as_n
         assert re.search(rf"^ARG BASE_IMAGE=llm-labs/{lab.base_image(variant)}:dev$", text, re.M)
         if lab.base_image(variant) == "ascend":  # CANN's environment for the lab process (images/ascend/ascend-env)
             assert re.search(r'^ENTRYPOINT \["ascend-env", "python", ', text, re.M)
+        else:  # the CUDA path the host side chose (images/common/cuda-env: forward compatibility or not)
+            assert re.search(r'^ENTRYPOINT \["cuda-env", "python", ', text, re.M)
         lines = text.splitlines()
         install = next(i for i, line in enumerate(lines) if "pip-install-locked" in line or "pip install" in line)
         first_code = next(i for i, line in enumerate(lines) if line.startswith("COPY labkit"))

@@ -26,7 +26,11 @@ from labkit.errors import LabError
 from labkit.rundir import check_writable
 
 IMAGE_PREFIX = "llm-labs"
-SHARED_IMAGES = {"cuda": REPO_ROOT / "images" / "cuda", "ascend": REPO_ROOT / "images" / "ascend"}
+SHARED_IMAGES = {
+    "cuda": REPO_ROOT / "images" / "cuda",
+    "cuda12": REPO_ROOT / "images" / "cuda12",  # the CUDA 12 flavor, for older drivers (labkit.host.nvidia)
+    "ascend": REPO_ROOT / "images" / "ascend",
+}
 #: The user the lab images run as (``useradd -u 1000`` in images/*/Dockerfile).
 LAB_UID = 1000
 #: Variables passed into containers by name (values never appear on the command line).
@@ -41,7 +45,7 @@ PASSED_ENV = (
 )
 #: Environment that retargets a shared image: its base (two bases, so CI can give each its stand-in)
 #: and its platform (the Ascend image for linux/arm64 from an x86_64 machine, under QEMU).
-BASE_IMAGE_ENV = {"cuda": "BASE_IMAGE", "ascend": "ASCEND_BASE_IMAGE"}
+BASE_IMAGE_ENV = {"cuda": "BASE_IMAGE", "cuda12": "CUDA12_BASE_IMAGE", "ascend": "ASCEND_BASE_IMAGE"}
 PLATFORM_ENV = {"ascend": "ASCEND_PLATFORM"}
 GPU_DRIVER_HELP = (
     'Docker could not give the container a GPU ("could not select device driver "nvidia""): the '
@@ -194,24 +198,29 @@ def build_shared_image(name: str, base_image: str | None = None) -> None:
     build_image(SHARED_IMAGES[name] / "Dockerfile", image_tag(name), base, image_platform(name))
 
 
-def build_lab_image(lab: Lab, variant: str | None = None) -> str:
-    """Build the shared image under ``variant``'s image, then the image itself; returns its tag."""
-    base = lab.base_image(variant)
-    build_shared_image(base)
-    tag = image_tag(lab.image_name(variant))
-    dockerfile = lab.dockerfile(variant)
-    build_image(dockerfile, tag, image_tag(base), image_platform(base), lab_build_args(lab, variant))
+def build_lab_image(lab: Lab, variant: str | None = None, flavor: str | None = None) -> str:
+    """Build the shared image under ``variant``'s image (``flavor``: the CUDA image flavor, ``cuda12``
+    for the CUDA 12 one), then the image itself; returns its tag (``llm-labs/<lab>[-cuda12]:dev``)."""
+    shared = lab.shared_image(variant, flavor)
+    build_shared_image(shared)
+    tag = image_tag(lab.image_name(variant, flavor))
+    args = lab_build_args(lab, variant, flavor)
+    build_image(lab.dockerfile(variant), tag, image_tag(shared), image_platform(lab.base_image(variant)), args)
     return tag
 
 
-def lab_build_args(lab: Lab, variant: str | None = None) -> dict[str, str]:
+def lab_build_args(lab: Lab, variant: str | None = None, flavor: str | None = None) -> dict[str, str]:
     """``--build-arg`` values of a lab image from the shared ``labs/Dockerfile``: ``LAB``, ``ENTRYPOINT``
-    (``lab.yaml`` ``entrypoint``, where it is not the Dockerfile's default ``run.py``) and the lab's
-    ``build_args``; none for a lab's (or a variant's) own Dockerfile."""
+    (``lab.yaml`` ``entrypoint``, where it is not the Dockerfile's default ``run.py``), the lab's
+    ``lab.yaml`` ``build_args``, and ``LOCK`` on a CUDA image flavor (``requirements-cuda12.txt``); none
+    for a lab's (or a variant's) own Dockerfile."""
     if lab.dockerfile(variant) != lab.dir.parent / "Dockerfile":
         return {}
     script = {} if lab.entrypoint == "run.py" else {"ENTRYPOINT": lab.entrypoint}  # the Dockerfile's default
-    return {"LAB": lab.name, **script, **{k: str(v) for k, v in (lab.meta.get("build_args") or {}).items()}}
+    args = {"LAB": lab.name, **script, **{k: str(v) for k, v in (lab.meta.get("build_args") or {}).items()}}
+    if lab.requirements(variant, flavor).name != "requirements.txt":
+        args["LOCK"] = lab.requirements(variant, flavor).name
+    return args
 
 
 def image_id(tag: str) -> str | None:

@@ -1,7 +1,9 @@
 """``invoke doctor``: what this host offers the labs, one line per fact, and what is wrong.
 
 Runtimes (Docker and BuildKit, the NVIDIA runtime, native: Python 3.11 and disk), the GPU and its
-driver against the CUDA of the image's torch, Ascend NPUs (npu-smi, the driver against the Ascend
+driver against the CUDA of the image's torch and the CUDA path the host gets (the CUDA 13 image, the
+same with CUDA forward compatibility, or the CUDA 12 image: :func:`labkit.host.nvidia.cuda_path`; a
+host none serves gets one line naming the minimum driver), Ascend NPUs (npu-smi, the driver against the Ascend
 image's CANN, every device node and driver file a container needs), and, for a lab, whether its full
 profile fits the GPU (``labs/<lab>/bench.yaml``, measured) and the largest per-device batch that does.
 """
@@ -58,12 +60,40 @@ def npu_lines(host: Accelerators, docker_runtimes: str) -> list[str]:
     return problems
 
 
+def cuda_path_lines(host: Accelerators, lab: Lab | None, docker_ok: bool) -> list[str]:
+    """The CUDA path lines of a GPU host: which image a GPU run takes and why (driver, GPU class,
+    flavor), for containers and natively; a lab without a CUDA 12 lock on a host that needs it.
+
+    Returns:
+        ``["driver"]`` when no path serves this host (the line names the minimum driver), else nothing.
+    """
+    cuda = nvidia.flavor_cuda()
+    path = nvidia.cuda_path(host.gpus, cuda, docker=docker_ok)
+    flavor = {"cuda": f"images/cuda (CUDA {cuda['cuda']})", "cuda12": f"images/cuda12 (CUDA {cuda['cuda12']})"}
+    compat = ", CUDA forward compatibility ON" if path.compat else ""
+    where = "in containers" if docker_ok else "natively (Docker not usable)"
+    say("cuda path", f"{flavor.get(path.flavor, 'NONE')}{compat} {where}: {path.why}")
+    if path.flavor is None:
+        return ["driver"]
+    if docker_ok and path.compat:
+        native = nvidia.cuda_path(host.gpus, cuda, docker=False)
+        say("cuda native", f"{flavor.get(native.flavor, 'NONE')} with RUNTIME=native: {native.why}")
+    if lab and path.flavor == "cuda12" and not lab.requirements(None, "cuda12").is_file():
+        floor = nvidia.MIN_DRIVER[int(cuda["cuda"].split(".")[0])]
+        say(
+            lab.name,
+            f"has no CUDA 12 lock (its pins need images/cuda's torch): on this host it needs driver >= {floor}",
+        )
+        return ["driver"]
+    return []
+
+
 def check(lab: Lab | None = None, host: Accelerators | None = None) -> list[str]:
     """Print the host report; return the problem tags (empty: all good).
 
-    Tags: ``runtime`` (neither Docker nor native usable), ``gpu`` / ``driver`` (nvidia-smi fails, a
-    driver too old for the image's CUDA), ``npu`` / ``npu-driver`` / ``npu-mount``, ``memory`` (the
-    lab's full profile does not fit the GPU).
+    Tags: ``runtime`` (neither Docker nor native usable), ``gpu`` / ``driver`` (nvidia-smi fails; a
+    driver no CUDA image flavor serves, or the lab's flavor does not), ``npu`` / ``npu-driver`` /
+    ``npu-mount``, ``memory`` (the lab's full profile does not fit the GPU).
 
     Raises:
         LabError: the lab's bench.yaml is malformed.
@@ -95,14 +125,15 @@ def check(lab: Lab | None = None, host: Accelerators | None = None) -> list[str]
     )
     if why and not python:
         problems.append("runtime")
-    cuda = nvidia.image_cuda(docker.SHARED_IMAGES["cuda"] / "constraints.txt")  # the torch build's CUDA
     if host.gpu_problem:
         say("gpu", host.gpu_problem)
         problems.append("gpu")
     for gpu in host.gpus:
-        old = nvidia.driver_problem(gpu.driver, cuda)
-        say("gpu", f"{gpu.name}, {gpu.memory_gib:.1f} GiB, driver {gpu.driver}" + (f": {old}" if old else ""))
-        problems += ["driver"] if old else []
+        cap = f", compute capability {gpu.compute_cap}" if gpu.compute_cap else ""
+        klass = "data-center" if gpu.data_center else "not data-center"
+        say("gpu", f"{gpu.name}, {gpu.memory_gib:.1f} GiB, driver {gpu.driver}{cap} ({klass})")
+    if host.gpus:
+        problems += cuda_path_lines(host, lab, docker_ok=not why)
     problems += npu_lines(host, runtimes if not engine else "")
     if not host.gpus and not host.gpu_problem:
         also = "; NPU runs take a lab's npu variant (VARIANT=npu)" if host.npus else ": labs run their smoke profile"

@@ -2,6 +2,9 @@
 
 Every lock is resolved for CPython 3.11. The CUDA image and the labs: Linux x86_64. The Ascend image
 and the npu variants: one lock per architecture (aarch64; x86_64 where PyTorch's CPU index answers).
+The CUDA 12 flavor of the shared image (``images/cuda12``, torch built for CUDA 12 for hosts with an
+older driver) has its own lock, and every lab that resolves on it its ``requirements-cuda12.txt`` from
+the same ``requirements.in`` (a lab whose pins need the newer torch gets none: :data:`FLAVOR_LOCKS`).
 A lab's lock is resolved with its shared image's lock as constraints and leaves out what the image
 installs, so the lab layer adds only its own packages. A variant with its own torch (the course
 stacks) is locked whole.
@@ -28,11 +31,18 @@ TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 #: 800T A2 hosts are Kunpeng (aarch64), and x86_64 needs the CPU index above.
 IMAGE_LOCKS = {
     "cuda": {"": LINUX},
+    "cuda12": {"": LINUX},
     "ascend": {
         "-aarch64": ("--python-platform", "aarch64-manylinux_2_28"),
         "-x86_64": (*LINUX, "--index", TORCH_CPU_INDEX, "--index-strategy", "unsafe-best-match", "--emit-index-url"),
     },
 }
+
+
+#: CUDA image flavors a lab's own image is also locked for, as ``requirements-<flavor>.txt``
+#: (:meth:`labkit.config.Lab.requirements`; the npu variants' ``requirements-npu.txt`` is the same idea for
+#: the Ascend image, but with profiles of its own).
+FLAVOR_LOCKS = ("cuda12",)
 
 
 def image_locks(image: str) -> list[Path]:
@@ -105,9 +115,36 @@ def lock_all(lab: Lab | None = None) -> None:
         )
     for spec in [lab] if lab else list_labs():
         uv_compile(spec.dir / "requirements.in", spec.dir / "requirements.txt", *on_image(spec.image))
+        lock_flavors(spec)
         for variant in spec.variants.values():
             lock_file = spec.dir / variant["requirements"]
             if "image" in variant:  # on another shared image (npu: ascend), resolved against it
                 uv_compile(lock_file.with_suffix(".in"), lock_file, *on_image(variant["image"]))
             else:  # own torch (the course stacks): locked whole, no image constraint
                 uv_compile(lock_file.with_suffix(".in"), lock_file, *LINUX, "--generate-hashes")
+
+
+def lock_flavors(lab: Lab) -> list[str]:
+    """Lock ``lab``'s ``requirements.in`` on each CUDA image flavor (``requirements-cuda12.txt``) with the
+    lab's own lock as constraints too, so both flavors run the same library versions and differ in torch
+    and its CUDA libraries only; a lab
+    with its own Dockerfile (a source build stage) is left out, and so is one whose pins do not resolve on
+    the flavor's torch (said in one line, and any stale lock removed: the run plan then refuses the
+    flavor naming the driver the lab needs).
+
+    Returns:
+        The flavors locked.
+    """
+    done = []
+    if lab.image != "cuda" or lab.dockerfile() != lab.dir.parent / "Dockerfile":
+        return done
+    same = ("-c", str((lab.dir / "requirements.txt").relative_to(REPO_ROOT)))  # the same library versions
+    for flavor in FLAVOR_LOCKS:
+        lock_file = lab.requirements(None, flavor)
+        try:
+            uv_compile(lab.dir / "requirements.in", lock_file, *on_image(flavor), *same)
+            done.append(flavor)
+        except LabError:
+            lock_file.unlink(missing_ok=True)
+            print(f"{lab.name}: no {flavor} lock: its pins do not resolve on images/{flavor}'s torch (see uv above)")
+    return done

@@ -1,6 +1,8 @@
 """Native runtimes: one virtualenv per lab image (``.venvs/<lab>[-<variant>]``), built with uv.
 
-Host tooling only (no torch): ``tasks.py`` calls :func:`ensure_env` before a native run.
+Host tooling only (no torch): ``tasks.py`` calls :func:`ensure_env` before a native run. On a host
+whose driver is older than the CUDA image's torch needs, the run plan asks for the ``cuda12`` flavor:
+``.venvs/<lab>-cuda12`` from ``images/cuda12``'s torch and the lab's ``requirements-cuda12.txt``.
 
 How an environment is made, from wheels alone (no compiler, no system libraries):
 
@@ -112,30 +114,30 @@ def without_packages(lock_text: str, names: set[str]) -> str:
     return "\n".join(out) + "\n"
 
 
-def env_inputs(lab: Lab, variant: str | None) -> list[Path]:
+def env_inputs(lab: Lab, variant: str | None, flavor: str | None = None) -> list[Path]:
     """Files whose content defines the environment: the image constraints, the lab lock, replacements."""
-    image = IMAGES_DIR / lab.base_image(variant)
-    files = [image_constraints(lab.base_image(variant)), image / "requirements.in"]
-    files.append(lab.requirements(variant))
+    shared = lab.shared_image(variant, flavor)
+    files = [image_constraints(shared), IMAGES_DIR / shared / "requirements.in"]
+    files.append(lab.requirements(variant, flavor))
     for folder in replacements(lab, variant).values():
         files += sorted(p for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
     return files + [Path(__file__)]
 
 
-def env_stamp(lab: Lab, variant: str | None) -> str:
+def env_stamp(lab: Lab, variant: str | None, flavor: str | None = None) -> str:
     """SHA-256 over :func:`env_inputs` (paths and contents) and where packages come from
     (``UV_FIND_LINKS``, ``UV_DEFAULT_INDEX``, ``UV_INDEX_URL``): a changed input means a rebuild, so
     switching between a CPU and a CUDA torch rebuilds too."""
     digest = hashlib.sha256()
-    for path in env_inputs(lab, variant):
+    for path in env_inputs(lab, variant, flavor):
         digest.update(str(path.relative_to(REPO_ROOT)).encode() + b"\0" + path.read_bytes())
     for key in ("UV_FIND_LINKS", "UV_DEFAULT_INDEX", "UV_INDEX_URL"):
         digest.update(f"{key}={os.environ.get(key, '')}".encode())
     return digest.hexdigest()
 
 
-def env_dir(lab: Lab, variant: str | None = None) -> Path:
-    return VENVS_DIR / lab.image_name(variant)
+def env_dir(lab: Lab, variant: str | None = None, flavor: str | None = None) -> Path:
+    return VENVS_DIR / lab.image_name(variant, flavor)
 
 
 def _uv(args: list[str], what: str) -> None:
@@ -146,15 +148,16 @@ def _uv(args: list[str], what: str) -> None:
         raise LabError(f"{what} failed (uv exit {result.returncode}); see uv's message above")
 
 
-def ensure_env(lab: Lab, variant: str | None = None) -> Path:
-    """The Python of ``variant``'s native environment (the lab's own for None), (re)built if its inputs changed.
+def ensure_env(lab: Lab, variant: str | None = None, flavor: str | None = None) -> Path:
+    """The Python of ``variant``'s native environment (the lab's own for None; ``flavor`` ``cuda12``: on
+    the CUDA 12 image's torch), (re)built if its inputs changed.
 
     Raises:
         LabError: uv finds no Python 3.11, or an install step fails (uv's own message is printed above).
     """
-    target = env_dir(lab, variant)
+    target = env_dir(lab, variant, flavor)
     python = target / "bin" / "python"
-    stamp = env_stamp(lab, variant)
+    stamp = env_stamp(lab, variant, flavor)
     stamp_file = target / ".lock-hash"
 
     def current() -> bool:
@@ -167,12 +170,12 @@ def ensure_env(lab: Lab, variant: str | None = None) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if current():  # another process built it while we waited
             return python
-        _build(lab, variant, target, python)
+        _build(lab, variant, target, python, flavor)
         stamp_file.write_text(stamp, encoding="utf-8")
     return python
 
 
-def _build(lab: Lab, variant: str | None, target: Path, python: Path) -> None:
+def _build(lab: Lab, variant: str | None, target: Path, python: Path, flavor: str | None = None) -> None:
     print(f"Creating the native environment {target} (once per lock change; uv's cache is shared)...", flush=True)
     probe = subprocess.run(
         [*uv_command(), "python", "find", PYTHON_VERSION], capture_output=True, text=True, check=False
@@ -184,7 +187,7 @@ def _build(lab: Lab, variant: str | None, target: Path, python: Path) -> None:
             f"{PYTHON_VERSION}`), or use RUNTIME=docker"
         )
     _uv(["venv", "--quiet", "--clear", "--python", probe.stdout.strip(), str(target)], "creating the virtualenv")
-    lock = lab.requirements(variant)
+    lock = lab.requirements(variant, flavor)
     # Each install compiles its packages' bytecode (uv's --compile-bytecode): every lab process imports
     # torch and Transformers, and a start then takes 2.7 s instead of 6.0 s (torch + transformers +
     # datasets on the 2-core CI machine), also where Python may not write bytecode itself
@@ -192,8 +195,8 @@ def _build(lab: Lab, variant: str | None, target: Path, python: Path) -> None:
     on_python = ["--python", str(python)]
     compile_ = ["--compile-bytecode"]
     if not re.search(r"^torch==", lock.read_text(encoding="utf-8"), re.MULTILINE):
-        image = IMAGES_DIR / lab.base_image(variant)
-        torch_pin(lab.base_image(variant))  # the image layer must pin torch
+        image = IMAGES_DIR / lab.shared_image(variant, flavor)
+        torch_pin(image.name)  # the image layer must pin torch
         layer = ["-c", str(image_constraints(image.name)), "-r", str(image / "requirements.in")]
         _uv(["pip", "install", *on_python, *compile_, *layer], f"installing the {image.name} image's layer (torch)")
     replace = replacements(lab, variant)

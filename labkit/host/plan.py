@@ -14,6 +14,11 @@ Policy, in one place:
 - ``NPROC=N``: the profile's ``nproc_per_node`` (processes per node); a lab without that setting
   runs one process and refuses ``NPROC``.
 - ``SET`` is split like a shell line: ``SET="data.path='/data/my reviews'"`` keeps the space.
+- ``IMAGE=auto`` (the CUDA image flavor, labs on the shared CUDA image): a GPU run takes the CUDA 13
+  image on a driver new enough for it, the same image with CUDA forward compatibility on an older
+  driver with data-center GPUs, else the CUDA 12 image where the lab has a lock for it
+  (:func:`labkit.host.nvidia.cuda_path`, said in a banner); a host none serves is refused in one line
+  naming the minimum driver. ``IMAGE=cuda`` / ``IMAGE=cuda12`` pick one.
 """
 
 from __future__ import annotations
@@ -24,9 +29,11 @@ from dataclasses import dataclass, field
 
 from labkit.config import KINDS, Lab, apply_overrides, get_lab, list_labs, load_profile, profile_name
 from labkit.errors import LabError
+from labkit.host import nvidia
 from labkit.host.probe import Accelerators, probe
 
 PROFILES = ("auto", *KINDS)
+IMAGES = ("auto", *nvidia.FLAVORS)
 RUNTIMES = ("auto", "docker", "native")
 NO_ACCELERATOR_BANNER = (
     "No GPU or NPU found on this host: running the SMOKE profile "
@@ -47,6 +54,10 @@ class RunPlan:
         overrides: ``key=value`` strings, as the user gave them (``NPROC`` added as ``nproc_per_node``).
         config: the profile with the overrides applied (parsed once, here).
         applied: the overrides as ``{dotted key: value}``.
+        flavor: the CUDA image flavor the lab's image builds on (``cuda``, ``cuda12``); None for a lab
+            or variant on another shared image (``ascend``).
+        cuda_compat: CUDA forward compatibility on in the container (``LABS_CUDA_COMPAT=1``).
+        cuda_why: the one line that says why (driver, GPU class, flavor); empty without a GPU.
     """
 
     lab: Lab
@@ -57,6 +68,32 @@ class RunPlan:
     overrides: tuple[str, ...] = ()
     config: dict = field(default_factory=dict, compare=False, repr=False)
     applied: dict = field(default_factory=dict, compare=False, repr=False)
+    flavor: str | None = "cuda"
+    cuda_compat: bool = False
+    cuda_why: str = ""
+
+    @property
+    def image_name(self) -> str:
+        """The lab image's (and native environment's) name: ``<lab>[-<variant>]``, ``-cuda12`` added on
+        the CUDA 12 flavor."""
+        return self.lab.image_name(self.variant, self.flavor)
+
+    @property
+    def lock(self):
+        """The lab's hash-locked requirements for this plan's variant and flavor."""
+        return self.lab.requirements(self.variant, self.flavor)
+
+    @property
+    def cuda_env(self) -> dict[str, str]:
+        """What the run is told about its CUDA path (recorded in its manifest; ``cuda-env`` in the image
+        puts the forward compatibility libraries first when ``LABS_CUDA_COMPAT=1``)."""
+        if not self.flavor:
+            return {}
+        return {
+            nvidia.FLAVOR_ENV: self.flavor,
+            nvidia.COMPAT_ENV: "1" if self.cuda_compat else "0",
+            **({nvidia.WHY_ENV: self.cuda_why} if self.cuda_why else {}),
+        }
 
     @property
     def profile(self) -> str:
@@ -186,6 +223,63 @@ def choose_runtime(requested: str, docker_problem) -> str:
     return "docker"
 
 
+def own_torch(lab: Lab, variant: str | None) -> bool:
+    """Whether ``variant``'s lock pins its own torch (the course stacks, locked whole)."""
+    import re
+
+    text = lab.requirements(variant).read_text(encoding="utf-8")
+    return bool(re.search(r"^torch==", text, re.MULTILINE))
+
+
+def choose_flavor(
+    lab: Lab, variant: str | None, config: dict, runtime: str, host: Accelerators, image: str = "auto"
+) -> tuple[str | None, bool, str]:
+    """``(flavor, forward compatibility on, why)`` of a lab on the shared CUDA image (``IMAGE``).
+
+    A CPU profile or a host without GPUs takes ``IMAGE`` as asked (``auto``: ``cuda``); a GPU run takes
+    :func:`labkit.host.nvidia.cuda_path`'s answer, offered only the flavors the lab is locked for.
+    Prints the one-line banner when the run takes forward compatibility or the CUDA 12 image.
+
+    Raises:
+        LabError: an unknown ``IMAGE``; ``IMAGE`` for a lab on another image, or a variant with its own
+            torch; ``IMAGE=cuda12`` for a lab without its lock; a GPU host no flavor serves (names the
+            minimum driver).
+    """
+    if image not in IMAGES:
+        raise LabError(f"IMAGE={image!r}: use auto, {' or '.join(nvidia.FLAVORS)}")
+    if lab.base_image(variant) != "cuda":
+        if image != "auto":
+            raise LabError(
+                f"IMAGE={image}: {lab.name}'s {variant or 'own'} image builds on images/{lab.base_image(variant)}"
+            )
+        return None, False, ""
+    if variant and own_torch(lab, variant):
+        if image not in ("auto", "cuda"):
+            raise LabError(f"IMAGE={image}: VARIANT={variant} pins its own torch ({lab.requirements(variant).name})")
+        return "cuda", False, ""
+    locked = [f for f in nvidia.FLAVORS if f == "cuda" or (not variant and lab.requirements(None, f).is_file())]
+    if image != "auto" and image not in locked:
+        raise LabError(
+            f"IMAGE={image}: {lab.name}{f' VARIANT={variant}' if variant else ''} has no lock for it "
+            f"(its pins need images/cuda's torch; `invoke lock --lab {lab.name}` says why)"
+        )
+    if not host.gpus or config.get("device") == "cpu":
+        return ("cuda" if image == "auto" else image), False, ""
+    cuda = {f: v for f, v in nvidia.flavor_cuda().items() if f in locked}
+    path = nvidia.cuda_path(host.gpus, cuda, docker=runtime == "docker", need=None if image == "auto" else image)
+    if path.flavor is None:
+        only = (
+            f"{lab.name}{f' VARIANT={variant}' if variant else ''} runs on the CUDA {cuda['cuda']} image only "
+            "(its pins need that torch); "
+            if "cuda12" not in cuda
+            else ""
+        )
+        raise LabError(f"no image serves this GPU host: {only}{path.why}")
+    if path.compat or path.flavor != "cuda" or image != "auto":
+        print(f"CUDA: {path.why}.")
+    return path.flavor, path.compat, path.why
+
+
 def resolve(
     lab: str | Lab,
     profile: str = "auto",
@@ -194,6 +288,7 @@ def resolve(
     variant: str = "",
     nproc: int | str | None = None,
     host: Accelerators | None = None,
+    image: str = "auto",
 ) -> RunPlan:
     """The plan for one run; the host is probed once (``host`` given: not probed, as in tests).
 
@@ -201,7 +296,8 @@ def resolve(
 
     Raises:
         LabError: unknown lab, profile, variant, runtime or override key; an override of the wrong
-            type; ``NPROC`` for a lab that runs one process; Docker asked for and not usable.
+            type; ``NPROC`` for a lab that runs one process; Docker asked for and not usable; an
+            ``IMAGE`` the lab has no lock for, or a GPU host no image serves (:func:`choose_flavor`).
     """
     from labkit.host.docker import docker_error
 
@@ -225,4 +321,5 @@ def resolve(
         config, more = apply_overrides(config, items[-1:], source=str(spec.profile_path(profile_name(kind, chosen))))
         applied = {**applied, **more}
     rt = choose_runtime(runtime, docker_error)
-    return RunPlan(spec, kind, chosen, rt, host.kind, tuple(items), config, applied)
+    flavor, compat, why = choose_flavor(spec, chosen, config, rt, host, image or "auto")
+    return RunPlan(spec, kind, chosen, rt, host.kind, tuple(items), config, applied, flavor, compat, why)

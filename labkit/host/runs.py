@@ -105,18 +105,18 @@ def run(plan: RunPlan, root: Path | None = None) -> tuple[int, str]:
     """
     root = Path(root) if root else output_root()
     plan.check_accelerator()
-    env = {"LABS_GIT_COMMIT": git_describe(), **({"HF_HUB_OFFLINE": "1"} if plan.offline else {})}
+    env = {"LABS_GIT_COMMIT": git_describe(), **({"HF_HUB_OFFLINE": "1"} if plan.offline else {}), **plan.cuda_env}
     overrides = list(plan.overrides)
     cv_dir = common_data_mount(plan)
     if plan.runtime == "native":
         check_writable(root / plan.lab.name / plan.profile)
         if cv_dir:
             overrides.append(f"data.path={cv_dir}")
-        cmd = [str(ensure_env(plan.lab, plan.variant)), str(plan.lab.dir / plan.lab.entrypoint)]
+        cmd = [str(ensure_env(plan.lab, plan.variant, plan.flavor)), str(plan.lab.dir / plan.lab.entrypoint)]
         return stream(cmd + script_args(plan, str(root), overrides), {**os.environ, **env})
 
     docker.container_writable(root / plan.lab.name / plan.profile, top=root)
-    tag = docker.image_tag(plan.lab.image_name(plan.variant))
+    tag = docker.image_tag(plan.image_name)
     found = docker.image_id(tag)
     if not found:
         raise LabError(f"image {tag} is not built yet: run `invoke build --lab {plan.lab.name}` (make lab-... does)")
@@ -137,7 +137,7 @@ def run(plan: RunPlan, root: Path | None = None) -> tuple[int, str]:
 def build(plan: RunPlan) -> None:
     """Build the image ``plan`` runs in (nothing for a native run)."""
     if plan.runtime == "docker":
-        docker.build_lab_image(plan.lab, plan.variant)
+        docker.build_lab_image(plan.lab, plan.variant, plan.flavor)
 
 
 def verify_targets(lab: Lab, root: Path, profile: str | None = None) -> list[tuple[str, Path]]:
@@ -204,7 +204,7 @@ def bench(
         docker.container_writable(out, top=root)
         accel = None if device == "cpu" else "cuda"
         cmd = docker.run_args([(str(out), "/opt/labs/bench-out")], {"HF_HUB_OFFLINE": "1"}, accelerator=accel)
-        cmd += ["--entrypoint", "python", docker.image_tag(lab.name), f"labs/{lab.name}/bench.py", *args]
+        cmd += ["--entrypoint", "cuda-env", docker.image_tag(lab.name), "python", f"labs/{lab.name}/bench.py", *args]
         code, _ = stream([*cmd, "--out", "/opt/labs/bench-out"])
     if code != 0 and out.is_dir() and not any(out.iterdir()):
         out.rmdir()  # nothing measured: no empty folder left behind

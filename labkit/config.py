@@ -234,7 +234,10 @@ def apply_overrides(config: dict, overrides: list[str], source: str = "profile")
         key, sep, raw = item.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise LabError(f"override {item!r} is not of the form key=value (e.g. learning_rate=0)")
+            raise LabError(
+                f"override {item!r} is not of the form key=value (e.g. learning_rate=0); a value with spaces "
+                "needs quotes: SET=\"data.files.train='/data/my reviews/train.csv'\""
+            )
         matches = [k for k in keys if k == key] or [k for k in keys if k.rsplit(".", 1)[-1] == key]
         if len(matches) != 1:
             why = "is ambiguous, it matches " + ", ".join(matches) if matches else "is not a setting"
@@ -247,7 +250,15 @@ def apply_overrides(config: dict, overrides: list[str], source: str = "profile")
         node = config
         for part in parents:
             node = node[part]
-        node[leaf] = _coerce(path, node[leaf], parse_value(raw))
+        try:
+            value = parse_value(raw)
+        except yaml.YAMLError as exc:
+            where = f" ({exc.problem})" if getattr(exc, "problem", None) else ""
+            raise LabError(
+                f"override {path}={raw!r} is not a value{where}: write a list as [a, b] or a,b and quote text "
+                "with spaces"
+            ) from None
+        node[leaf] = _coerce(path, node[leaf], value)
         applied[path] = node[leaf]
     return config, applied
 
@@ -257,6 +268,6 @@ def _coerce(path: str, old: Any, new: Any) -> Any:
         return new
     if isinstance(old, float) and isinstance(new, int) and not isinstance(new, bool):
         return float(new)
-    if isinstance(old, list) and not isinstance(new, list):
-        return [new]
+    if isinstance(old, list) and not isinstance(new, list):  # a,b is the list [a, b]; a alone is [a]
+        return [parse_value(part.strip()) for part in new.split(",")] if isinstance(new, str) else [new]
     raise LabError(f"override {path}={new!r}: expected a {type(old).__name__} like the profile's {old!r}")

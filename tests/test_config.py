@@ -35,6 +35,9 @@ def test_override_parses_yaml_scalars_and_exponent_floats():
     assert config["training"]["learning_rate"] == pytest.approx(3e-4)
     assert config["training"]["fp16"] is True
     assert config["lora"]["target_modules"] == ["q_proj", "k_proj"]
+    for written in ("target_modules=q_proj,k_proj", "target_modules=[q_proj, k_proj]", "target_modules=q_proj, k_proj"):
+        assert apply_overrides(PROFILE, [written])[0]["lora"]["target_modules"] == ["q_proj", "k_proj"], written
+    assert apply_overrides(PROFILE, ["target_modules=q_proj"])[0]["lora"]["target_modules"] == ["q_proj"]
 
 
 @pytest.mark.parametrize(
@@ -44,6 +47,8 @@ def test_override_parses_yaml_scalars_and_exponent_floats():
         ("dropout=0", "ambiguous, it matches training.dropout, lora.dropout"),
         ("learning_rate", "key=value"),
         ("fp16=maybe", "expected a bool"),
+        ("target_modules=[q_proj,", r"target_modules='\[q_proj,' is not a value .*write a list as \[a, b\] or a,b"),
+        ("tickets/train.tsv", "needs quotes"),
     ],
 )
 def test_bad_override_is_a_clear_error(override, message):

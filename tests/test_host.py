@@ -70,6 +70,11 @@ def test_set_is_split_like_a_shell_line():
     ]
     plan = resolve("bert-yelp", "smoke", "native", "data.files.train='/data/my reviews/t.jsonl'", host=NO_ACCELERATOR)
     assert plan.config["data"]["files"]["train"] == "/data/my reviews/t.jsonl"
+    assert split_overrides("only=[lora, ia3] r=8 lora={r: 8, lora_alpha: 16}") == [
+        "only=[lora, ia3]",
+        "r=8",
+        "lora={r: 8, lora_alpha: 16}",
+    ]
     with pytest.raises(LabError, match="No closing quotation"):
         split_overrides("data.path='/data/my reviews")
 
@@ -79,6 +84,14 @@ def test_docker_runtime_without_an_engine_says_how_to_get_one(monkeypatch):
     with pytest.raises(LabError, match="RUNTIME=docker: no docker CLI .*install Docker Engine.*RUNTIME=native"):
         choose_runtime("docker", docker.docker_error)
     assert choose_runtime("auto", docker.docker_error) == "native"
+
+
+def test_a_full_profile_without_an_accelerator_is_refused_before_any_image_build(monkeypatch):
+    monkeypatch.setattr(docker, "docker_error", lambda: None)
+    monkeypatch.setattr(docker, "build_lab_image", lambda *a: pytest.fail("built an image for a run that cannot start"))
+    plan = resolve("bert-yelp", "full", "docker", host=NO_ACCELERATOR)
+    with pytest.raises(LabError, match="PROFILE=full needs a CUDA GPU or an Ascend NPU"):
+        runs.build(plan)
 
 
 def test_an_engine_that_never_answers_counts_as_not_answering(tmp_path, monkeypatch):
@@ -184,6 +197,23 @@ def test_doctor_names_the_cuda_path_an_old_driver_and_a_lost_nvml(tmp_path, monk
     assert "lost its GPU" in out and "systemctl daemon-reload" in out and "create-dev-char-symlinks" in out
 
 
+@pytest.mark.parametrize(("gpu", "says"), [(False, "not needed: no NVIDIA GPU here"), (True, "containers get no GPU")])
+def test_doctor_asks_for_the_nvidia_toolkit_only_where_there_is_a_gpu(tmp_path, monkeypatch, capsys, gpu, says):
+    monkeypatch.setattr(docker, "engine_error", lambda: None)
+    monkeypatch.setattr(docker, "buildkit_error", lambda: None)
+    monkeypatch.setattr(docker, "registered_runtimes", lambda: '{"runc": {}}')
+    if gpu:
+        fake_nvidia_smi(tmp_path, monkeypatch, "Tesla T4, 15360, 580.95.05, 7.5")
+    else:
+        monkeypatch.setenv("PATH", "/usr/bin:/bin")  # no nvidia-smi
+    try:
+        tasks.doctor(Context())
+    except Exit:
+        pass  # a GPU that containers cannot reach is a problem: exit status 1
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("nvidia runtime"))
+    assert says in line
+
+
 def test_doctor_without_docker_is_fine_when_native_works(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("DOCKER", "/nonexistent/docker")
     monkeypatch.setenv("PATH", f"{tmp_path}:{os.path.dirname(sys.executable)}")  # no nvidia-smi here
@@ -258,10 +288,12 @@ def test_a_containers_folders_are_handed_to_its_user_up_to_the_output_root(tmp_p
     """The chat-API labs write beside the run folder (<root>/<lab>/cache): as root, <root>/<lab> must
     belong to the container's user too, the output root itself stays as it was."""
     folder = tmp_path / "out" / "rlhf" / "smoke"
-    (tmp_path / "out").mkdir()
+    cache = tmp_path / "out" / "rlhf" / "cache"
+    cache.mkdir(parents=True)  # an earlier native run as root made the reply cache
+    (cache / "ab12.json").write_text("{}")
     docker.container_writable(folder, top=tmp_path / "out")
-    owners = [p.stat().st_uid for p in (tmp_path / "out", folder.parent, folder)]
-    assert owners == [0, docker.LAB_UID, docker.LAB_UID]
+    owners = [p.stat().st_uid for p in (tmp_path / "out", folder.parent, folder, cache, cache / "ab12.json")]
+    assert owners == [0, docker.LAB_UID, docker.LAB_UID, docker.LAB_UID, docker.LAB_UID]
 
 
 def test_a_local_chat_endpoint_is_reached_through_the_hosts_network(monkeypatch):

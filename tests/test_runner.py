@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -38,3 +39,25 @@ def test_the_console_shows_the_labs_lines_and_run_log_keeps_everything(tmp_path)
         "the user must see",
     ):
         assert line in log
+
+
+def test_transformers_progress_bars_are_off_in_a_lab_without_datasets(tmp_path):
+    """peft-methods has Transformers but not Datasets: its "Loading weights" bars stay off all the same."""
+    fake = tmp_path / "site" / "transformers" / "utils"
+    fake.mkdir(parents=True)
+    (fake.parent / "__init__.py").write_text("from . import utils\n")
+    (fake / "__init__.py").write_text("from . import logging\n")
+    (fake / "logging.py").write_text(
+        "ACTIVE = True\ndef disable_progress_bar():\n    global ACTIVE\n    ACTIVE = False\n"
+    )
+    script = (
+        "import sys; from pathlib import Path; from labkit.lab.runner import quiet_console\n"
+        "quiet_console(Path(sys.argv[1])); import transformers\n"
+        "print('bars on' if transformers.utils.logging.ACTIVE else 'bars off', file=sys.__stdout__)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path / 'site'}{os.pathsep}{REPO_ROOT}"}
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)], cwd=REPO_ROOT, env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "bars off"

@@ -232,8 +232,9 @@ def image_id(tag: str) -> str | None:
 def container_writable(folder: Path, top: Path | None = None) -> None:
     """Make ``folder`` (created if needed) writable by the container's user: uid 1000 when we are root,
     else our own uid (:func:`run_args` passes ``--user``). As root, the folders between ``top`` (the
-    output root, left as it is) and ``folder`` are handed over too: a lab writes beside its run
-    folder (``<root>/<lab>/cache``, the chat-API reply cache).
+    output root, left as it is) and ``folder`` are handed over too, with everything under the topmost
+    of them: a lab writes beside its run folder (``<root>/<lab>/cache``, the chat-API reply cache),
+    which an earlier native run as root may have made.
 
     Raises:
         LabError: the folder cannot be created or written (names it).
@@ -245,6 +246,9 @@ def container_writable(folder: Path, top: Path | None = None) -> None:
         stop = chain.index(Path(top)) if top is not None and Path(top) in chain else 1
         for path in chain[:stop]:
             os.chown(path, LAB_UID, LAB_UID)
+        for base, dirs, files in os.walk(chain[stop - 1]):
+            for name in dirs + files:
+                os.chown(os.path.join(base, name), LAB_UID, LAB_UID, follow_symlinks=False)
 
 
 #: Loopback host names: an endpoint there is on the host, which a container reaches only through the

@@ -10,6 +10,7 @@ profile fits the GPU (``labs/<lab>/bench.yaml``, measured) and the largest per-d
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 
 from labkit.config import Lab
@@ -106,10 +107,13 @@ def check(lab: Lab | None = None, host: Accelerators | None = None) -> list[str]
     say("docker", engine or "engine answers; " + (why or "BuildKit ok: images build"))
     if not engine:
         runtimes = docker.registered_runtimes()
-        say(
-            "nvidia runtime",
-            "registered" if "nvidia" in runtimes else "not registered (install nvidia-container-toolkit)",
-        )
+        if "nvidia" in runtimes:
+            toolkit = "registered"
+        elif shutil.which("nvidia-smi"):
+            toolkit = "not registered: containers get no GPU (install and configure nvidia-container-toolkit)"
+        else:
+            toolkit = "not registered (not needed: no NVIDIA GPU here)"
+        say("nvidia runtime", toolkit)
     found = subprocess.run([*uv_command(), "python", "find", PYTHON_VERSION], capture_output=True, text=True)
     python = found.stdout.strip() if found.returncode == 0 else None
     from labkit.host.nvidia import free_gib

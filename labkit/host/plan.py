@@ -137,7 +137,8 @@ class RunPlan:
 
 
 def split_overrides(text: str | list[str] | tuple[str, ...]) -> list[str]:
-    """``SET`` as ``key=value`` items, split like a shell line (quotes keep spaces); a value that starts
+    """``SET`` as ``key=value`` items, split like a shell line (quotes keep spaces; so do the brackets of
+    a list or mapping, ``only=[lora, ia3]``); a value that starts
     with ``~/`` becomes the path in the home directory, as a shell does for ``key=~/file`` (inside
     ``SET="..."`` the shell leaves it, and in a container ``~`` would be another user's home).
 
@@ -146,12 +147,22 @@ def split_overrides(text: str | list[str] | tuple[str, ...]) -> list[str]:
     """
     if isinstance(text, str):
         try:
-            items = shlex.split(text)
+            words = shlex.split(text)
         except ValueError as exc:
             raise LabError(f"SET={text!r}: {exc} (quote a value with spaces: SET=\"key='a value'\")") from None
+        items = []
+        for word in words:  # a list or mapping written with spaces, [a, b] or {r: 8}: one value
+            if items and _open_brackets(items[-1]):
+                items[-1] += " " + word
+            else:
+                items.append(word)
     else:
         items = list(text)
     return [_home(item) for item in items]
+
+
+def _open_brackets(item: str) -> bool:
+    return item.count("[") > item.count("]") or item.count("{") > item.count("}")
 
 
 def _home(item: str) -> str:

@@ -135,7 +135,12 @@ def run(plan: RunPlan, root: Path | None = None) -> tuple[int, str]:
 
 
 def build(plan: RunPlan) -> None:
-    """Build the image ``plan`` runs in (nothing for a native run)."""
+    """Build the image ``plan`` runs in (nothing for a native run).
+
+    Raises:
+        LabError: the profile needs an accelerator the host lacks: said before a multi-GB build.
+    """
+    plan.check_accelerator()
     if plan.runtime == "docker":
         docker.build_lab_image(plan.lab, plan.variant, plan.flavor)
 

@@ -111,6 +111,15 @@ class CsvRecords:
         return f"record {row + 1} (line {line})"
 
 
+def row_place(row: int, first_line: int | None = None, records: CsvRecords | None = None, column=None) -> str:
+    """Where row ``row`` (0-based, in the source's order) sits, for messages: ``record 50 (line 363)``
+    in a CSV/TSV (``records``), ``line 12`` in JSON lines (``first_line``: the line of row 0), else
+    ``record 31``: 1-based, as a CSV's records and a person count (a JSON array, Parquet, the Hub)."""
+    if records is not None:
+        return records.place(row, column)
+    return f"line {row + first_line}" if first_line is not None else f"record {row + 1}"
+
+
 def read_csv(path: Path, delimiter: str = ",") -> tuple[Dataset, CsvRecords]:
     """A CSV (or, with ``delimiter="\\t"``, TSV) file with a header line as a :class:`Dataset` of text
     columns, and where each record sits (:class:`CsvRecords`, for messages).
@@ -176,7 +185,8 @@ def read_csv(path: Path, delimiter: str = ",") -> tuple[Dataset, CsvRecords]:
 def bad_text_rows(ds: Dataset, column: str) -> dict[str, list[int]]:
     """Row indices (0-based, in ``ds``' order) whose ``column`` is not usable text, by kind.
 
-    Kinds: ``"missing (null)"``, ``"empty"`` (empty or whitespace only), ``"not text (<arrow type>)"``
+    Kinds: ``"missing or null"`` (a JSON key absent or null: Arrow reads both as null), ``"empty"``
+    (empty or whitespace only), ``"not text (<arrow type>)"``
     (the whole column when its type is not a string).
     """
     values = ds.with_format("arrow")[column]
@@ -184,12 +194,12 @@ def bad_text_rows(ds: Dataset, column: str) -> dict[str, list[int]]:
         values = values.combine_chunks()
     if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
         if pa.types.is_null(values.type):
-            return {"missing (null)": list(range(len(values)))}
+            return {"missing or null": list(range(len(values)))}
         return {f"not text ({values.type})": list(range(len(values)))}
     found = {}
     nulls = pc.is_null(values)
     empty = pc.and_(pc.invert(nulls), pc.equal(pc.utf8_trim_whitespace(values.fill_null("")), ""))
-    for kind, mask in (("missing (null)", nulls), ("empty", empty)):
+    for kind, mask in (("missing or null", nulls), ("empty", empty)):
         rows = pc.indices_nonzero(mask).to_pylist()
         if rows:
             found[kind] = rows
@@ -212,7 +222,7 @@ def check_texts(
         policy: ``"fail"`` or ``"drop"`` (a profile's ``data.bad_text``).
         where: the source, for messages: a file path, or ``"<hub id> split <name>"``.
         first_line: the file line of row 0 (1 for JSON lines, 2 for a CSV/TSV with a header);
-            ``None`` numbers rows from 0 instead.
+            ``None`` numbers records from 1 instead (:func:`row_place`).
         records: a CSV/TSV's :class:`CsvRecords` (:func:`read_csv`): places are then given as the
             record number and the physical line its field starts on (``record 50 (line 363)``),
             which differ once a quoted field holds a line break.
@@ -228,9 +238,7 @@ def check_texts(
         raise LabError(f"data.bad_text={policy!r}: use one of {', '.join(BAD_TEXT_POLICIES)}")
 
     def place(row: int, column: str | None = None) -> str:
-        if records is not None:
-            return records.place(row, column)
-        return f"line {row + first_line}" if first_line is not None else f"row {row}"
+        return row_place(row, first_line, records, column)
 
     bad_rows: set[int] = set()
     counts: dict[str, int] = {}

@@ -168,11 +168,15 @@ def quiet_console(run_dir: Path):
     logging.getLogger("transformers.training_args").setLevel(logging.ERROR)
     os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"
     os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
-    try:
-        import datasets
+    try:  # each on its own: a lab without Datasets (peft-methods) still silences Transformers' bars
         import transformers
 
-        transformers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.disable_progress_bar()  # "Loading weights", "Writing model shards"
+    except ImportError:
+        pass
+    try:
+        import datasets
+
         datasets.disable_progress_bars()
     except ImportError:
         pass

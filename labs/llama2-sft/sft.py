@@ -18,6 +18,7 @@ position, and ``</s>`` at the end of every completion carries a label, so the tu
 from __future__ import annotations
 
 from labkit.errors import LabError
+from labkit.lab.data import row_place
 from labkit.lab.llm.prompts import Encoded
 from labkit.lab.llm.prompts import encode as encode_prompt_completion
 
@@ -89,7 +90,7 @@ def check_categories(rows, policy: str, where: str, first_line: int | None = 1):
     bad = [i for i, c in enumerate(rows["category"]) if c not in CATEGORIES]
     if not bad:
         return rows, 0
-    line = f"line {bad[0] + first_line}" if first_line is not None else f"row {bad[0]}"
+    line = row_place(bad[0], first_line)
     if policy == "fail":
         raise LabError(
             f"{where}: column 'category' is {rows[bad[0]]['category']!r} at {line}, not one of Dolly's "

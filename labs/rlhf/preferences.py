@@ -25,7 +25,7 @@ from pathlib import Path
 from datasets import Dataset, DatasetDict, load_dataset
 
 from labkit.errors import LabError
-from labkit.lab.data import check_texts, read_local_file
+from labkit.lab.data import check_texts, read_local_file, row_place
 from labkit.verify import fingerprint
 
 #: Why a pair is unusable (counts under ``bad_text: drop``), in words for messages.
@@ -142,9 +142,7 @@ def load_preferences(cfg: dict, repo_root: Path) -> tuple[dict[str, list[dict]],
         rows, empty = check_texts(rows, columns, policy, where, **places)
 
         def place(i: int, places=places) -> str:
-            if "records" in places:
-                return places["records"].place(i)
-            return f"line {i + places['first_line']}" if "first_line" in places else f"row {i}"
+            return row_place(i, places.get("first_line"), places.get("records"))
 
         if empty:  # rows were dropped: places no longer match line numbers, so number the kept rows
             place = lambda i: f"row {i} of the rows kept"  # noqa: E731

@@ -249,7 +249,7 @@ def script_settings(command: str, tmp_path, monkeypatch) -> tuple[str, list[str]
     make_vars = dict(word.split("=", 1) for word in shlex.split(command))
     plan = resolve(LAB, make_vars.get("PROFILE", "auto"), "native", make_vars.get("SET", ""), host=Accelerators())
     started = []
-    monkeypatch.setattr(runs, "ensure_env", lambda lab, variant=None: sys.executable)
+    monkeypatch.setattr(runs, "ensure_env", lambda lab, variant=None, flavor=None: sys.executable)
     monkeypatch.setattr(runs, "stream", lambda cmd, env=None: started.append(cmd) or (0, ""))
     assert runs.run(plan, tmp_path / "outputs") == (0, "")
     args = started[0][2:]

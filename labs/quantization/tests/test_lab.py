@@ -248,7 +248,7 @@ def script_settings(command: str, tmp_path, monkeypatch) -> tuple[str, list[str]
     lab = get_lab("quantization")
     plan = resolve(lab, make_vars.get("PROFILE", "auto"), "native", make_vars.get("SET", ""), host=Accelerators())
     started = []
-    monkeypatch.setattr(runs, "ensure_env", lambda lab, variant=None: sys.executable)
+    monkeypatch.setattr(runs, "ensure_env", lambda lab, variant=None, flavor=None: sys.executable)
     monkeypatch.setattr(runs, "stream", lambda cmd, env=None: started.append(cmd) or (0, ""))
     assert runs.run(plan, tmp_path / "run-outputs") == (0, "")
     args = started[0][2:]

@@ -368,6 +368,7 @@ def run(ctx: RunContext) -> dict:
                 "masked_accuracy_before": acc_before["accuracy"],
                 "masked_accuracy": acc["accuracy"],
                 "masked_tokens": acc["masked"],
+                "masked_correct": acc["correct"],
                 "train_loss_last": enc_log[-1]["loss"],
                 "attention": maps["encoder"],
             },
@@ -393,7 +394,7 @@ def masked_accuracy(
         scored = b["labels"] != -100
         right += int((logits.argmax(-1)[scored] == b["labels"][scored]).sum())
         total += int(scored.sum())
-    return {"accuracy": right / max(total, 1), "masked": total}
+    return {"accuracy": right / max(total, 1), "masked": total, "correct": right}
 
 
 if __name__ == "__main__":

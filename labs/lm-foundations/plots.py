@@ -48,7 +48,8 @@ def write_table(rows: list[dict], path: Path, vocabulary: int, unk_rate: float) 
     perplexity over the same predicted tokens."""
     lines = [
         f"Held-out perplexity, same {rows[0]['tokens']} predicted tokens (each word and one </s> per sentence), "
-        f"same vocabulary ({vocabulary} types; {unk_rate:.1%} of held-out words are <UNK>).",
+        f"same vocabulary ({vocabulary} types; {unk_rate:.1%} of held-out words are <UNK>). "
+        "The n-gram model's parameters are the distinct n-grams it counted.",
         "",
         "| model | parameters | perplexity |",
         "|---|---:|---:|",

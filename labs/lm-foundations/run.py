@@ -126,8 +126,13 @@ def step3_by_hand(cfg: dict, causal: bool, device: str, seed: int) -> dict:
     logits = gpt(ids, mask)
     changed = ids.clone()
     changed[:, t // 2 :] = (ids[:, t // 2 :] + 1) % vocab
+    # The same comparison in float64: the float32 differences above are rounding, not a formula.
+    gpt64 = TinyGPT(vocab, t, d, h, layers, eps).to(device).double().eval()
+    gpt64.load_state_dict(gpt.state_dict())
+    lm64 = to_gpt2_lm(gpt64, gpt2_config(d, h, layers, vocab, t, eps)).to(device)
     gpt2_model = {
         "max_abs_logit_diff": float((logits - lm(input_ids=ids).logits).abs().max()),
+        "float64_max_abs_logit_diff": float((gpt64(ids, mask) - lm64(input_ids=ids).logits).abs().max()),
         "parameters": count_parameters(gpt),
         "library_parameters": count_parameters(lm),
     }
@@ -135,7 +140,8 @@ def step3_by_hand(cfg: dict, causal: bool, device: str, seed: int) -> dict:
     print(
         f"3. by hand vs library (float32, tolerance {eq['tolerance']:g}): attention {sdpa['max_abs_diff']:.2e}, "
         f"GPT2Block {gpt2_block['max_abs_diff']:.2e}, BertLayer {bert_layer['max_abs_diff']:.2e}, "
-        f"GPT2LMHeadModel logits {gpt2_model['max_abs_logit_diff']:.2e}; "
+        f"GPT2LMHeadModel logits {gpt2_model['max_abs_logit_diff']:.2e} "
+        f"(float64: {gpt2_model['float64_max_abs_logit_diff']:.1e}); "
         f"future tokens' influence on the past {causal_check['future_influence']:.2e}",
         flush=True,
     )

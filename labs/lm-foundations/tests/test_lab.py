@@ -248,6 +248,8 @@ def test_a_sentence_longer_than_the_context_is_refused(tmp_path):
 def test_bad_shapes_are_refused_before_any_text():
     with pytest.raises(LabError, match="model.hidden_size=66 must be a multiple of model.num_attention_heads=4"):
         run.check_settings(dict(SMOKE, model=dict(SMOKE["model"], hidden_size=66)))
+    with pytest.raises(LabError, match="equivalence.hidden_size=5: the sinusoidal positions need an even width"):
+        run.check_settings(dict(SMOKE, equivalence=dict(SMOKE["equivalence"], hidden_size=5, num_attention_heads=1)))
     with pytest.raises(LabError, match="encoder.mlm_probability=1.5"):
         run.check_settings(dict(SMOKE, encoder=dict(SMOKE["encoder"], mlm_probability=1.5)))
 

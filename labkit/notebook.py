@@ -140,7 +140,7 @@ def split_run(path: Path) -> SplitRun:
     for number, line in enumerate(lines[func.body[0].lineno - 1 : func.end_lineno], start=func.body[0].lineno):
         m = STEP_COMMENT.match(line)
         if m and len(m.group(1)) == indent and number not in inside:
-            marks.append((number, int(m.group(2)), line.strip()[2:]))
+            marks.append((number, int(m.group(2)), line[m.end() :].strip()))
 
     # The prologue starts after the docstring (or at the body's first line, decorators included).
     start = func.body[0].end_lineno + 1 if run_doc else _first_line(func.body[0])
@@ -172,8 +172,7 @@ PROFILE=full`; default smoke) and overrides from `SET`; or give them here, e.g.
 profile with `nproc_per_node` above 1 is refused (`make lab-{lab} NPROC=N` runs several).{launch}"""
 
 LAUNCHES_ITSELF = (
-    " This lab starts its own ranks (its launch step runs the launcher from this kernel, as the script"
-    " does)."
+    " This lab starts its own ranks (its launch step runs the launcher from this kernel, as the script does)."
 )
 
 
@@ -185,13 +184,11 @@ def build_notebook(lab: Lab):
     split = split_run(lab.dir / lab.entrypoint)
     cells = [new_markdown_cell(f"# {lab.name}: {lab.title}\n\n{split.doc}".strip())]
     cells.append(
-        new_markdown_cell(
-            INTRO.format(lab=lab.name, launch=LAUNCHES_ITSELF if lab.meta.get("launches_itself") else "")
-        )
+        new_markdown_cell(INTRO.format(lab=lab.name, launch=LAUNCHES_ITSELF if lab.meta.get("launches_itself") else ""))
     )
     run_module = Path(lab.entrypoint).stem
     setup = [
-        f"from labkit.lab.notebook import EndRun, finish_run, lab_on_path, start_run\n\nlab_on_path(\"{lab.name}\")",
+        f'from labkit.lab.notebook import EndRun, finish_run, lab_on_path, start_run\n\nlab_on_path("{lab.name}")',
         "\n".join(split.imports),
     ]
     if split.helpers:

@@ -7,8 +7,10 @@ Natively: the server from its own hash-locked environment (``.venvs/jupyterlab``
 
 The token: made here (:func:`secrets.token_urlsafe`), printed once to the console in the URL, handed to
 the server in ``JUPYTER_TOKEN`` (never on a command line, where ``ps`` shows it; Jupyter Server shows a
-token it was given as ``...`` in its own log). The server's runtime files (its connection info, which
-holds the token) go to a private temporary folder removed when it stops.
+token it was given as ``...`` in its own log; no browser-open page is written). Jupyter Server always
+writes its connection file (``jpserver-<pid>.json``, mode 0600, holding the token): natively it goes to
+a private temporary folder (0700) removed when the server stops, in a container to the container's
+own ``/tmp``, gone with it (``--rm``).
 """
 
 from __future__ import annotations
@@ -167,6 +169,7 @@ def server_command(port: int, root: Path, ip: str = "127.0.0.1", jupyter: str | 
         f"--ServerApp.port={port}",
         "--ServerApp.port_retries=0",
         "--ServerApp.open_browser=False",
+        "--ServerApp.no_browser_open_file=True",  # no page holding the token
         f"--ServerApp.root_dir={root}",
         "--ServerApp.allow_remote_access=False",
     ]
@@ -195,6 +198,8 @@ def serve_native(lab: Lab, port: int, profile: str, overrides: list[str], token:
         "SET": shlex.join(overrides),
     }
     cmd = server_command(port, lab.dir)
+    if os.geteuid() == 0:  # Jupyter refuses root unless told; natively the user is who runs make
+        cmd.append("--ServerApp.allow_root=True")
     proc = subprocess.Popen(cmd, env=env, cwd=lab.dir, start_new_session=True)
     proc.private_dir = private
     print(
@@ -224,3 +229,76 @@ def wait(proc: subprocess.Popen) -> int:
         return 0
     finally:
         stop(proc)
+
+
+def notebook_image(lab: Lab) -> str:
+    """Build ``llm-labs/<lab>-notebook:dev`` (labs/Dockerfile.notebook) on the lab's image; returns its tag."""
+    from labkit.host import docker
+
+    base = docker.build_lab_image(lab)
+    tag = docker.image_tag(f"{lab.name}-notebook")
+    docker.build_image(
+        REPO_ROOT / "labs" / "Dockerfile.notebook", tag, None, None, {"LAB_IMAGE": base, "LAB": lab.name}
+    )
+    return tag
+
+
+def serve_docker(plan, port: int, token: str | None = None) -> subprocess.Popen:
+    """Start JupyterLab in the lab's notebook image, published on 127.0.0.1:``port`` only: the
+    accelerator, Hugging Face cache volume and outputs exactly as ``make lab`` passes them
+    (:func:`labkit.host.docker.run_args`), the lab's notebook mounted (saves land in the checkout)."""
+    import shlex
+
+    from labkit.host import docker, runs
+
+    lab = plan.lab
+    tag = notebook_image(lab)
+    root = runs.output_root()
+    docker.container_writable(root / lab.name / plan.profile, top=root)
+    inside = f"/opt/labs/labs/{lab.name}"
+    mounts = [(str(root), runs.CONTAINER_OUTPUTS), (str(notebook_path(lab)), f"{inside}/{notebook_path(lab).name}")]
+    env = {
+        "LAB_IMAGE_ID": docker.image_id(tag) or "",
+        "LABS_GIT_COMMIT": runs.git_describe(),
+        "OUTPUT_ROOT": runs.CONTAINER_OUTPUTS,
+        "PROFILE": plan.profile,
+        "SET": shlex.join(plan.overrides),
+    }
+    cmd = docker.run_args(mounts, env, plan.container_accelerator, cards=plan.nproc)
+    cmd += ["-e", "JUPYTER_TOKEN", "-p", f"127.0.0.1:{port}:8888", tag]
+    # In the container the server listens on its own interface; the host publishes it on 127.0.0.1 only.
+    cmd += server_command(8888, Path(inside), ip="0.0.0.0", jupyter="/opt/jupyter/bin/jupyter")[2:]
+    cmd += ["--FileContentsManager.use_atomic_writing=False"]  # the notebook is a mounted file
+    token = token or secrets.token_urlsafe(32)
+    print("+ " + shlex.join(cmd), flush=True)
+    proc = subprocess.Popen(cmd, env={**os.environ, "JUPYTER_TOKEN": token}, start_new_session=True)
+    print(
+        f"JupyterLab for {lab.name} ({plan.profile}, in {tag}): http://127.0.0.1:{port}/lab/tree/{notebook_path(lab).name}?token={token}"
+    )
+    print("(the token is shown once here and written nowhere; on a remote host: ssh -L PORT:127.0.0.1:PORT host)")
+    return proc
+
+
+def main(argv: list[str]) -> int:
+    """Inside the notebook image's build: ``kernel-lock`` prints kernel.txt without the installed
+    packages; ``kernelspec LAB FOLDER`` writes the lab's kernelspec for this Python."""
+    import sys
+    from importlib import metadata
+
+    if argv[:1] == ["kernel-lock"]:
+        installed = "".join(f"{d.metadata['Name']}==\n" for d in metadata.distributions() if d.metadata["Name"])
+        sys.stdout.write(kernel_lock_for(installed))
+        return 0
+    if argv[:1] == ["kernelspec"] and len(argv) == 3:
+        from labkit.config import get_lab
+
+        write_kernelspec(get_lab(argv[1]), sys.executable, Path(argv[2]))
+        return 0
+    print("usage: python -m labkit.host.jupyter kernel-lock | kernelspec LAB FOLDER", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    import sys
+
+    raise SystemExit(main(sys.argv[1:]))

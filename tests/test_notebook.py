@@ -1,0 +1,149 @@
+"""The labs' notebooks: generated from run.py (checked in, never stale), cut at the numbered steps with
+early returns handled, and JupyterLab started on 127.0.0.1 with a token it demands and never writes.
+
+Every lab's notebook is also executed headless on the smoke profile: tests/test_labs.py's plain smoke
+run is the notebook's (no extra run), and the container's script run must equal it.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from labkit.config import REPO_ROOT, get_lab
+from labkit.errors import LabError
+from labkit.host import jupyter
+from labkit.notebook import notebook_path, notebook_text, split_run
+
+
+def test_checked_in_notebook_is_the_one_run_py_generates(lab):
+    path = notebook_path(lab)
+    assert path.is_file(), f"{path} missing: run `invoke notebooks`"
+    assert path.read_text(encoding="utf-8") == notebook_text(lab), f"{path} is stale: run `invoke notebooks`"
+
+
+SAMPLE = '''"""A lab."""
+
+import os
+
+LIMIT = 3
+
+
+def helper(x):
+    return x + 1
+
+
+def run(ctx):
+    """What it does."""
+    cfg = ctx.config
+
+    # 1. Data: load it.
+    data = [helper(i) for i in range(LIMIT)]
+
+    def inner():
+        return 5  # not run()'s return
+
+    # 2. Train, maybe stop early.
+    if not ctx.is_main:
+        return {}
+    for x in data:
+        if x > 10:
+            return {"early": x}
+    # not a step marker: a plain comment
+    #   # 3. indented: part of step 2
+
+    # 3. Report.
+    return {
+        "n": len(data),
+    }
+'''
+
+
+def test_run_is_cut_at_its_numbered_steps_with_returns_rewritten(tmp_path):
+    path = tmp_path / "run.py"
+    path.write_text(SAMPLE)
+    split = split_run(path)
+    assert split.doc == "A lab." and split.run_doc == "What it does."
+    assert split.imports == ["import os"] and split.helpers == ["LIMIT", "helper"]
+    assert [s.number for s in split.steps] == [None, 1, 2, 3]
+    assert split.steps[0].code == "cfg = ctx.config"
+    assert split.steps[1].title == "Data: load it." and "return 5" in split.steps[1].code
+    step2 = split.steps[2].code
+    assert "raise EndRun({})" in step2 and 'raise EndRun({"early": x})' in step2 and "return" not in step2
+    assert split.steps[3].code == '# 3. Report.\nmetrics = {\n    "n": len(data),\n}'
+    for step in split.steps:
+        compile(step.code, "cell", "exec")  # every cell is valid Python on its own
+
+
+def test_a_run_py_without_run_is_refused(tmp_path):
+    path = tmp_path / "run.py"
+    path.write_text("x = 1\n")
+    with pytest.raises(LabError, match="no `def run"):
+        split_run(path)
+
+
+def test_port_in_use_is_named_with_its_setting():
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        with pytest.raises(LabError, match=f"port {port} on 127.0.0.1 is in use \\(NOTEBOOK_PORT={port}\\)"):
+            jupyter.port_setting(port)
+    with pytest.raises(LabError, match="NOTEBOOK_PORT=http: give a port number"):
+        jupyter.port_setting("http")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as reply:
+            return reply.status, reply.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, b""
+    except urllib.error.URLError:  # not listening (yet)
+        return 0, b""
+
+
+def test_jupyterlab_answers_on_loopback_with_its_token_only_and_writes_it_nowhere(tmp_path):
+    """`make notebook-<lab>` natively: JupyterLab on 127.0.0.1:<port>, the lab's notebook and kernel
+    listed with the token, 403 without it, the token in no file, and its private folder gone after."""
+    lab = get_lab("bert-yelp")
+    port = jupyter.port_setting(free_port())
+    token = "labs-test-token-" + "x" * 24
+    started = time.time()
+    proc = jupyter.serve_native(lab, port, "smoke", [], token=token)
+    private = proc.private_dir
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(120):
+            if get(f"{base}/api/status?token={token}")[0] == 200 or proc.poll() is not None:
+                break
+            time.sleep(0.5)
+        assert get(f"{base}/api/status?token={token}")[0] == 200
+        assert get(f"{base}/api/status")[0] == 403 and get(f"{base}/api/status?token=wrong")[0] == 403
+        code, body = get(f"{base}/api/contents?token={token}")
+        assert code == 200 and "notebook.ipynb" in [item["name"] for item in json.loads(body)["content"]]
+        code, body = get(f"{base}/api/kernelspecs?token={token}")
+        assert code == 200 and f"llm-labs-{lab.name}" in json.loads(body)["kernelspecs"]
+        with socket.socket() as other:  # loopback only: not on the machine's other addresses
+            other.settimeout(2)
+            host_ip = socket.gethostbyname(socket.gethostname())
+            if not host_ip.startswith("127."):
+                assert other.connect_ex((host_ip, port)) != 0
+    finally:
+        jupyter.stop(proc)
+    assert not private.exists(), "the server's private folder (kernelspec, runtime files) is removed"
+    for folder in (REPO_ROOT / "outputs", lab.dir, jupyter.SERVER_ENV, REPO_ROOT / ".venvs" / lab.name):
+        for path in folder.rglob("*") if folder.is_dir() else []:
+            if path.is_file() and path.stat().st_mtime >= started - 1 and path.stat().st_size < 50_000_000:
+                assert token.encode() not in path.read_bytes(), f"the token leaked into {path}"

@@ -17,7 +17,7 @@ import pytest
 
 from labkit.config import REPO_ROOT, get_lab
 from labkit.errors import LabError
-from labkit.host import jupyter
+from labkit.host import docker, jupyter
 from labkit.notebook import notebook_path, notebook_text, split_run
 
 
@@ -110,22 +110,27 @@ def get(url: str) -> tuple[int, bytes]:
             return reply.status, reply.read()
     except urllib.error.HTTPError as exc:
         return exc.code, b""
-    except urllib.error.URLError:  # not listening (yet)
+    except (urllib.error.URLError, ConnectionError):  # not listening (yet)
         return 0, b""
 
 
-def test_jupyterlab_answers_on_loopback_with_its_token_only_and_writes_it_nowhere(tmp_path):
-    """`make notebook-<lab>` natively: JupyterLab on 127.0.0.1:<port>, the lab's notebook and kernel
-    listed with the token, 403 without it, the token in no file, and its private folder gone after."""
-    lab = get_lab("bert-yelp")
+def serve_and_check(lab, runtime: str) -> None:
+    """Start JupyterLab as `make notebook-<lab> RUNTIME=<runtime>` does on a free port, check it
+    answers with its token only and lists the lab's notebook and kernel, stop it; the token in no file."""
+    from labkit.host.plan import resolve
+
     port = jupyter.port_setting(free_port())
     token = "labs-test-token-" + "x" * 24
     started = time.time()
-    proc = jupyter.serve_native(lab, port, "smoke", [], token=token)
-    private = proc.private_dir
+    plan = resolve(lab, "smoke", runtime, "")
+    if runtime == "docker":
+        proc = jupyter.serve_docker(plan, port, token=token)
+    else:
+        proc = jupyter.serve_native(lab, port, "smoke", [], token=token)
+    private = getattr(proc, "private_dir", None)
     try:
         base = f"http://127.0.0.1:{port}"
-        for _ in range(120):
+        for _ in range(240):
             if get(f"{base}/api/status?token={token}")[0] == 200 or proc.poll() is not None:
                 break
             time.sleep(0.5)
@@ -135,15 +140,26 @@ def test_jupyterlab_answers_on_loopback_with_its_token_only_and_writes_it_nowher
         assert code == 200 and "notebook.ipynb" in [item["name"] for item in json.loads(body)["content"]]
         code, body = get(f"{base}/api/kernelspecs?token={token}")
         assert code == 200 and f"llm-labs-{lab.name}" in json.loads(body)["kernelspecs"]
-        with socket.socket() as other:  # loopback only: not on the machine's other addresses
-            other.settimeout(2)
-            host_ip = socket.gethostbyname(socket.gethostname())
-            if not host_ip.startswith("127."):
+        host_ip = socket.gethostbyname(socket.gethostname())
+        if not host_ip.startswith("127."):  # loopback only: not on the machine's other addresses
+            with socket.socket() as other:
+                other.settimeout(2)
                 assert other.connect_ex((host_ip, port)) != 0
     finally:
         jupyter.stop(proc)
-    assert not private.exists(), "the server's private folder (kernelspec, runtime files) is removed"
+    assert private is None or not private.exists(), "the server's private folder (kernelspec, runtime files) is removed"
     for folder in (REPO_ROOT / "outputs", lab.dir, jupyter.SERVER_ENV, REPO_ROOT / ".venvs" / lab.name):
         for path in folder.rglob("*") if folder.is_dir() else []:
             if path.is_file() and path.stat().st_mtime >= started - 1 and path.stat().st_size < 50_000_000:
                 assert token.encode() not in path.read_bytes(), f"the token leaked into {path}"
+
+
+def test_jupyterlab_answers_on_loopback_with_its_token_only_and_writes_it_nowhere():
+    """`make notebook-<lab>` natively: the server in .venvs/jupyterlab, the kernel in .venvs/<lab>."""
+    serve_and_check(get_lab("bert-yelp"), "native")
+
+
+@pytest.mark.skipif(bool(docker.docker_error()), reason="no usable Docker engine")
+def test_jupyterlab_in_the_labs_container_answers_on_loopback_with_its_token_only():
+    """`make notebook-<lab>` with Docker: llm-labs/<lab>-notebook:dev (the lab's image + kernel + JupyterLab)."""
+    serve_and_check(get_lab("bert-yelp"), "docker")

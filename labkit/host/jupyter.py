@@ -7,8 +7,8 @@ Natively: the server from its own hash-locked environment (``.venvs/jupyterlab``
 
 The token: made here (:func:`secrets.token_urlsafe`), printed once to the console in the URL, handed to
 the server in ``JUPYTER_TOKEN`` (never on a command line, where ``ps`` shows it; Jupyter Server shows a
-token it was given as ``...`` in its own log; no browser-open page is written). Jupyter Server always
-writes its connection file (``jpserver-<pid>.json``, mode 0600, holding the token): natively it goes to
+token it was given as ``...`` in its own log). Jupyter Server always writes its runtime files
+(``jpserver-<pid>.json``, mode 0600, and its browser-open page, both holding the token): natively to
 a private temporary folder (0700) removed when the server stops, in a container to the container's
 own ``/tmp``, gone with it (``--rm``).
 """
@@ -169,7 +169,6 @@ def server_command(port: int, root: Path, ip: str = "127.0.0.1", jupyter: str | 
         f"--ServerApp.port={port}",
         "--ServerApp.port_retries=0",
         "--ServerApp.open_browser=False",
-        "--ServerApp.no_browser_open_file=True",  # no page holding the token
         f"--ServerApp.root_dir={root}",
         "--ServerApp.allow_remote_access=False",
     ]
@@ -211,6 +210,10 @@ def serve_native(lab: Lab, port: int, profile: str, overrides: list[str], token:
 
 def stop(proc: subprocess.Popen) -> None:
     """Stop the server (and its kernels) and remove its private folder."""
+    if getattr(proc, "container", None):  # the docker client's signal may not reach the container
+        from labkit.host.docker import docker_cli
+
+        subprocess.run([*docker_cli(), "stop", proc.container], capture_output=True, check=False)
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -265,13 +268,15 @@ def serve_docker(plan, port: int, token: str | None = None) -> subprocess.Popen:
         "SET": shlex.join(plan.overrides),
     }
     cmd = docker.run_args(mounts, env, plan.container_accelerator, cards=plan.nproc)
-    cmd += ["-e", "JUPYTER_TOKEN", "-p", f"127.0.0.1:{port}:8888", tag]
+    name = f"llm-labs-notebook-{lab.name}-{port}"
+    cmd += ["--name", name, "-e", "JUPYTER_TOKEN", "-p", f"127.0.0.1:{port}:8888", tag]
     # In the container the server listens on its own interface; the host publishes it on 127.0.0.1 only.
     cmd += server_command(8888, Path(inside), ip="0.0.0.0", jupyter="/opt/jupyter/bin/jupyter")[2:]
     cmd += ["--FileContentsManager.use_atomic_writing=False"]  # the notebook is a mounted file
     token = token or secrets.token_urlsafe(32)
     print("+ " + shlex.join(cmd), flush=True)
     proc = subprocess.Popen(cmd, env={**os.environ, "JUPYTER_TOKEN": token}, start_new_session=True)
+    proc.container = name
     print(
         f"JupyterLab for {lab.name} ({plan.profile}, in {tag}): http://127.0.0.1:{port}/lab/tree/{notebook_path(lab).name}?token={token}"
     )

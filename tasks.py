@@ -248,7 +248,7 @@ def test(c, lab=None, jobs=None):
     os.environ["PATH"] = f"{Path(python).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     c.run(f"{python} -m ruff check .", echo=True)
     c.run(f"{python} -m ruff format --check .", echo=True)
-    dockerfiles = sorted(REPO_ROOT.glob("images/*/Dockerfile")) + sorted(LABS_DIR.glob("Dockerfile"))
+    dockerfiles = sorted(REPO_ROOT.glob("images/*/Dockerfile")) + sorted(LABS_DIR.glob("Dockerfile*"))
     dockerfiles += sorted(LABS_DIR.glob("*/Dockerfile*")) + sorted(REPO_ROOT.glob("tests/*/Dockerfile"))
     c.run(shlex.join(["hadolint", *(str(p.relative_to(REPO_ROOT)) for p in dockerfiles)]), echo=True)
     if not docker.docker_error():  # the shared CUDA image once, before parallel workers need it

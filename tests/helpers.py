@@ -25,10 +25,13 @@ def run_lab(lab: Lab, profile: str, runtime: str, overrides: list[str] | str, ro
     return runs.run(resolve(lab, profile, runtime, overrides), root)
 
 
-def run_notebook(lab: Lab, root: Path, overrides: list[str] | None = None, profile: str = "smoke") -> Path | None:
+def run_notebook(
+    lab: Lab, root: Path, overrides: list[str] | None = None, profile: str = "smoke", notebook=None
+) -> Path | None:
     """Execute ``labs/<lab>/notebook.ipynb`` headless (nbclient) in the lab's native environment with
     ``make notebook-<lab>``'s kernel, writing its run under ``root``; returns the executed notebook's
-    path (beside the run folders) or raises nbclient's CellExecutionError naming the failing cell."""
+    path (beside the run folders) or raises nbclient's CellExecutionError naming the failing cell.
+    ``notebook``: other cells (an nbformat node) instead."""
     import os
     import shlex
     import tempfile
@@ -39,7 +42,7 @@ def run_notebook(lab: Lab, root: Path, overrides: list[str] | None = None, profi
     from labkit.host.jupyter import kernel_python, write_kernelspec
     from labkit.notebook import kernel_name, notebook_path
 
-    nb = nbformat.read(notebook_path(lab), as_version=4)
+    nb = notebook if notebook is not None else nbformat.read(notebook_path(lab), as_version=4)
     with tempfile.TemporaryDirectory() as private:
         env = {"PROFILE": profile, "SET": shlex.join(overrides or []), "OUTPUT_ROOT": str(root)}
         write_kernelspec(lab, kernel_python(lab), Path(private), env)

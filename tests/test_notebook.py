@@ -163,3 +163,29 @@ def test_jupyterlab_answers_on_loopback_with_its_token_only_and_writes_it_nowher
 def test_jupyterlab_in_the_labs_container_answers_on_loopback_with_its_token_only():
     """`make notebook-<lab>` with Docker: llm-labs/<lab>-notebook:dev (the lab's image + kernel + JupyterLab)."""
     serve_and_check(get_lab("bert-yelp"), "docker")
+
+
+def test_a_step_run_before_the_one_it_needs_is_refused_in_one_line_and_recorded(tmp_path):
+    """Run the first cells, then step 2 before step 1: one line naming step 1; then a failing cell:
+    its error in the run's manifest (status failed, the step it was in)."""
+    import nbformat
+    from nbclient.exceptions import CellExecutionError
+
+    from helpers import run_notebook
+
+    lab = get_lab("bert-yelp")
+    nb = nbformat.read(notebook_path(lab), as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    step2 = next(c for c in code if c.source.startswith("# 2."))
+    nb.cells = [code[0], code[1], step2]
+    with pytest.raises(CellExecutionError, match=r"step 2 needs step 1 \(Data: .*\) first"):
+        run_notebook(lab, tmp_path, notebook=nb)
+    step1 = next(c for c in code if c.source.startswith("# 1."))
+    broken = nbformat.v4.new_code_cell("# 2. broken\nraise ValueError('a bad cell')")
+    nb.cells = [code[0], code[1], step1, broken]
+    with pytest.raises(CellExecutionError, match="a bad cell"):
+        run_notebook(lab, tmp_path / "second", notebook=nb)
+    (run_dir,) = [d for d in (tmp_path / "second" / lab.name / "smoke").iterdir() if not d.is_symlink()]
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and manifest["error"] == "ValueError: a bad cell"
+    assert manifest["notebook"]["step"].startswith("2. ")

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import socket
+import tempfile
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -115,20 +117,33 @@ def get(url: str) -> tuple[int, bytes]:
 
 
 def serve_and_check(lab, runtime: str) -> None:
-    """Start JupyterLab as `make notebook-<lab> RUNTIME=<runtime>` does on a free port, check it
-    answers with its token only and lists the lab's notebook and kernel, stop it; the token in no file."""
-    from labkit.host.plan import resolve
+    """`make notebook-<lab> RUNTIME=<runtime> NOTEBOOK_PORT=<free port>` as the README gives it: the URL
+    with its token printed once; JupyterLab answers on 127.0.0.1 with the token only and lists the
+    lab's notebook and kernel; Ctrl-C stops it; the token in no file written meanwhile."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import threading
 
-    port = jupyter.port_setting(free_port())
-    token = "labs-test-token-" + "x" * 24
+    port = free_port()
     started = time.time()
-    plan = resolve(lab, "smoke", runtime, "")
-    if runtime == "docker":
-        proc = jupyter.serve_docker(plan, port, token=token)
-    else:
-        proc = jupyter.serve_native(lab, port, "smoke", [], token=token)
-    private = getattr(proc, "private_dir", None)
+    cmd = ["make", f"notebook-{lab.name}", f"RUNTIME={runtime}", "PROFILE=smoke", f"NOTEBOOK_PORT={port}"]
+    proc = subprocess.Popen(
+        cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
+    console: list[str] = []
+    reader = threading.Thread(target=lambda: console.extend(proc.stdout), daemon=True)
+    reader.start()
+    token = None
     try:
+        for _ in range(1200):
+            found = re.search(rf"http://127\.0\.0\.1:{port}/lab/tree/notebook\.ipynb\?token=(\S+)", "".join(console))
+            if found or proc.poll() is not None:
+                break
+            time.sleep(0.5)
+        assert found, "".join(console)[-3000:]
+        token = found.group(1)
         base = f"http://127.0.0.1:{port}"
         for _ in range(240):
             if get(f"{base}/api/status?token={token}")[0] == 200 or proc.poll() is not None:
@@ -146,8 +161,17 @@ def serve_and_check(lab, runtime: str) -> None:
                 other.settimeout(2)
                 assert other.connect_ex((host_ip, port)) != 0
     finally:
-        jupyter.stop(proc)
-    assert private is None or not private.exists(), "the server's private folder (kernelspec, runtime files) is removed"
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise
+        reader.join(timeout=10)
+    assert "".join(console).count(token) == 1, "the token is printed once"
+    time.sleep(1)
+    assert get(f"http://127.0.0.1:{port}/api/status?token={token}")[0] == 0, "Ctrl-C stops the server"
+    assert not list(Path(tempfile.gettempdir()).glob("llm-labs-jupyter-*")), "its private folder is removed"
     for folder in (REPO_ROOT / "outputs", lab.dir, jupyter.SERVER_ENV, REPO_ROOT / ".venvs" / lab.name):
         for path in folder.rglob("*") if folder.is_dir() else []:
             if path.is_file() and path.stat().st_mtime >= started - 1 and path.stat().st_size < 50_000_000:

@@ -213,3 +213,24 @@ def test_a_step_run_before_the_one_it_needs_is_refused_in_one_line_and_recorded(
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["status"] == "failed" and manifest["error"] == "ValueError: a bad cell"
     assert manifest["notebook"]["step"].startswith("2. ")
+
+
+def test_a_broken_notebook_run_fails_verification(tmp_path):
+    """The lab's broken override given to the notebook (SET, as `make notebook-<lab> SET=...` does):
+    the run completes, its last cell prints FAIL, and verification fails the checks lab.yaml names."""
+    import shlex
+
+    import nbformat
+
+    from labkit.verify import verify_run
+
+    from helpers import latest_run, run_notebook
+
+    lab = get_lab("bert-yelp")
+    executed = run_notebook(lab, tmp_path, overrides=shlex.split(lab.broken_override))
+    last = nbformat.read(executed, as_version=4).cells[-1]
+    assert "=> FAIL" in "".join(o.get("text", "") for o in last.outputs)
+    run_dir = latest_run(tmp_path, lab.name, "smoke")
+    failed = {c.name for c in verify_run(run_dir, lab.expected_path("smoke")) if not c.passed}
+    assert "manifest status" not in failed and set(lab.broken_fails) <= failed, failed
+    assert json.loads((run_dir / "manifest.json").read_text())["overrides"] == {"training.learning_rate": 0.0}

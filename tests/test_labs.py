@@ -102,7 +102,7 @@ def test_smoke_run_of_the_notebook_passes_verification(lab, outputs, monkeypatch
     run_notebook(lab, outputs)
     run_dir, checks = verify_latest(outputs, lab)
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    assert manifest["status"] == "completed" and manifest["notebook"]["step"], manifest.get("notebook")
+    assert manifest["status"] == "completed" and manifest["notebook"]["path"] == f"labs/{lab.name}/notebook.ipynb"
     assert all(c.passed for c in checks), [c for c in checks if not c.passed]
     assert not any(c.skipped for c in checks), "the bundled data must match expected/smoke.yaml's data.fingerprint"
     for path in run_dir.parents[1].rglob("*"):  # secrets are passed at run time and never written (caches too)

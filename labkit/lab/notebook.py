@@ -87,6 +87,12 @@ def start_run(lab_name: str, profile: str | None = None, overrides: list[str] | 
 
     steps = {s.number: s.title for s in split_run(lab.dir / lab.entrypoint).steps if s.number is not None}
     _state.update(started=started, steps=steps, done=set(), pending=None)
+    from labkit.notebook import notebook_path
+    from labkit.rundir import write_json
+
+    # A notebook's run says so (the step each cell starts is added by enter_step).
+    started.manifest["notebook"] = {"path": str(notebook_path(lab).relative_to(REPO_ROOT)), "step": "start_run"}
+    write_json(started.ctx.run_dir / "manifest.json", {k: v for k, v in started.manifest.items() if k != "_t0"})
     _install_hooks()
     return started.ctx
 
@@ -146,7 +152,7 @@ def enter_step(number: int) -> None:
     if number not in _state["steps"]:
         return  # a cell of the learner's own
     _state["pending"] = number
-    started.manifest["notebook"] = {"step": f"{number}. {_state['steps'].get(number, '')}".strip()}
+    started.manifest["notebook"]["step"] = f"{number}. {_state['steps'].get(number, '')}".strip()
     started.manifest["status"] = "running"
     started.manifest.pop("error", None)
     write_json(started.ctx.run_dir / "manifest.json", {k: v for k, v in started.manifest.items() if k != "_t0"})

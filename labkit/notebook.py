@@ -200,7 +200,8 @@ def build_notebook(lab: Lab):
     cells.append(new_markdown_cell("## Start the run\n\n" + (split.run_doc or "The run's settings: `ctx.config`.")))
     cells.append(new_code_cell(start + ("\n" + prologue.code if prologue else "")))
     for step in split.steps:
-        if step.number is not None:
+        if step.number is not None:  # a heading (JupyterLab's table of contents), then the step's code
+            cells.append(new_markdown_cell(f"### Step {step.number}\n\n{_comment_block(step.code)}"))
             cells.append(new_code_cell(step.code))
     cells.append(new_markdown_cell("## Finish: metrics, manifest, verification"))
     cells.append(new_code_cell("finish_run(ctx, metrics)"))
@@ -212,6 +213,16 @@ def build_notebook(lab: Lab):
     nb.metadata["language_info"] = {"name": "python"}
     nbformat.validate(nb)
     return nb
+
+
+def _comment_block(code: str) -> str:
+    """The step's opening comment as prose: its ``#`` lines up to the first line of code, joined."""
+    words = []
+    for line in code.splitlines():
+        if not line.startswith("#"):
+            break
+        words.append(re.sub(r"^#\s*(\d+\.\s+)?", "", line).strip())
+    return " ".join(w for w in words if w)
 
 
 def _wrapped_import(module: str, split: SplitRun) -> str:

@@ -182,6 +182,8 @@ def serve_native(lab: Lab, port: int, profile: str, overrides: list[str], token:
     """
     import shlex
 
+    from labkit.host.runs import git_describe, output_root
+
     python = kernel_python(lab)
     private = Path(tempfile.mkdtemp(prefix="llm-labs-jupyter-"))  # 0700: kernelspec, runtime files
     write_kernelspec(lab, python, private)
@@ -195,6 +197,8 @@ def serve_native(lab: Lab, port: int, profile: str, overrides: list[str], token:
         "JUPYTER_DATA_DIR": str(private / "data"),
         "PROFILE": profile,
         "SET": shlex.join(overrides),
+        "OUTPUT_ROOT": str(output_root()),  # absolute: the kernel runs in the lab's folder
+        "LABS_GIT_COMMIT": git_describe(),
     }
     cmd = server_command(port, lab.dir)
     if os.geteuid() == 0:  # Jupyter refuses root unless told; natively the user is who runs make

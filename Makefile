@@ -4,6 +4,7 @@
 #   make lab-deepspeed-zero NPROC=2        (processes per node, one per card: the profile's nproc_per_node)
 #   make lab-llama2-sft VARIANT=npu        (the Ascend NPU variant: images/ascend)
 #   make lab-bert-yelp IMAGE=cuda12        (the CUDA 12 image; default: chosen from the driver and GPU)
+#   make notebook-moe [NOTEBOOK_PORT=8888]   (JupyterLab with the lab's notebook, on 127.0.0.1)
 #   make test [LAB=whisper-lora]
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -18,6 +19,7 @@ BATCH_SIZES ?=
 ARCH ?=
 DEVICE ?=
 NPROC ?=
+NOTEBOOK_PORT ?= 8888
 
 .PHONY: help list images smoke test doctor venv report
 
@@ -25,6 +27,7 @@ help: ## Show the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 22
 	@echo "lab-<name>            Build, run and verify one lab; labs: $$(ls labs/*/lab.yaml | cut -d/ -f2 | paste -sd' ')"
 	@echo "                      PROFILE=auto|smoke|full RUNTIME=auto|docker|native SET=\"key=value ...\" [VARIANT=course|npu] [NPROC=N] [IMAGE=cuda|cuda12]"
+	@echo "notebook-<name>       JupyterLab on 127.0.0.1:NOTEBOOK_PORT (8888) with the lab's notebook and kernel (in its container when Docker answers)"
 	@echo "bench-<name>          Full-profile step on random weights: peak memory, samples/s (BATCH_SIZES=1,4,16)"
 	@echo "                      on a CPU: ARCH=tiny DEVICE=cpu (the same step at tiny scale)"
 
@@ -39,6 +42,9 @@ venv: $(VENV)/.installed ## Create the tooling virtualenv (.venv)
 
 lab-%: $(VENV)/.installed
 	$(INVOKE) run --lab $* --profile $(PROFILE) --runtime $(RUNTIME) --set "$(SET)" --variant "$(VARIANT)" --nproc "$(NPROC)" --image "$(or $(IMAGE),auto)"
+
+notebook-%: $(VENV)/.installed
+	$(INVOKE) notebook --lab $* --profile $(PROFILE) --runtime $(RUNTIME) --set "$(SET)" --port $(NOTEBOOK_PORT)
 
 bench-%: $(VENV)/.installed
 	$(INVOKE) bench --lab $* --runtime $(RUNTIME) $(if $(BATCH_SIZES),--batch-sizes $(BATCH_SIZES)) $(if $(ARCH),--arch $(ARCH)) $(if $(DEVICE),--device $(DEVICE))

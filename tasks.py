@@ -2,6 +2,7 @@
 
     invoke run --lab whisper-lora [--profile auto|smoke|full] [--runtime auto|docker|native] [--set "k=v k2=v2"]
     invoke verify --lab whisper-lora [--profile smoke] [--run DIR]
+    invoke notebook --lab whisper-lora [--profile ...] [--runtime ...] [--set ...] [--port 8888]
     invoke test [--lab whisper-lora]
     invoke doctor [--lab whisper-lora]
 
@@ -87,6 +88,45 @@ def run(c, lab, profile="auto", runtime="auto", set="", variant="", nproc="", im
     if code != 0:
         raise Exit(code=code)
     verify(c, lab=plan.lab.name, profile=plan.profile)
+
+
+@task(
+    positional=[],
+    help={
+        "lab": "lab name (invoke list)",
+        "profile": "auto (full with a GPU or NPU, else smoke), smoke or full: start_run's default in the notebook",
+        "runtime": "auto (docker if an engine answers), docker or native",
+        "set": 'profile overrides for start_run, split like a shell line: "learning_rate=0"',
+        "port": "the port on 127.0.0.1 (default NOTEBOOK_PORT, else 8888)",
+    },
+)
+def notebook(c, lab, profile="auto", runtime="auto", set="", port=""):  # noqa: A002 (invoke flag name)
+    """Start JupyterLab on 127.0.0.1 with the lab's notebook and environment as its kernel (Ctrl-C stops it).
+
+    In the lab's container when a Docker engine answers (devices, Hugging Face cache and outputs as
+    `make lab` passes them), natively otherwise. The token is printed once and written nowhere.
+    """
+    from labkit.host import jupyter
+
+    with one_line_errors():
+        plan = resolve(lab, profile, runtime, set)
+        plan.check_accelerator()
+        number = jupyter.port_setting(port or None)
+        if plan.runtime == "docker":
+            proc = jupyter.serve_docker(plan, number)
+        else:
+            proc = jupyter.serve_native(plan.lab, number, plan.profile, list(plan.overrides))
+    raise Exit(code=jupyter.wait(proc))
+
+
+@task(positional=[], help={"lab": "only this lab's notebook (default: every lab's)"})
+def notebooks(c, lab=None):
+    """Regenerate labs/<lab>/notebook.ipynb from run.py (the tests fail when one is out of date)."""
+    from labkit.notebook import write_notebooks
+
+    with one_line_errors():
+        changed = write_notebooks(get_lab(lab) if lab else None)
+    print("\n".join(f"wrote {p.relative_to(REPO_ROOT)}" for p in changed) or "every notebook is up to date")
 
 
 @task(
@@ -220,7 +260,7 @@ def test(c, lab=None, jobs=None):
     os.environ["PATH"] = f"{Path(python).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     c.run(f"{python} -m ruff check .", echo=True)
     c.run(f"{python} -m ruff format --check .", echo=True)
-    dockerfiles = sorted(REPO_ROOT.glob("images/*/Dockerfile")) + sorted(LABS_DIR.glob("Dockerfile"))
+    dockerfiles = sorted(REPO_ROOT.glob("images/*/Dockerfile")) + sorted(LABS_DIR.glob("Dockerfile*"))
     dockerfiles += sorted(LABS_DIR.glob("*/Dockerfile*")) + sorted(REPO_ROOT.glob("tests/*/Dockerfile"))
     c.run(shlex.join(["hadolint", *(str(p.relative_to(REPO_ROOT)) for p in dockerfiles)]), echo=True)
     if not docker.docker_error():  # the shared CUDA image once, before parallel workers need it

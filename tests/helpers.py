@@ -23,3 +23,42 @@ def run_lab(lab: Lab, profile: str, runtime: str, overrides: list[str] | str, ro
         LabError: what the plan or the run refuses before the lab starts.
     """
     return runs.run(resolve(lab, profile, runtime, overrides), root)
+
+
+def run_notebook(
+    lab: Lab, root: Path, overrides: list[str] | None = None, profile: str = "smoke", notebook=None
+) -> Path | None:
+    """Execute ``labs/<lab>/notebook.ipynb`` headless (nbclient) in the lab's native environment with
+    ``make notebook-<lab>``'s kernel, writing its run under ``root``; returns the executed notebook's
+    path (beside the run folders) or raises nbclient's CellExecutionError naming the failing cell.
+    ``notebook``: other cells (an nbformat node) instead."""
+    import os
+    import shlex
+    import tempfile
+
+    import nbformat
+    from nbclient import NotebookClient
+
+    from labkit.host.jupyter import kernel_python, write_kernelspec
+    from labkit.notebook import kernel_name, notebook_path
+
+    nb = notebook if notebook is not None else nbformat.read(notebook_path(lab), as_version=4)
+    with tempfile.TemporaryDirectory() as private:
+        env = {"PROFILE": profile, "SET": shlex.join(overrides or []), "OUTPUT_ROOT": str(root)}
+        write_kernelspec(lab, kernel_python(lab), Path(private), env)
+        old = os.environ.get("JUPYTER_PATH")
+        os.environ["JUPYTER_PATH"] = private
+        try:
+            client = NotebookClient(
+                nb, kernel_name=kernel_name(lab), timeout=1800, resources={"metadata": {"path": str(lab.dir)}}
+            )
+            client.execute()
+        finally:
+            if old is None:
+                os.environ.pop("JUPYTER_PATH", None)
+            else:
+                os.environ["JUPYTER_PATH"] = old
+    out = Path(root) / lab.name / "executed.ipynb"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, out)
+    return out

@@ -25,7 +25,7 @@ from labkit.host.probe import Accelerators, probe
 from labkit.rundir import newest_completed_run
 from labkit.verify import format_table, load_expected, verify_run
 
-from helpers import latest_run, run_lab
+from helpers import latest_run, run_lab, run_notebook
 
 SECRET = "hf_thisIsATestTokenThatMustNeverBeWritten"
 
@@ -91,12 +91,18 @@ def test_bench_self_test_runs_the_full_path_at_tiny_scale(lab, tmp_path):
     assert f"| {report['setting']} |" in (tmp_path / "bench.md").read_text()
 
 
-def test_smoke_run_passes_verification(lab, outputs, monkeypatch):
+def test_smoke_run_of_the_notebook_passes_verification(lab, outputs, monkeypatch):
+    """The plain native smoke run is the lab's notebook (labs/<lab>/notebook.ipynb, generated from
+    run.py) executed headless cell by cell: a notebook run is a run (run folder, manifest, metrics,
+    verification). The script runs natively on the foreign and broken overrides below and in the
+    container, whose run must equal this one (test_smoke_run_in_container_as_non_root_passes_verification):
+    one run per lab checks both."""
     for name in ("HF_TOKEN", "OPENAI_API_KEY"):  # the chat-API lab's replay server takes any key
         monkeypatch.setenv(name, SECRET)
-    code, _ = run_lab(lab, "smoke", "native", [], outputs)
-    assert code == 0
+    run_notebook(lab, outputs)
     run_dir, checks = verify_latest(outputs, lab)
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["status"] == "completed" and manifest["notebook"]["path"] == f"labs/{lab.name}/notebook.ipynb"
     assert all(c.passed for c in checks), [c for c in checks if not c.passed]
     assert not any(c.skipped for c in checks), "the bundled data must match expected/smoke.yaml's data.fingerprint"
     for path in run_dir.parents[1].rglob("*"):  # secrets are passed at run time and never written (caches too)
@@ -208,7 +214,8 @@ def test_smoke_run_in_container_as_non_root_passes_verification(lab, outputs):
     assert all(c.passed for c in checks), [c for c in checks if not c.passed]
     manifest = (run_dir / "manifest.json").read_text()
     assert '"runtime": "docker"' in manifest and '"image_id": "sha256:' in manifest
-    # Same seed, same numbers: the container's run equals the native one (test_smoke_run_passes_verification)
+    # Same seed, same numbers: the container's script run equals the native notebook run
+    # (test_smoke_run_of_the_notebook_passes_verification)
     # in every metric but timings and cache counters, and in every weights file (the tiny model built here
     # included), byte for byte.
     native = [d for d in sorted(run_dir.parent.iterdir()) if not d.is_symlink() and is_plain_native_run(d)]

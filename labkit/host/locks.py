@@ -113,6 +113,9 @@ def lock_all(lab: Lab | None = None) -> None:
         uv_compile(
             REPO_ROOT / "requirements-dev.in", REPO_ROOT / "requirements-dev.txt", "--universal", "--generate-hashes"
         )
+        notebook = REPO_ROOT / "images" / "notebook"  # make notebook-<lab>: the kernel and the server
+        for name in ("kernel", "server"):
+            uv_compile(notebook / f"{name}.in", notebook / f"{name}.txt", *LINUX, "--generate-hashes")
     for spec in [lab] if lab else list_labs():
         uv_compile(spec.dir / "requirements.in", spec.dir / "requirements.txt", *on_image(spec.image))
         lock_flavors(spec)

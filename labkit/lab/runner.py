@@ -277,68 +277,113 @@ def _launch_ranks(lab: Lab, args: argparse.Namespace, config: dict, device: str,
     return {"launch": command, "ranks": ranks}
 
 
+@dataclass
+class StartedRun:
+    """A run :func:`start_run` began: its context, the manifest so far, and whether the runner must
+    start the ranks (``nproc_per_node`` > 1)."""
+
+    ctx: RunContext
+    manifest: dict
+    nproc: int
+
+
+def start_run(lab: Lab, profile: str, overrides: list[str], output_root: Path) -> StartedRun:
+    """Begin one run of ``lab`` (the script's :func:`main` and a notebook's first cell both call it):
+    the profile with ``overrides`` applied, the device (and enough of them for several processes),
+    a fresh run directory, the console copied to ``run.log``, seeds and determinism, and
+    ``manifest.json`` with ``status: running``.
+
+    Raises:
+        LabError: unknown profile or override, no accelerator for a full profile, too few devices,
+            an output folder that cannot be written.
+    """
+    config, applied = load_profile(lab, profile, overrides)
+    kind, _ = lab.profile_of(profile)
+    from labkit.lab.device import reset_peak_memory, select_device
+    from labkit.rundir import base_manifest, new_run_dir, write_json
+
+    device = select_device(config["device"])
+    nproc = nproc_per_node(lab, config)
+    if nproc > 1:  # several processes: enough devices, before any output
+        from labkit.lab.launch import check_nproc
+
+        check_nproc(nproc, device)
+    if kind == "smoke":
+        print(SMOKE_BANNER.format(full=profile.replace("smoke", "full")), flush=True)
+    run_dir = new_run_dir(output_root, lab.name, profile)
+    quiet_console(run_dir)
+    print(f"[{lab.name}] profile={profile} device={device} run_dir={run_dir}", flush=True)
+    print(f"[{lab.name}] library messages and warnings: {run_dir / 'run.log'}", flush=True)
+
+    reproducibility = seed_everything(config)
+    manifest = base_manifest(lab.name, profile, config["seed"], config, applied)
+    manifest["reproducibility"] = reproducibility
+    write_json(run_dir / "manifest.json", {k: v for k, v in manifest.items() if k != "_t0"})
+    # Trainer's TensorBoardCallback (report_to: tensorboard) writes its event files here.
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "tensorboard")
+    if nproc == 1:
+        reset_peak_memory(device)
+    return StartedRun(RunContext(lab, profile, config, device, run_dir), manifest, nproc)
+
+
+def finish_run(started: StartedRun, metrics: dict | None, launched: dict | None = None) -> dict:
+    """Complete a run :func:`start_run` began: ``metrics.json`` (``metrics`` given: a single process;
+    several processes wrote theirs), the manifest stamped ``completed`` with the accelerator, the peak
+    memory (the largest rank's when ``launched`` holds the ranks) and the weights' hashes, and
+    ``latest`` pointed at the run. Returns the manifest written."""
+    from labkit.lab.device import accelerator_info, peak_memory_bytes
+    from labkit.rundir import finish_manifest, weight_hashes
+
+    ctx = started.ctx
+    if launched:
+        peak = max(r["peak_memory_bytes"] for r in launched["ranks"])  # the largest rank's
+    else:
+        from labkit.lab.metrics import write_metrics
+
+        write_metrics(ctx.run_dir, metrics)
+        peak = peak_memory_bytes(ctx.device)
+    manifest = finish_manifest(
+        ctx.run_dir,
+        started.manifest,
+        "completed",
+        accelerator=accelerator_info(ctx.device),
+        peak_memory_bytes=peak,
+        weights_sha256=weight_hashes(ctx.run_dir),
+        **(launched or {}),
+    )
+    print(f"[{ctx.lab.name}] done: {ctx.run_dir}", flush=True)
+    return manifest
+
+
+def fail_run(started: StartedRun, error: str) -> dict:
+    """Stamp the run ``failed`` with ``error`` (one line) in its manifest; returns the manifest written."""
+    from labkit.rundir import finish_manifest
+
+    return finish_manifest(started.ctx.run_dir, started.manifest, "failed", error=error)
+
+
 def main(lab_name: str, run: Callable[[RunContext], dict], argv: list[str] | None = None) -> int:
     """Run ``run`` under one profile; returns the process exit status (0 ok, 2 bad input)."""
     args = parse_args(argv)
-    run_dir = manifest = None
+    started = None
     try:
         lab = get_lab(lab_name)
         if os.environ.get(RUN_DIR_ENV):  # a rank started by _launch_ranks: the settings the run recorded
             manifest_path = Path(os.environ[RUN_DIR_ENV]) / "manifest.json"
             return _rank_main(lab, args, json.loads(manifest_path.read_text(encoding="utf-8"))["config"], run)
-        config, applied = load_profile(lab, args.profile, args.overrides)
-        kind, _ = lab.profile_of(args.profile)
-        from labkit.lab.device import accelerator_info, peak_memory_bytes, reset_peak_memory, select_device
-        from labkit.rundir import base_manifest, finish_manifest, new_run_dir, write_json
-
-        device = select_device(config["device"])
-        nproc = nproc_per_node(lab, config)
-        if nproc > 1:  # several processes: enough devices, before any output
-            from labkit.lab.launch import check_nproc
-
-            check_nproc(nproc, device)
-        if kind == "smoke":
-            print(SMOKE_BANNER.format(full=args.profile.replace("smoke", "full")), flush=True)
-        run_dir = new_run_dir(args.output_root, lab.name, args.profile)
-        quiet_console(run_dir)
-        print(f"[{lab.name}] profile={args.profile} device={device} run_dir={run_dir}", flush=True)
-        print(f"[{lab.name}] library messages and warnings: {run_dir / 'run.log'}", flush=True)
-
-        reproducibility = seed_everything(config)
-        manifest = base_manifest(lab.name, args.profile, config["seed"], config, applied)
-        manifest["reproducibility"] = reproducibility
-        write_json(run_dir / "manifest.json", {k: v for k, v in manifest.items() if k != "_t0"})
-        # Trainer's TensorBoardCallback (report_to: tensorboard) writes its event files here.
-        os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "tensorboard")
-        if nproc > 1:  # this process touches no card while the ranks run (a context would hold card 0)
-            launched = _launch_ranks(lab, args, config, device, run_dir)
-            peak = max(r["peak_memory_bytes"] for r in launched["ranks"])  # the largest rank's
+        started = start_run(lab, args.profile, args.overrides, args.output_root)
+        if started.nproc > 1:  # this process touches no card while the ranks run (a context would hold card 0)
+            ctx = started.ctx
+            finish_run(started, None, _launch_ranks(lab, args, ctx.config, ctx.device, ctx.run_dir))
         else:
-            reset_peak_memory(device)
-            metrics = run(RunContext(lab, args.profile, config, device, run_dir))
-            from labkit.lab.metrics import write_metrics
-
-            write_metrics(run_dir, metrics)
-            launched, peak = {}, peak_memory_bytes(device)
-        from labkit.rundir import weight_hashes
-
-        finish_manifest(
-            run_dir,
-            manifest,
-            "completed",
-            accelerator=accelerator_info(device),
-            peak_memory_bytes=peak,
-            weights_sha256=weight_hashes(run_dir),
-            **launched,
-        )
-        print(f"[{lab.name}] done: {run_dir}", flush=True)
+            finish_run(started, run(started.ctx))
         return 0
     except LabError as exc:
-        if manifest is not None:
-            finish_manifest(run_dir, manifest, "failed", error=str(exc))
+        if started is not None:
+            fail_run(started, str(exc))
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2
     except BaseException as exc:
-        if manifest is not None:
-            finish_manifest(run_dir, manifest, "failed", error=f"{type(exc).__name__}: {exc}")
+        if started is not None:
+            fail_run(started, f"{type(exc).__name__}: {exc}")
         raise

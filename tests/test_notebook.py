@@ -1,0 +1,236 @@
+"""The labs' notebooks: generated from run.py (checked in, never stale), cut at the numbered steps with
+early returns handled, and JupyterLab started on 127.0.0.1 with a token it demands and never writes.
+
+Every lab's notebook is also executed headless on the smoke profile: tests/test_labs.py's plain smoke
+run is the notebook's (no extra run), and the container's script run must equal it.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from labkit.config import REPO_ROOT, get_lab
+from labkit.errors import LabError
+from labkit.host import docker, jupyter
+from labkit.notebook import notebook_path, notebook_text, split_run
+
+
+def test_checked_in_notebook_is_the_one_run_py_generates(lab):
+    path = notebook_path(lab)
+    assert path.is_file(), f"{path} missing: run `invoke notebooks`"
+    assert path.read_text(encoding="utf-8") == notebook_text(lab), f"{path} is stale: run `invoke notebooks`"
+
+
+SAMPLE = '''"""A lab."""
+
+import os
+
+LIMIT = 3
+
+
+def helper(x):
+    return x + 1
+
+
+def run(ctx):
+    """What it does."""
+    cfg = ctx.config
+
+    # 1. Data: load it.
+    data = [helper(i) for i in range(LIMIT)]
+
+    def inner():
+        return 5  # not run()'s return
+
+    # 2. Train, maybe stop early.
+    if not ctx.is_main:
+        return {}
+    for x in data:
+        if x > 10:
+            return {"early": x}
+    # not a step marker: a plain comment
+    #   # 3. indented: part of step 2
+
+    # 3. Report.
+    return {
+        "n": len(data),
+    }
+'''
+
+
+def test_run_is_cut_at_its_numbered_steps_with_returns_rewritten(tmp_path):
+    path = tmp_path / "run.py"
+    path.write_text(SAMPLE)
+    split = split_run(path)
+    assert split.doc == "A lab." and split.run_doc == "What it does."
+    assert split.imports == ["import os"] and split.helpers == ["LIMIT", "helper"]
+    assert [s.number for s in split.steps] == [None, 1, 2, 3]
+    assert split.steps[0].code == "cfg = ctx.config"
+    assert split.steps[1].title == "Data: load it." and "return 5" in split.steps[1].code
+    step2 = split.steps[2].code
+    assert "raise EndRun({})" in step2 and 'raise EndRun({"early": x})' in step2 and "return" not in step2
+    assert split.steps[3].code == '# 3. Report.\nmetrics = {\n    "n": len(data),\n}'
+    for step in split.steps:
+        compile(step.code, "cell", "exec")  # every cell is valid Python on its own
+
+
+def test_a_run_py_without_run_is_refused(tmp_path):
+    path = tmp_path / "run.py"
+    path.write_text("x = 1\n")
+    with pytest.raises(LabError, match="no `def run"):
+        split_run(path)
+
+
+def test_port_in_use_is_named_with_its_setting():
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        with pytest.raises(LabError, match=f"port {port} on 127.0.0.1 is in use \\(NOTEBOOK_PORT={port}\\)"):
+            jupyter.port_setting(port)
+    with pytest.raises(LabError, match="NOTEBOOK_PORT=http: give a port number"):
+        jupyter.port_setting("http")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as reply:
+            return reply.status, reply.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, b""
+    except (urllib.error.URLError, ConnectionError):  # not listening (yet)
+        return 0, b""
+
+
+def serve_and_check(lab, runtime: str) -> None:
+    """`make notebook-<lab> RUNTIME=<runtime> NOTEBOOK_PORT=<free port>` as the README gives it: the URL
+    with its token printed once; JupyterLab answers on 127.0.0.1 with the token only and lists the
+    lab's notebook and kernel; Ctrl-C stops it; the token in no file written meanwhile."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import threading
+
+    port = free_port()
+    started = time.time()
+    cmd = ["make", f"notebook-{lab.name}", f"RUNTIME={runtime}", "PROFILE=smoke", f"NOTEBOOK_PORT={port}"]
+    proc = subprocess.Popen(
+        cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
+    console: list[str] = []
+    reader = threading.Thread(target=lambda: console.extend(proc.stdout), daemon=True)
+    reader.start()
+    token = None
+    try:
+        for _ in range(1200):
+            found = re.search(rf"http://127\.0\.0\.1:{port}/lab/tree/notebook\.ipynb\?token=(\S+)", "".join(console))
+            if found or proc.poll() is not None:
+                break
+            time.sleep(0.5)
+        assert found, "".join(console)[-3000:]
+        token = found.group(1)
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(240):
+            if get(f"{base}/api/status?token={token}")[0] == 200 or proc.poll() is not None:
+                break
+            time.sleep(0.5)
+        assert get(f"{base}/api/status?token={token}")[0] == 200
+        assert get(f"{base}/api/status")[0] == 403 and get(f"{base}/api/status?token=wrong")[0] == 403
+        code, body = get(f"{base}/api/contents?token={token}")
+        assert code == 200 and "notebook.ipynb" in [item["name"] for item in json.loads(body)["content"]]
+        code, body = get(f"{base}/api/kernelspecs?token={token}")
+        assert code == 200 and f"llm-labs-{lab.name}" in json.loads(body)["kernelspecs"]
+        host_ip = socket.gethostbyname(socket.gethostname())
+        if not host_ip.startswith("127."):  # loopback only: not on the machine's other addresses
+            with socket.socket() as other:
+                other.settimeout(2)
+                assert other.connect_ex((host_ip, port)) != 0
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise
+        reader.join(timeout=10)
+    assert "".join(console).count(token) == 1, "the token is printed once"
+    time.sleep(1)
+    assert get(f"http://127.0.0.1:{port}/api/status?token={token}")[0] == 0, "Ctrl-C stops the server"
+    assert not list(Path(tempfile.gettempdir()).glob("llm-labs-jupyter-*")), "its private folder is removed"
+    for folder in (REPO_ROOT / "outputs", lab.dir, jupyter.SERVER_ENV, REPO_ROOT / ".venvs" / lab.name):
+        for path in folder.rglob("*") if folder.is_dir() else []:
+            if path.is_file() and path.stat().st_mtime >= started - 1 and path.stat().st_size < 50_000_000:
+                assert token.encode() not in path.read_bytes(), f"the token leaked into {path}"
+
+
+def test_jupyterlab_answers_on_loopback_with_its_token_only_and_writes_it_nowhere():
+    """`make notebook-<lab>` natively: the server in .venvs/jupyterlab, the kernel in .venvs/<lab>."""
+    serve_and_check(get_lab("bert-yelp"), "native")
+
+
+@pytest.mark.skipif(bool(docker.docker_error()), reason="no usable Docker engine")
+def test_jupyterlab_in_the_labs_container_answers_on_loopback_with_its_token_only():
+    """`make notebook-<lab>` with Docker: llm-labs/<lab>-notebook:dev (the lab's image + kernel + JupyterLab)."""
+    serve_and_check(get_lab("bert-yelp"), "docker")
+
+
+def test_a_step_run_before_the_one_it_needs_is_refused_in_one_line_and_recorded(tmp_path):
+    """Run the first cells, then step 2 before step 1: one line naming step 1; then a failing cell:
+    its error in the run's manifest (status failed, the step it was in)."""
+    import nbformat
+    from nbclient.exceptions import CellExecutionError
+
+    from helpers import run_notebook
+
+    lab = get_lab("bert-yelp")
+    nb = nbformat.read(notebook_path(lab), as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    step2 = next(c for c in code if c.source.startswith("# 2."))
+    nb.cells = [code[0], code[1], step2]
+    with pytest.raises(CellExecutionError, match=r"step 2 needs step 1 \(Data: .*\) first"):
+        run_notebook(lab, tmp_path, notebook=nb)
+    step1 = next(c for c in code if c.source.startswith("# 1."))
+    broken = nbformat.v4.new_code_cell("# 2. broken\nraise ValueError('a bad cell')")
+    nb.cells = [code[0], code[1], step1, broken]
+    with pytest.raises(CellExecutionError, match="a bad cell"):
+        run_notebook(lab, tmp_path / "second", notebook=nb)
+    (run_dir,) = [d for d in (tmp_path / "second" / lab.name / "smoke").iterdir() if not d.is_symlink()]
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and manifest["error"] == "ValueError: a bad cell"
+    assert manifest["notebook"]["step"].startswith("2. ")
+
+
+def test_a_broken_notebook_run_fails_verification(tmp_path):
+    """The lab's broken override given to the notebook (SET, as `make notebook-<lab> SET=...` does):
+    the run completes, its last cell prints FAIL, and verification fails the checks lab.yaml names."""
+    import shlex
+
+    import nbformat
+
+    from labkit.verify import verify_run
+
+    from helpers import latest_run, run_notebook
+
+    lab = get_lab("bert-yelp")
+    executed = run_notebook(lab, tmp_path, overrides=shlex.split(lab.broken_override))
+    last = nbformat.read(executed, as_version=4).cells[-1]
+    assert "=> FAIL" in "".join(o.get("text", "") for o in last.outputs)
+    run_dir = latest_run(tmp_path, lab.name, "smoke")
+    failed = {c.name for c in verify_run(run_dir, lab.expected_path("smoke")) if not c.passed}
+    assert "manifest status" not in failed and set(lab.broken_fails) <= failed, failed
+    assert json.loads((run_dir / "manifest.json").read_text())["overrides"] == {"training.learning_rate": 0.0}

@@ -238,6 +238,46 @@ def test_ppo_without_a_stop_token_or_missing_eos_penalty_is_explained(change, me
     check_ppo_settings({**ppo, "stop_token": None, "stop_token_id": 2})  # an explicit id is a stop token too
 
 
+def test_fewer_pairs_than_a_stages_batch_are_refused_before_training_with_the_count_and_setting():
+    """TRL's PPO loader drops an incomplete batch and loops over an empty one forever; GRPO's sampler
+    keeps only full batches of prompts: the lab refuses such data up front, naming count and setting."""
+    from trl.experimental.ppo import PPOTrainer
+    from trl.trainer.utils import RepeatSampler
+
+    from policy import check_batches
+
+    source = inspect.getsource(PPOTrainer.__init__)  # the batch the pinned TRL really uses, and why it starves
+    assert "args.local_batch_size = args.per_device_train_batch_size * args.gradient_accumulation_steps" in source
+    assert "batch_size=self.local_dataloader_batch_size" in source and "drop_last=True" in source
+    assert "while True:\n                yield from dataloader" in inspect.getsource(PPOTrainer.train)
+    assert list(RepeatSampler(range(3), mini_repeat_count=4, batch_size=4)) == []  # GRPO: 3 prompts, 16 / 4 a batch
+
+    cfg = load_profile(LAB, "smoke")[0]
+    check_batches(cfg, 16, 4)  # one PPO batch of 16 prompts (the trial's 20 + 4 pairs run)
+    with pytest.raises(
+        LabError,
+        match=r"^12 training pairs \(PPO's prompts\), fewer than PPO's batch of 16 "
+        r"\(ppo.per_device_train_batch_size 16 x ppo.gradient_accumulation_steps 1\).*Lower "
+        r"ppo.per_device_train_batch_size x gradient_accumulation_steps to 12 or less",
+    ):
+        check_batches(cfg, 12, 4)
+    with pytest.raises(
+        LabError, match=r"batch of 32 \(ppo.per_device_train_batch_size 8 x ppo.gradient_accumulation_steps 4"
+    ):
+        check_batches(
+            {**cfg, "ppo": {**cfg["ppo"], "per_device_train_batch_size": 8, "gradient_accumulation_steps": 4}}, 20, 4
+        )
+    small = {**cfg, "ppo": {**cfg["ppo"], "per_device_train_batch_size": 2}}
+    check_batches(small, 4, 1)
+    with pytest.raises(LabError, match=r"^3 training pairs \(GRPO's prompts\), fewer than GRPO's batch of 4 \(16 "):
+        check_batches(small, 3, 1)
+    dropping = {**small, "trainer": {**cfg["trainer"], "dataloader_drop_last": True}}
+    with pytest.raises(
+        LabError, match=r"^4 held-out rows, fewer than sft's batch of 32 \(sft.per_device_eval_batch_size"
+    ):
+        check_batches(dropping, 16, 4)
+
+
 def test_the_pinned_trl_runs_one_ppo_update_with_the_labs_models(tiny, tmp_path):
     """The API this lab depends on: trl.experimental.ppo, PPOTrainer's signature, one update with a
     policy, a frozen reference, a value model and a reward model of one tiny architecture, and the

@@ -276,6 +276,44 @@ def test_a_subset_of_methods_verifies_with_the_others_skipped(tmp_path):
     assert "left out with only=[ia3]" in checks["methods.lora.params.trainable"].got
 
 
+def test_three_labels_verify_with_the_label_bound_counts_skipped_and_the_methods_own_counts_checked(tmp_path):
+    """A sound 3-class task (your data: another label count): the head grows by one output (65 weights),
+    so the counts that include it (params.trainable, adapter.weights_bytes, data.num_labels) SKIP as
+    data-bound, and each method's own parameters (params.without_head) are still checked, and pass."""
+    import random
+
+    import run
+
+    texts = {
+        "routine": ["Please add a dark theme", "How do I export a report", "Update my billing address"],
+        "urgent": ["The checkout is down for everyone", "Production database crashed", "Payments fail for all"],
+        "spam": ["Win a free cruise now", "Cheap watches best price", "Buy followers today half off"],
+    }
+    rng = random.Random(3)
+    for split, n in (("train", 48), ("test", 12)):
+        rows = [
+            {"text": f"{rng.choice(texts[lab])} (ref {rng.randint(100, 999)})", "label": lab}
+            for lab in (rng.choice(list(texts)) for _ in range(n))
+        ]
+        (tmp_path / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    sets = [f"data.files.train={tmp_path / 'train.jsonl'}", f"data.files.test={tmp_path / 'test.jsonl'}"]
+    sets += ["data.text_column=text", "data.label_names=[routine,urgent,spam]", "only=[lora,prompt_tuning_random]"]
+    args = ["--profile", "smoke", "--output-root", str(tmp_path / "out")]
+    assert run.main("peft-methods", run.run, args + [a for s in sets for a in ("--set", s)]) == 0
+    run_dir = (tmp_path / "out" / "peft-methods" / "smoke" / "latest").resolve()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["data"]["num_labels"] == 3
+    assert metrics["methods"]["lora"]["params"]["by_place"]["head"] == 4290 + 65  # out_proj: 64 x 3 + 3
+    checks = {c.name: c for c in verify_run(run_dir, LAB.expected_path("smoke"))}
+    assert all(c.passed for c in checks.values()), [c for c in checks.values() if not c.passed]
+    for method, own in (("lora", 4096), ("prompt_tuning_random", 640)):
+        assert checks[f"methods.{method}.params.trainable"].skipped
+        assert checks[f"methods.{method}.adapter.weights_bytes"].skipped
+        check = checks[f"methods.{method}.params.without_head"]
+        assert not check.skipped and check.passed and metrics["methods"][method]["params"]["without_head"] == own
+    assert checks["data.num_labels"].skipped and not checks["methods.lora.train.loss_drop_ratio"].skipped
+
+
 # --- what the run measures -------------------------------------------------------------------------
 
 

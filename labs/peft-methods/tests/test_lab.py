@@ -114,9 +114,27 @@ def test_csv_records_are_placed_by_record_and_line_and_other_formats_refused(tmp
     xlsx = tmp_path / "t.xlsx"
     xlsx.write_bytes(b"PK")
     with pytest.raises(
-        LabError, match=r"'.xlsx' is not a format this lab reads.*\.jsonl, \.json, \.csv, \.tsv, \.parquet"
+        LabError, match=r"'.xlsx' is not a format the labs read.*\.jsonl, \.json, \.csv, \.tsv, \.parquet"
     ):
         read_rows(xlsx)
+
+
+def test_csv_and_tsv_go_through_the_labs_shared_reader_an_unclosed_quote_named_where_it_opened(tmp_path):
+    """The shared reader (labkit.lab.files): a quote never closed is named by the record and line where it
+    opened, with the fix, not the csv module's 'line 101: unexpected end of data'."""
+    path = tmp_path / "train_quote.tsv"
+    rows = ["sentence\tlabel", "fine\t1", "also fine\t0", '"Quoted start, never closed\t1']
+    path.write_text("\n".join(rows + [f"row {i}\t0" for i in range(97)]) + "\n", encoding="utf-8")
+    with pytest.raises(LabError) as err:
+        read_rows(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: record 3 (line 4): a quote opened there is never closed: close it, or write")
+    assert "end of data" not in message and "line 101" not in message
+    path.write_text("sentence\tlabel\n" + "".join(f"row {i}\t{i % 2}\n" for i in range(3)), encoding="utf-8")
+    assert [(r.values, r.place) for r in read_rows(path)][2] == (
+        {"sentence": "row 2", "label": "0"},
+        "record 3 (line 4)",
+    )
 
 
 def test_pairs_tokenize_as_roberta_pairs(tmp_path):

@@ -5,6 +5,7 @@ environment."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -441,6 +442,32 @@ def test_comparison_table_plot_and_merge_with_the_other_variant(tmp_path):
     rows = (tmp_path / "comparison-all.csv").read_text().splitlines()[1:]
     assert [r.split(",")[0] for r in rows] == ["full", "lora", "houlsby"]  # `full` once: this run's
     assert merge_other(mine, None, tmp_path, candidates[:1], "accuracy", "RSS")[0] is None
+
+
+def test_the_merged_comparison_names_each_rows_run_and_the_methods_a_subset_run_left_out(tmp_path):
+    """The adapters variant merges with the newest default run on the same data, which may be an
+    only=[...] subset run: comparison-all says so (each row's run, the methods missing and why)."""
+    subset = metrics_of(None)  # the default variant run with only=[lora]: full and dora left out
+    del subset["methods"]["full"]
+    why = "left out with only=[lora]"
+    subset["not_run"] = {"methods_run": why, "methods.full.": why, "methods/full/": why, "methods.dora.": why}
+    run_dir = tmp_path / "outputs" / "peft-methods" / "smoke" / "20260103T000000Z"
+    run_dir.mkdir(parents=True)
+    (run_dir / "metrics.json").write_text(json.dumps(subset))
+    (run_dir / "manifest.json").write_text(json.dumps({"status": "completed"}))
+    mine = metrics_of("adapters")
+    merged, _ = merge_other(
+        mine, "adapters", tmp_path, completed_runs(tmp_path / "outputs", "peft-methods", "smoke"), "accuracy", "RSS"
+    )
+    assert merged == run_dir
+    with (tmp_path / "comparison-all.csv").open(encoding="utf-8") as f:
+        rows = [(r["method"], r["run"]) for r in csv.DictReader(f)]
+    assert rows == [("full", "this run"), ("houlsby", "this run"), ("lora", "smoke/20260103T000000Z")]
+    md = (tmp_path / "comparison-all.md").read_text(encoding="utf-8")
+    assert md.startswith("# every method: this run and smoke/20260103T000000Z (1 missing)\n")
+    assert "| lora | transformers 5.24.0 | 100 | 90 |" in md and md.rstrip().count("smoke/20260103T000000Z |") == 1
+    assert "Missing: dora (left out with only=[lora] in smoke/20260103T000000Z)" in md
+    assert "Missing: full" not in md  # this run's full fine-tuning stands in
 
 
 # --- the adapters variant, in its own environment ------------------------------------------------

@@ -394,7 +394,7 @@ def judge_cfg() -> dict:
 
 
 def test_the_judge_over_http_labels_pairs_retries_counts_rejects_and_resumes_from_its_cache(tmp_path, monkeypatch):
-    from judge import Judge, endpoint, label_pairs
+    from judge import Judge, endpoint, label_pairs, validate_preference
 
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     pairs, _ = load_preferences(data_cfg(), REPO_ROOT)
@@ -410,11 +410,21 @@ def test_the_judge_over_http_labels_pairs_retries_counts_rejects_and_resumes_fro
     human = {(p["prompt"], p["chosen"]) for p in rows}
     agree = sum((p["prompt"], p["chosen"]) in human for p in labelled)
     assert agree / 37 == summary["agreement_with_human_labels"] > 0.85
-    # Resume: the same requests again answer from the cache, without one HTTP request.
+    # Resume: the valid replies answer from the cache; the 3 rejected ones were not cached (a real endpoint
+    # is asked again): the fresh replay answers them with its 3 faults again, so the labels are the same.
+    cached = [json.loads(p.read_text(encoding="utf-8"))["content"] for p in (tmp_path / "cache").glob("*.json")]
+    assert len(cached) == 37 and all(validate_preference(reply)[1] is None for reply in cached)
     with endpoint(judge_cfg(), REPO_ROOT) as url:
         again = Judge(judge_cfg(), url, tmp_path / "cache")
         assert label_pairs(again, rows, seed=42) == (labelled, summary)
-    assert (again.report.api.requests, again.report.api.cache_hits) == (0, 40)
+    assert (again.report.api.requests, again.report.api.cache_hits) == (3, 37)
+    assert again.report.as_dict()["replies_rejected"] == {"not_json": 1, "schema": 1, "bad_value": 1}
+    # Other data through the same cache (the trial: bike pairs, then others overlapping them): each fault
+    # is counted once, none replayed from the cache.
+    with endpoint(judge_cfg(), REPO_ROOT) as url:
+        other = Judge(judge_cfg(), url, tmp_path / "cache")
+        label_pairs(other, pairs["train"][30:60], seed=42)
+    assert other.report.as_dict()["replies_rejected"] == {"not_json": 1, "schema": 1, "bad_value": 1}
     for path in tmp_path.rglob("*"):  # the key is read at run time and never written
         if path.is_file():
             assert KEY.encode() not in path.read_bytes(), path

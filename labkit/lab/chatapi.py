@@ -107,7 +107,8 @@ def ask(
         counts: counters (:class:`ApiCounts` or any object with its attributes).
         model_setting: the profile setting that names the model, for the HTTP 404 message.
         valid: ``valid(reply) -> bool``, the caller's validation; a reply it rejects is returned but not
-            cached (the next run asks again). ``None``: every reply is cached.
+            cached (the next run asks again), and a cached one it rejects is asked again. ``None``:
+            every reply is cached.
 
     Raises:
         LabError: the key is rejected, the endpoint does not answer within the timeout after its
@@ -118,8 +119,10 @@ def ask(
 
     path = Path(cache) / f"{request_key(cfg, messages)}.json"
     if path.is_file():
-        counts.cache_hits += 1
-        return json.loads(path.read_text(encoding="utf-8"))["content"]
+        cached = json.loads(path.read_text(encoding="utf-8"))["content"]
+        if valid is None or valid(cached):  # else a rejected reply an earlier version cached: ask again
+            counts.cache_hits += 1
+            return cached
     url = shown_url(client.base_url)
     try:
         response = client.chat.completions.create(

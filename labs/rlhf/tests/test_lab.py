@@ -432,7 +432,8 @@ def test_the_judge_over_http_labels_pairs_retries_counts_rejects_and_resumes_fro
     assert agree / 37 == summary["agreement_with_human_labels"] > 0.85
     # Resume: the valid replies answer from the cache; the 3 rejected ones were not cached (a real endpoint
     # is asked again): the fresh replay answers them with its 3 faults again, so the labels are the same.
-    cached = [json.loads(p.read_text(encoding="utf-8"))["content"] for p in (tmp_path / "cache").glob("*.json")]
+    files = sorted((tmp_path / "cache").glob("*.json"))
+    cached = [json.loads(p.read_text(encoding="utf-8"))["content"] for p in files]
     assert len(cached) == 37 and all(validate_preference(reply)[1] is None for reply in cached)
     with endpoint(judge_cfg(), REPO_ROOT) as url:
         again = Judge(judge_cfg(), url, tmp_path / "cache")
@@ -445,6 +446,13 @@ def test_the_judge_over_http_labels_pairs_retries_counts_rejects_and_resumes_fro
         other = Judge(judge_cfg(), url, tmp_path / "cache")
         label_pairs(other, pairs["train"][30:60], seed=42)
     assert other.report.as_dict()["replies_rejected"] == {"not_json": 1, "schema": 1, "bad_value": 1}
+    # A malformed reply cached before this rule (the trial's cache): not replayed, asked again and replaced.
+    files[0].write_text(json.dumps({"content": '{"winner": "A"}'}), encoding="utf-8")  # one of the 40 rows'
+    with endpoint(judge_cfg(), REPO_ROOT) as url:
+        late = Judge(judge_cfg(), url, tmp_path / "cache")
+        label_pairs(late, rows, seed=42)
+    assert (late.report.api.requests, late.report.api.cache_hits) == (4, 36)  # the 3 faults again, and that one
+    assert "winner" not in files[0].read_text(encoding="utf-8")
     for path in tmp_path.rglob("*"):  # the key is read at run time and never written
         if path.is_file():
             assert KEY.encode() not in path.read_bytes(), path

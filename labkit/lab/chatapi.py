@@ -10,7 +10,9 @@ works: OpenAI, DeepSeek, vLLM, Ollama, ``transformers serve``, or the labs' loca
   run time and never printed, logged or written; rate limits (429) and server errors (5xx) are retried
   by the client's exponential backoff (honouring ``retry-after``), and counted.
 * :func:`ask`: one chat completion's text, from the cache (``<cache>/<sha256 of model and messages>.json``)
-  or from the endpoint (then cached atomically), so a stopped run resumes without paying twice.
+  or from the endpoint (then cached atomically), so a stopped run resumes without paying twice. Only a
+  reply the caller's ``valid`` accepts is cached: a malformed one is asked again on the next run, as
+  it would be of a real endpoint, instead of being replayed for ever.
 
 Counters are any object with the integer attributes ``requests``, ``retries``, ``cache_hits``,
 ``prompt_tokens`` and ``completion_tokens`` (:class:`ApiCounts`, or a lab's own report).
@@ -21,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -86,14 +89,26 @@ def shown_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
 
 
-def ask(client, cfg: dict, messages: list[dict], cache: Path, counts, model_setting: str = "model") -> str:
-    """The reply text for ``messages``: from the cache, or from the endpoint as a JSON object (then cached).
+def ask(
+    client,
+    cfg: dict,
+    messages: list[dict],
+    cache: Path,
+    counts,
+    model_setting: str = "model",
+    valid: Callable[[str], bool] | None = None,
+) -> str:
+    """The reply text for ``messages``: from the cache, or from the endpoint as a JSON object (then
+    cached when ``valid`` accepts it).
 
     Args:
         cfg: ``model``, ``temperature``, ``max_tokens``, ``timeout_s``, ``max_retries`` (a profile section).
         cache: folder of cached replies (created on the first write).
         counts: counters (:class:`ApiCounts` or any object with its attributes).
         model_setting: the profile setting that names the model, for the HTTP 404 message.
+        valid: ``valid(reply) -> bool``, the caller's validation; a reply it rejects is returned but not
+            cached (the next run asks again), and a cached one it rejects is asked again. ``None``:
+            every reply is cached.
 
     Raises:
         LabError: the key is rejected, the endpoint does not answer within the timeout after its
@@ -104,8 +119,10 @@ def ask(client, cfg: dict, messages: list[dict], cache: Path, counts, model_sett
 
     path = Path(cache) / f"{request_key(cfg, messages)}.json"
     if path.is_file():
-        counts.cache_hits += 1
-        return json.loads(path.read_text(encoding="utf-8"))["content"]
+        cached = json.loads(path.read_text(encoding="utf-8"))["content"]
+        if valid is None or valid(cached):  # else a rejected reply an earlier version cached: ask again
+            counts.cache_hits += 1
+            return cached
     url = shown_url(client.base_url)
     try:
         response = client.chat.completions.create(
@@ -138,6 +155,8 @@ def ask(client, cfg: dict, messages: list[dict], cache: Path, counts, model_sett
     if response.usage:
         counts.prompt_tokens += response.usage.prompt_tokens or 0
         counts.completion_tokens += response.usage.completion_tokens or 0
+    if valid is not None and not valid(content):
+        return content
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(f".{os.getpid()}.partial")  # a run killed mid-write leaves no half reply
     partial.write_text(json.dumps({"content": content}, ensure_ascii=False), encoding="utf-8")

@@ -13,9 +13,9 @@ extra sections. Here:
 * every reply is validated (:func:`validate`: JSON, schema, non-empty, no JSON or ``key:`` text
   inside fields, no stray quotes, the expected language) and rejected replies are counted by reason;
 * rate limits (429) and server errors (5xx) are retried with the client's exponential backoff
-  (honouring ``retry-after``); every reply is cached by the hash of its request, so a stopped run
-  resumes without paying for the same call twice (:mod:`labkit.lab.chatapi`, shared with the rlhf
-  lab's AI judge);
+  (honouring ``retry-after``); every valid reply is cached by the hash of its request, so a stopped
+  run resumes without paying for the same call twice, and a rejected one is asked again
+  (:mod:`labkit.lab.chatapi`, shared with the rlhf lab's AI judge);
 * pairs are de-duplicated and written to ``dataset.csv`` (``question,answer``, UTF-8) with
   ``generation_report.json`` (requests, retries, cache hits, rejected replies by reason, tokens).
 
@@ -231,7 +231,15 @@ def generate(cfg: dict, source: Path, out_dir: Path, cache: Path) -> tuple[Path,
     pairs, seen = [], set()
     for section in sections:
         messages = [{"role": "system", "content": system}, {"role": "user", "content": section}]
-        reply = ask(client, cfg, messages, cache, report, model_setting="generate.model")
+        reply = ask(  # a reply rejected whole is not cached: the next run asks again
+            client,
+            cfg,
+            messages,
+            cache,
+            report,
+            model_setting="generate.model",
+            valid=lambda text: validate(text, cfg["language"])[1] is None,
+        )
         valid, rejected, dropped = validate(reply, cfg["language"])
         report.pairs_rejected.update(dropped)
         if rejected:

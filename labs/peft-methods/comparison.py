@@ -11,7 +11,8 @@ adapter's size on disk and the reloaded adapter's largest logit difference.
 
 The adapters variant (Houlsby, UniPELT) runs in another environment, so another run: when the
 newest completed run of the other variant used the same data, base model and budget, each run also
-writes ``comparison-all.csv`` / ``.md`` / ``.png`` with every method of both (:func:`merge_other`).
+writes ``comparison-all.csv`` / ``.md`` / ``.png`` with every method of both (:func:`merge_other`),
+each row naming its run, and the methods either run left out (``only=[...]``) listed as missing.
 """
 
 from __future__ import annotations
@@ -39,11 +40,14 @@ COLUMNS = [
     "adapter_bytes",
     "reload_max_abs_logit_diff",
     "variant",
+    "run",
 ]
+#: The ``run`` of this run's own rows (the other variant's rows name their run: ``<profile>/<UTC time>``).
+THIS_RUN = "this run"
 
 
-def rows_of(metrics: dict, variant: str | None) -> list[dict]:
-    """One comparison row per method of a run's ``metrics.json``."""
+def rows_of(metrics: dict, variant: str | None, run: str = THIS_RUN) -> list[dict]:
+    """One comparison row per method of a run's ``metrics.json``; ``run`` names the run it comes from."""
     rows = []
     for name, m in metrics["methods"].items():
         rows.append(
@@ -65,13 +69,17 @@ def rows_of(metrics: dict, variant: str | None) -> list[dict]:
                 "adapter_bytes": m["adapter"]["weights_bytes"],
                 "reload_max_abs_logit_diff": m["reload"]["max_abs_logit_diff"],
                 "variant": variant or "default",
+                "run": run,
             }
         )
     return rows
 
 
-def write(rows: list[dict], out: Path, stem: str, metric: str, title: str, memory: str) -> list[Path]:
-    """``<stem>.csv``, ``<stem>.md`` and ``<stem>.png`` in ``out``; returns their paths."""
+def write(
+    rows: list[dict], out: Path, stem: str, metric: str, title: str, memory: str, notes: list[str] = ()
+) -> list[Path]:
+    """``<stem>.csv``, ``<stem>.md`` and ``<stem>.png`` in ``out``; returns their paths. ``notes``: lines
+    under the Markdown table (which methods are missing, and why)."""
     out = Path(out)
     with (out / f"{stem}.csv").open("w", encoding="utf-8", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
@@ -80,7 +88,7 @@ def write(rows: list[dict], out: Path, stem: str, metric: str, title: str, memor
     head = [
         "method", "library", "trainable params", "without the head", "% of base", f"{metric} before",
         f"{metric} after", "loss drop", "samples/s", "train s", f"peak {memory} MiB", "adapter on disk",
-        "reload max logit diff",
+        "reload max logit diff", "run",
     ]  # fmt: skip
     lines = [f"# {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
@@ -88,9 +96,10 @@ def write(rows: list[dict], out: Path, stem: str, metric: str, title: str, memor
             r["method"], r["library"], f"{r['trainable_params']:,}", f"{r['without_head']:,}",
             f"{r['trainable_percent']:.3f}", f"{r['metric_before']:.4f}", f"{r['metric']:.4f}",
             f"{r['loss_drop_ratio']:.3f}", r["samples_per_s"], r["train_s"], r["peak_memory_mib"],
-            human_bytes(r["adapter_bytes"]), f"{r['reload_max_abs_logit_diff']:.2e}",
+            human_bytes(r["adapter_bytes"]), f"{r['reload_max_abs_logit_diff']:.2e}", r["run"],
         ]  # fmt: skip
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    lines += ["", *notes] if notes else []
     lines += ["", "Where the trainable parameters sit:", ""]
     lines += [f"- {r['method']}: {r['where']}" for r in rows]
     (out / f"{stem}.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -181,10 +190,22 @@ def completed_runs(output_root: Path, lab: str, profile: str) -> list[Path]:
     return [p for p in found if run_status(p) == "completed"]
 
 
+def left_out(metrics: dict) -> dict[str, str]:
+    """The methods of a run's profile that it did not run (``only=[...]``), each with the reason its
+    ``metrics.json`` ``not_run`` gives (``"left out with only=[ia3]"``)."""
+    return {
+        key.removeprefix("methods.").rstrip("."): why
+        for key, why in metrics.get("not_run", {}).items()
+        if key.startswith("methods.")
+    }
+
+
 def merge_other(metrics: dict, variant: str | None, out: Path, candidates: list[Path], metric: str, memory: str):
     """Write ``comparison-all.*`` in ``out`` with this run's rows and those of the newest of
     ``candidates`` (the other variant's completed runs, newest first) that used the same data, base
-    and budget (:func:`same_setup`); ``full`` runs in both, and this run's row is kept.
+    and budget (:func:`same_setup`); ``full`` runs in both, and this run's row is kept. Each row names
+    the run it comes from (``run``), and the Markdown says which methods either run left out
+    (``only=[...]``), so a subset run is not taken for the whole comparison.
 
     Returns:
         ``(that run, None)`` when merged, else ``(None, why not)``.
@@ -193,11 +214,19 @@ def merge_other(metrics: dict, variant: str | None, out: Path, candidates: list[
         theirs = json.loads((Path(other_run) / "metrics.json").read_text(encoding="utf-8"))
         if not same_setup(metrics, theirs):
             continue
-        mine, their_rows = rows_of(metrics, variant), rows_of(theirs, None if variant else "adapters")
+        label = f"{Path(other_run).parent.name}/{Path(other_run).name}"
+        mine, their_rows = rows_of(metrics, variant), rows_of(theirs, None if variant else "adapters", label)
         names = {r["method"] for r in mine}
         rows = mine + [r for r in their_rows if r["method"] not in names]
-        title = f"every method: this run and {Path(other_run).parent.name}/{Path(other_run).name}"
-        write(rows, out, "comparison-all", metric, title, memory)
+        shown = {r["method"] for r in rows}
+        notes = [
+            f"Missing: {name} ({why} in {run})"
+            for run, gone in ((THIS_RUN, left_out(metrics)), (label, left_out(theirs)))
+            for name, why in gone.items()
+            if name not in shown
+        ]
+        title = f"every method: this run and {label}" + (f" ({len(notes)} missing)" if notes else "")
+        write(rows, out, "comparison-all", metric, title, memory, notes)
         return other_run, None
     if not candidates:
         return None, "no completed run of the other variant yet"

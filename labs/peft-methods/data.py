@@ -10,7 +10,8 @@ Sources (``data.source`` in the profile):
 
 * ``files``: one local file per split, read by its extension: ``.jsonl`` (JSON lines), ``.json``
   (one array of objects, or JSON lines), ``.csv`` / ``.tsv`` (a header line; every field kept as
-  written), ``.parquet``. Paths are relative to the repository root, or absolute.
+  written: the labs' shared reader, :mod:`labkit.lab.files`), ``.parquet``. Paths are relative to
+  the repository root, or absolute.
 * ``hub``: Parquet files of a Hub dataset at a pinned revision (``hf_hub_download``; ``HF_ENDPOINT``
   and ``HF_TOKEN`` apply), e.g. GLUE SST-2 from ``nyu-mll/glue``: ``sst2/train-00000-of-00001.parquet``
   and ``sst2/validation-00000-of-00001.parquet`` (GLUE's test labels are hidden, so the validation
@@ -24,24 +25,15 @@ column, or is dropped and counted with ``bad_text: drop``.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from labkit.errors import LabError
+from labkit.lab.files import local_format, read_csv_records  # the labs' shared formats and CSV/TSV reader
 from labkit.verify import fingerprint
 
-#: Local files by extension (``data.source: files``).
-FORMATS = {
-    ".jsonl": "JSON lines",
-    ".json": "JSON (an array of objects, or JSON lines)",
-    ".csv": "CSV with a header line",
-    ".tsv": "TSV with a header line",
-    ".parquet": "Parquet",
-}
 SPLITS = ("train", "test")
 BAD_TEXT = ("fail", "drop")
 
@@ -73,22 +65,23 @@ class Row:
 
 
 def read_rows(path: Path) -> list[Row]:
-    """Every row of one local file, read by its extension (:data:`FORMATS`).
+    """Every row of one local file, read by its extension (:data:`labkit.lab.files.LOCAL_FORMATS`):
+    CSV/TSV by the labs' shared reader (:func:`labkit.lab.files.read_csv_records`: fields as written,
+    UTF-8 or GBK, rows placed by record and the line it starts on), JSON lines, JSON and Parquet here
+    (no ``datasets`` in the ``adapters`` environment).
 
     Raises:
-        LabError: the file is missing, its extension is not one of :data:`FORMATS`, it is not UTF-8,
-            or it cannot be parsed (names the file, the line and the parser's message).
+        LabError: the file is missing, its extension is not a local format, it is not UTF-8, or it
+            cannot be parsed (names the file, the record or line, and what to fix).
     """
     path = Path(path)
     if not path.is_file():
         raise LabError(f"data file {path} not found")
+    local_format(path)  # an extension the labs read, or one line naming them
     suffix = path.suffix.lower()
-    if suffix not in FORMATS:
-        kind = repr(path.suffix) if path.suffix else "a file without an extension"
-        raise LabError(
-            f"data file {path}: {kind} is not a format this lab reads; by extension it reads "
-            f"{', '.join(FORMATS)} ({', '.join(FORMATS.values())}; export a spreadsheet as CSV UTF-8)"
-        )
+    if suffix in (".csv", ".tsv"):
+        values, records = read_csv_records(path, "\t" if suffix == ".tsv" else ",")
+        return [Row(dict(zip(records.header, fields)), records.place(i)) for i, fields in enumerate(values)]
     if suffix == ".parquet":
         import pyarrow.parquet as pq
 
@@ -101,8 +94,6 @@ def read_rows(path: Path) -> list[Row]:
         text = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise LabError(f"{path} is not UTF-8 (byte {exc.start}): save it as UTF-8 (Excel: 'CSV UTF-8')") from None
-    if suffix in (".csv", ".tsv"):
-        return _csv_rows(path, text, "\t" if suffix == ".tsv" else ",")
     if suffix == ".json" and text.lstrip().startswith("["):
         try:
             items = json.loads(text)
@@ -124,29 +115,6 @@ def _object(item, path: Path, place: str) -> dict:
     if not isinstance(item, dict):
         raise LabError(f"{path}: {place} is a {type(item).__name__}, not an object with named columns")
     return item
-
-
-def _csv_rows(path: Path, text: str, delimiter: str) -> list[Row]:
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
-    rows, header = [], None
-    try:
-        for fields in reader:
-            if not fields:
-                continue
-            if header is None:
-                header = fields
-                if len(set(header)) != len(header) or not all(name.strip() for name in header):
-                    raise LabError(f"{path}: the header must name every column once; it is: {', '.join(header)}")
-                continue
-            place = f"record {len(rows) + 1} (line {reader.line_num})"
-            if len(fields) != len(header):
-                raise LabError(f"{path}: {place} has {len(fields)} fields, the header {len(header)}")
-            rows.append(Row(dict(zip(header, fields)), place))
-    except csv.Error as exc:
-        raise LabError(f"{path}: line {reader.line_num}: {exc}") from None
-    if header is None:
-        raise LabError(f"{path} is empty: it needs a header line and rows")
-    return rows
 
 
 def hub_rows(cfg: dict, split: str) -> tuple[list[Row], str]:

@@ -13,10 +13,11 @@ Lee et al. 2023, "RLAIF", arXiv:2309.00267). The judge here does three jobs:
   GPT-4 win rates, Rafailov et al. 2023, sec. 6.2).
 
 The client is chatglm-private-data's (:mod:`labkit.lab.chatapi`): the key from ``OPENAI_API_KEY`` at
-run time and never written, 429/5xx retried with backoff, every reply cached by the hash of its
-request (a re-run pays for nothing twice), every reply validated (:func:`validate_preference`,
-:func:`validate_score`) and the rejected ones counted by reason in ``judge_report.json``. TRL's own
-judges (``trl.judges``) were removed in TRL 1.1; this one needs nothing from TRL.
+run time and never written, 429/5xx retried with backoff, every valid reply cached by the hash of
+its request (a re-run pays for nothing twice; a rejected reply is asked again), every reply
+validated (:func:`validate_preference`, :func:`validate_score`) and the rejected ones counted by
+reason in ``judge_report.json``. TRL's own judges (``trl.judges``) were removed in TRL 1.1; this one
+needs nothing from TRL.
 """
 
 from __future__ import annotations
@@ -115,10 +116,23 @@ class Judge:
         self.report = JudgeReport()
         self.client = client_for(url, cfg["timeout_s"], cfg["max_retries"], self.report.api)
 
-    def _ask(self, task: str, user: str) -> str:
+    def _ask(self, task: str, user: str, validate) -> tuple:
+        """``validate(reply)`` of the reply to ``user``; a reply it rejects is counted and not cached."""
         self.report.asked[task] += 1
         messages = [{"role": "system", "content": self.cfg["principle"]}, {"role": "user", "content": user}]
-        return ask(self.client, self.cfg, messages, self.cache, self.report.api, model_setting="judge.model")
+        reply = ask(
+            self.client,
+            self.cfg,
+            messages,
+            self.cache,
+            self.report.api,
+            model_setting="judge.model",
+            valid=lambda text: validate(text)[1] is None,
+        )
+        value, why = validate(reply)
+        if why:
+            self._rejected(task, why)
+        return value, why
 
     def _rejected(self, task: str, reason: str) -> None:
         self.report.rejected[reason] += 1
@@ -128,18 +142,12 @@ class Judge:
         """``"A"`` or ``"B"``: the answer the judge prefers for ``prompt``; ``None`` when its reply is
         rejected (counted)."""
         user = f"{CONVERSATION}{prompt}{ANSWER_A}{a.strip()}{ANSWER_B}{b.strip()}{INSTRUCTION}{PREFER}"
-        choice, why = validate_preference(self._ask(task, user))
-        if why:
-            self._rejected(task, why)
-        return choice
+        return self._ask(task, user, validate_preference)[0]
 
     def score(self, prompt: str, completion: str) -> int | None:
         """0..10 for ``completion`` after ``prompt``; ``None`` when the reply is rejected (counted)."""
         user = f"{CONVERSATION}{prompt}{ANSWER}{completion.strip()}{INSTRUCTION}{SCORE}"
-        value, why = validate_score(self._ask("score", user))
-        if why:
-            self._rejected("score", why)
-        return value
+        return self._ask("score", user, validate_score)[0]
 
 
 def label_pairs(judge: Judge, rows: list[dict], seed: int) -> tuple[list[dict], dict]:

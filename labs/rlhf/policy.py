@@ -138,6 +138,79 @@ def check_ppo_settings(ppo: dict) -> None:
         )
 
 
+def check_batches(cfg: dict, train_pairs: int, test_pairs: int) -> None:
+    """Every stage gets at least one batch from the pairs it trains on, checked before any training.
+
+    PPO and GRPO sample whole batches of prompts and drop an incomplete one: with fewer prompts than one
+    batch their loaders are empty and the run waits forever without a word (TRL's ``PPOTrainer``: a
+    ``DataLoader(batch_size=local_batch_size, drop_last=True)`` behind an endless ``repeat_generator``,
+    ``local_batch_size = per_device_train_batch_size x gradient_accumulation_steps``; ``GRPOTrainer``:
+    ``RepeatSampler`` keeps only full chunks of ``generation_batch_size / num_generations`` prompts).
+    SFT, the reward models and DPO batch with the Transformers ``Trainer``, whose loaders keep a
+    partial batch unless ``dataloader_drop_last`` is set. One process (the lab runs one).
+
+    Args:
+        cfg: the profile (``sft``, ``reward``, ``ppo``, ``dpo``, ``grpo``, ``trainer``, ``judge``).
+        train_pairs, test_pairs: the preference pairs loaded (after ``data.train_samples`` and dropping).
+
+    Raises:
+        LabError: a stage would get no batch (names the count, the setting and what to do).
+    """
+
+    def refuse(n: int, what: str, stage: str, batch: int, how: str, why: str, setting: str) -> None:
+        if n < batch:
+            raise LabError(
+                f"{n} {what}, fewer than {stage}'s batch of {batch} ({how}): {why}. Lower {setting} to {n} or less, "
+                "or bring more pairs"
+            )
+
+    ppo, grpo, trainer = cfg["ppo"], cfg["grpo"], cfg["trainer"]
+    size, accumulation = ppo["per_device_train_batch_size"], ppo.get("gradient_accumulation_steps", 1)
+    refuse(
+        train_pairs,
+        "training pairs (PPO's prompts)",
+        "PPO",
+        size * accumulation,
+        f"ppo.per_device_train_batch_size {size} x ppo.gradient_accumulation_steps {accumulation}",
+        "TRL's PPOTrainer drops an incomplete batch and would wait forever for a full one",
+        "ppo.per_device_train_batch_size x gradient_accumulation_steps",
+    )
+    steps = grpo.get("steps_per_generation") or grpo.get("gradient_accumulation_steps", 1)
+    generation = grpo.get("generation_batch_size") or grpo["per_device_train_batch_size"] * steps
+    refuse(
+        train_pairs,
+        "training pairs (GRPO's prompts)",
+        "GRPO",
+        generation // grpo["num_generations"],
+        f"{generation} completions per generation / grpo.num_generations {grpo['num_generations']}",
+        "TRL's GRPOTrainer samples only full batches of prompts and would train on none",
+        "grpo.per_device_train_batch_size / num_generations",
+    )
+    rows = {  # stage: (training rows, held-out rows or None when it evaluates none)
+        "sft": (train_pairs * (2 if cfg["sft"]["completions"] == "both" else 1), test_pairs),
+        "reward": (min(train_pairs, cfg["judge"].get("label_pairs") or train_pairs), None),  # the AI's: at most these
+        "dpo": (train_pairs, test_pairs),
+    }
+    for stage, (train, test) in rows.items():
+        if not cfg[stage].get("dataloader_drop_last", trainer.get("dataloader_drop_last", False)):
+            continue  # the Trainer keeps a partial batch
+        for n, split, key in (
+            (train, "training", "per_device_train_batch_size"),
+            (test, "held-out", "per_device_eval_batch_size"),
+        ):
+            if n is not None:
+                batch = cfg[stage].get(key, trainer.get(key, 8))  # 8: TrainingArguments' default
+                refuse(
+                    n,
+                    f"{split} rows",
+                    stage,
+                    batch,
+                    f"{stage}.{key} {batch}",
+                    "with dataloader_drop_last the Trainer drops an incomplete batch and would get none",
+                    f"{stage}.{key}",
+                )
+
+
 @torch.no_grad()
 def rm_scores(model, tokenizer, prompts: list[list[int]], completions: list[list[int]], batch_size: int = 16):
     """The reward model's score (float) of each prompt + completion (token ids, the completion as

@@ -8,9 +8,11 @@ a concrete detail (a time, a day, a price, a place, a way to reach someone), and
 the asker nor stays vague (short lists of such phrases). It reads the question and the answers
 out of the judge's own request (:mod:`judge` writes them between fixed headings), so the client
 path is the real one: HTTP, JSON replies, validation, the cache. Before its answers the script
-(``data/smoke/judge_script.jsonl``, its first 36 requests) replays what real endpoints do: a 429, a
-500, a reply that is not JSON, one with the wrong keys, one that names no answer; the judge counts
-and survives each.
+(``data/smoke/judge_script.jsonl``, its first 17 requests) replays what real endpoints do: a reply
+that is not JSON, one with the wrong keys, one that names no answer (the first three requests), a 429
+and a 500; the judge counts and survives each. Rejected replies are not cached, so a rerun asks those
+requests again, first: the replay answers them with the same three faults (a rerun from the cache
+labels as the first run did).
 
 It is a stand-in, not a language model: it cannot tell a wrong fact from a right one, and on a tie it
 says "A", the position bias real judges have too (the lab shows each pair in a random order).

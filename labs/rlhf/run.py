@@ -61,6 +61,7 @@ from labkit.rundir import remove_if_empty
 from curves import ends, plot, plot_bars
 from judge import Judge, endpoint, label_pairs, reward_function, win_rate
 from policy import (
+    check_batches,
     check_ppo_settings,
     check_same_vocabulary,
     check_single_output,
@@ -149,9 +150,9 @@ def run(ctx: RunContext) -> dict:
     """The chapter's steps (module docstring); returns ``metrics.json``'s content.
 
     Raises:
-        LabError: a setting PPO cannot run with, defective preference pairs, a tokenizer without its
-            own padding token, a reward or value model with several outputs or another vocabulary,
-            the judge's endpoint or key (each one line naming the file, record or setting).
+        LabError: a setting PPO cannot run with, defective preference pairs, fewer pairs than a stage's
+            batch, a tokenizer without its own padding token, a reward or value model with several outputs
+            or another vocabulary, the judge's endpoint or key (each one line naming the file, record or setting).
     """
     cfg, out, device = ctx.config, ctx.run_dir, ctx.device
     (out / "logs").mkdir()
@@ -169,6 +170,7 @@ def run(ctx: RunContext) -> dict:
     check_ppo_settings(cfg["ppo"])
     pairs, dropped = load_preferences(cfg["data"], ctx.repo_root)
     train, test = pairs["train"], pairs["test"]
+    check_batches(cfg, len(train), len(test))  # a stage with no full batch would hang or train on nothing
     held_out = test[: cfg["generation"]["prompts"]]
     print(f"data: {len(train)} train / {len(test)} held-out preference pairs", flush=True)
 

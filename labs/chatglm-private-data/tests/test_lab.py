@@ -81,10 +81,17 @@ def test_generation_against_the_replay_retries_validates_dedups_and_resumes(tmp_
     assert (r["duplicates"], r["pairs"]) == (1, 12) and r["prompt_tokens"] > 0 and r["completion_tokens"] > 0
     rows = dataset.read_text(encoding="utf-8").splitlines()
     assert rows[0] == "question,answer" and len(rows) == 13
-    # Resume: a second run answers from the cache, without one request.
-    with ReplayServer([{"status": 500}]) as url:
+    # Resume: a second run answers the 6 valid replies from the cache; the 2 rejected ones were not cached
+    # and are asked again (a real endpoint would answer anew; the replay's faults come first in its script,
+    # so they fall on the same 2 sections and the rerun's dataset is the first's, byte for byte).
+    cached = sorted((tmp_path / "cache").glob("*.json"))
+    replies = [json.loads(p.read_text(encoding="utf-8"))["content"] for p in cached]
+    assert len(cached) == 6 and all(validate(reply, "zh")[1] is None for reply in replies)
+    with ReplayServer(SMOKE / "replies.jsonl") as url:
         again, report2 = generate(gen_cfg(url), SMOKE / "source", tmp_path / "run2", tmp_path / "cache")
-    assert (report2.requests, report2.cache_hits, report2.pairs) == (0, 8, 12)
+    r2 = report2.as_dict()
+    assert (r2["requests"], r2["retries"], r2["cache_hits"], r2["pairs"]) == (4, 2, 6, 12)
+    assert r2["replies_rejected"] == {"not_json": 1, "schema": 1}
     assert again.read_bytes() == dataset.read_bytes()
     for path in tmp_path.rglob("*"):  # the key is passed at run time and never written
         if path.is_file():

@@ -5,6 +5,7 @@ environment."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -114,9 +115,27 @@ def test_csv_records_are_placed_by_record_and_line_and_other_formats_refused(tmp
     xlsx = tmp_path / "t.xlsx"
     xlsx.write_bytes(b"PK")
     with pytest.raises(
-        LabError, match=r"'.xlsx' is not a format this lab reads.*\.jsonl, \.json, \.csv, \.tsv, \.parquet"
+        LabError, match=r"'.xlsx' is not a format the labs read.*\.jsonl, \.json, \.csv, \.tsv, \.parquet"
     ):
         read_rows(xlsx)
+
+
+def test_csv_and_tsv_go_through_the_labs_shared_reader_an_unclosed_quote_named_where_it_opened(tmp_path):
+    """The shared reader (labkit.lab.files): a quote never closed is named by the record and line where it
+    opened, with the fix, not the csv module's 'line 101: unexpected end of data'."""
+    path = tmp_path / "train_quote.tsv"
+    rows = ["sentence\tlabel", "fine\t1", "also fine\t0", '"Quoted start, never closed\t1']
+    path.write_text("\n".join(rows + [f"row {i}\t0" for i in range(97)]) + "\n", encoding="utf-8")
+    with pytest.raises(LabError) as err:
+        read_rows(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: record 3 (line 4): a quote opened there is never closed: close it, or write")
+    assert "end of data" not in message and "line 101" not in message
+    path.write_text("sentence\tlabel\n" + "".join(f"row {i}\t{i % 2}\n" for i in range(3)), encoding="utf-8")
+    assert [(r.values, r.place) for r in read_rows(path)][2] == (
+        {"sentence": "row 2", "label": "0"},
+        "record 3 (line 4)",
+    )
 
 
 def test_pairs_tokenize_as_roberta_pairs(tmp_path):
@@ -276,6 +295,44 @@ def test_a_subset_of_methods_verifies_with_the_others_skipped(tmp_path):
     assert "left out with only=[ia3]" in checks["methods.lora.params.trainable"].got
 
 
+def test_three_labels_verify_with_the_label_bound_counts_skipped_and_the_methods_own_counts_checked(tmp_path):
+    """A sound 3-class task (your data: another label count): the head grows by one output (65 weights),
+    so the counts that include it (params.trainable, adapter.weights_bytes, data.num_labels) SKIP as
+    data-bound, and each method's own parameters (params.without_head) are still checked, and pass."""
+    import random
+
+    import run
+
+    texts = {
+        "routine": ["Please add a dark theme", "How do I export a report", "Update my billing address"],
+        "urgent": ["The checkout is down for everyone", "Production database crashed", "Payments fail for all"],
+        "spam": ["Win a free cruise now", "Cheap watches best price", "Buy followers today half off"],
+    }
+    rng = random.Random(3)
+    for split, n in (("train", 48), ("test", 12)):
+        rows = [
+            {"text": f"{rng.choice(texts[lab])} (ref {rng.randint(100, 999)})", "label": lab}
+            for lab in (rng.choice(list(texts)) for _ in range(n))
+        ]
+        (tmp_path / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    sets = [f"data.files.train={tmp_path / 'train.jsonl'}", f"data.files.test={tmp_path / 'test.jsonl'}"]
+    sets += ["data.text_column=text", "data.label_names=[routine,urgent,spam]", "only=[lora,prompt_tuning_random]"]
+    args = ["--profile", "smoke", "--output-root", str(tmp_path / "out")]
+    assert run.main("peft-methods", run.run, args + [a for s in sets for a in ("--set", s)]) == 0
+    run_dir = (tmp_path / "out" / "peft-methods" / "smoke" / "latest").resolve()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["data"]["num_labels"] == 3
+    assert metrics["methods"]["lora"]["params"]["by_place"]["head"] == 4290 + 65  # out_proj: 64 x 3 + 3
+    checks = {c.name: c for c in verify_run(run_dir, LAB.expected_path("smoke"))}
+    assert all(c.passed for c in checks.values()), [c for c in checks.values() if not c.passed]
+    for method, own in (("lora", 4096), ("prompt_tuning_random", 640)):
+        assert checks[f"methods.{method}.params.trainable"].skipped
+        assert checks[f"methods.{method}.adapter.weights_bytes"].skipped
+        check = checks[f"methods.{method}.params.without_head"]
+        assert not check.skipped and check.passed and metrics["methods"][method]["params"]["without_head"] == own
+    assert checks["data.num_labels"].skipped and not checks["methods.lora.train.loss_drop_ratio"].skipped
+
+
 # --- what the run measures -------------------------------------------------------------------------
 
 
@@ -385,6 +442,32 @@ def test_comparison_table_plot_and_merge_with_the_other_variant(tmp_path):
     rows = (tmp_path / "comparison-all.csv").read_text().splitlines()[1:]
     assert [r.split(",")[0] for r in rows] == ["full", "lora", "houlsby"]  # `full` once: this run's
     assert merge_other(mine, None, tmp_path, candidates[:1], "accuracy", "RSS")[0] is None
+
+
+def test_the_merged_comparison_names_each_rows_run_and_the_methods_a_subset_run_left_out(tmp_path):
+    """The adapters variant merges with the newest default run on the same data, which may be an
+    only=[...] subset run: comparison-all says so (each row's run, the methods missing and why)."""
+    subset = metrics_of(None)  # the default variant run with only=[lora]: full and dora left out
+    del subset["methods"]["full"]
+    why = "left out with only=[lora]"
+    subset["not_run"] = {"methods_run": why, "methods.full.": why, "methods/full/": why, "methods.dora.": why}
+    run_dir = tmp_path / "outputs" / "peft-methods" / "smoke" / "20260103T000000Z"
+    run_dir.mkdir(parents=True)
+    (run_dir / "metrics.json").write_text(json.dumps(subset))
+    (run_dir / "manifest.json").write_text(json.dumps({"status": "completed"}))
+    mine = metrics_of("adapters")
+    merged, _ = merge_other(
+        mine, "adapters", tmp_path, completed_runs(tmp_path / "outputs", "peft-methods", "smoke"), "accuracy", "RSS"
+    )
+    assert merged == run_dir
+    with (tmp_path / "comparison-all.csv").open(encoding="utf-8") as f:
+        rows = [(r["method"], r["run"]) for r in csv.DictReader(f)]
+    assert rows == [("full", "this run"), ("houlsby", "this run"), ("lora", "smoke/20260103T000000Z")]
+    md = (tmp_path / "comparison-all.md").read_text(encoding="utf-8")
+    assert md.startswith("# every method: this run and smoke/20260103T000000Z (1 missing)\n")
+    assert "| lora | transformers 5.24.0 | 100 | 90 |" in md and md.rstrip().count("smoke/20260103T000000Z |") == 1
+    assert "Missing: dora (left out with only=[lora] in smoke/20260103T000000Z)" in md
+    assert "Missing: full" not in md  # this run's full fine-tuning stands in
 
 
 # --- the adapters variant, in its own environment ------------------------------------------------

@@ -16,6 +16,7 @@ import torch
 
 from labkit.config import REPO_ROOT, get_lab, load_profile
 from labkit.errors import LabError
+from labkit.verify import load_expected
 
 from preferences import encode_pair, load_preferences, prompt_ids, split_implicit, swapped
 
@@ -238,6 +239,65 @@ def test_ppo_without_a_stop_token_or_missing_eos_penalty_is_explained(change, me
     check_ppo_settings({**ppo, "stop_token": None, "stop_token_id": 2})  # an explicit id is a stop token too
 
 
+def test_fewer_pairs_than_a_stages_batch_are_refused_before_training_with_the_count_and_setting():
+    """TRL's PPO loader drops an incomplete batch and loops over an empty one forever; GRPO's sampler
+    keeps only full batches of prompts: the lab refuses such data up front, naming count and setting."""
+    from trl.experimental.ppo import PPOTrainer
+    from trl.trainer.utils import RepeatSampler
+
+    from policy import check_batches
+
+    source = inspect.getsource(PPOTrainer.__init__)  # the batch the pinned TRL really uses, and why it starves
+    assert "args.local_batch_size = args.per_device_train_batch_size * args.gradient_accumulation_steps" in source
+    assert "batch_size=self.local_dataloader_batch_size" in source and "drop_last=True" in source
+    assert "while True:\n                yield from dataloader" in inspect.getsource(PPOTrainer.train)
+    assert list(RepeatSampler(range(3), mini_repeat_count=4, batch_size=4)) == []  # GRPO: 3 prompts, 16 / 4 a batch
+
+    cfg = load_profile(LAB, "smoke")[0]
+    check_batches(cfg, 16, 4)  # one PPO batch of 16 prompts (the trial's 20 + 4 pairs run)
+    with pytest.raises(
+        LabError,
+        match=r"^12 training pairs \(PPO's prompts\), fewer than PPO's batch of 16 "
+        r"\(ppo.per_device_train_batch_size 16 x ppo.gradient_accumulation_steps 1\).*Lower "
+        r"ppo.per_device_train_batch_size x gradient_accumulation_steps to 12 or less",
+    ):
+        check_batches(cfg, 12, 4)
+    with pytest.raises(
+        LabError, match=r"batch of 32 \(ppo.per_device_train_batch_size 8 x ppo.gradient_accumulation_steps 4"
+    ):
+        check_batches(
+            {**cfg, "ppo": {**cfg["ppo"], "per_device_train_batch_size": 8, "gradient_accumulation_steps": 4}}, 20, 4
+        )
+    small = {**cfg, "ppo": {**cfg["ppo"], "per_device_train_batch_size": 2}}
+    check_batches(small, 4, 1)
+    with pytest.raises(LabError, match=r"^3 training pairs \(GRPO's prompts\), fewer than GRPO's batch of 4 \(16 "):
+        check_batches(small, 3, 1)
+    dropping = {**small, "trainer": {**cfg["trainer"], "dataloader_drop_last": True}}
+    with pytest.raises(
+        LabError, match=r"^4 held-out rows, fewer than sft's batch of 32 \(sft.per_device_eval_batch_size"
+    ):
+        check_batches(dropping, 16, 4)
+
+
+@pytest.mark.parametrize(
+    ("name", "small_data", "learning_rate_0"),
+    [  # measured 2026-12-06: smoke on 20 + 4 pairs (the least PPO's batch of 16 allows); and at learning rate 0
+        ("sft.eval_loss_drop_ratio", 0.359955, 0.0),
+        ("ppo.loss.value_avg.gain", 0.024617, -0.007839),
+    ],
+)
+def test_mechanics_checks_hold_on_small_valid_data_and_data_bound_values_skip_there(name, small_data, learning_rate_0):
+    """A mechanics check holds on any reasonable data (and still tells learning rate 0 apart); a value only
+    the bundled pairs give is depends_on_data, so it SKIPs on other data instead of failing."""
+    from labkit.verify import check_metric
+
+    spec = load_expected(LAB.expected_path("smoke"))["metrics"][name]
+    if spec.get("depends_on_data"):  # no mechanics check: learning rate 0 passes it too
+        assert check_metric(name, spec, learning_rate_0).passed
+    else:
+        assert check_metric(name, spec, small_data).passed and not check_metric(name, spec, learning_rate_0).passed
+
+
 def test_the_pinned_trl_runs_one_ppo_update_with_the_labs_models(tiny, tmp_path):
     """The API this lab depends on: trl.experimental.ppo, PPOTrainer's signature, one update with a
     policy, a frozen reference, a value model and a reward model of one tiny architecture, and the
@@ -354,7 +414,7 @@ def judge_cfg() -> dict:
 
 
 def test_the_judge_over_http_labels_pairs_retries_counts_rejects_and_resumes_from_its_cache(tmp_path, monkeypatch):
-    from judge import Judge, endpoint, label_pairs
+    from judge import Judge, endpoint, label_pairs, validate_preference
 
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     pairs, _ = load_preferences(data_cfg(), REPO_ROOT)
@@ -370,11 +430,29 @@ def test_the_judge_over_http_labels_pairs_retries_counts_rejects_and_resumes_fro
     human = {(p["prompt"], p["chosen"]) for p in rows}
     agree = sum((p["prompt"], p["chosen"]) in human for p in labelled)
     assert agree / 37 == summary["agreement_with_human_labels"] > 0.85
-    # Resume: the same requests again answer from the cache, without one HTTP request.
+    # Resume: the valid replies answer from the cache; the 3 rejected ones were not cached (a real endpoint
+    # is asked again): the fresh replay answers them with its 3 faults again, so the labels are the same.
+    files = sorted((tmp_path / "cache").glob("*.json"))
+    cached = [json.loads(p.read_text(encoding="utf-8"))["content"] for p in files]
+    assert len(cached) == 37 and all(validate_preference(reply)[1] is None for reply in cached)
     with endpoint(judge_cfg(), REPO_ROOT) as url:
         again = Judge(judge_cfg(), url, tmp_path / "cache")
         assert label_pairs(again, rows, seed=42) == (labelled, summary)
-    assert (again.report.api.requests, again.report.api.cache_hits) == (0, 40)
+    assert (again.report.api.requests, again.report.api.cache_hits) == (3, 37)
+    assert again.report.as_dict()["replies_rejected"] == {"not_json": 1, "schema": 1, "bad_value": 1}
+    # Other data through the same cache (the trial: bike pairs, then others overlapping them): each fault
+    # is counted once, none replayed from the cache.
+    with endpoint(judge_cfg(), REPO_ROOT) as url:
+        other = Judge(judge_cfg(), url, tmp_path / "cache")
+        label_pairs(other, pairs["train"][30:60], seed=42)
+    assert other.report.as_dict()["replies_rejected"] == {"not_json": 1, "schema": 1, "bad_value": 1}
+    # A malformed reply cached before this rule (the trial's cache): not replayed, asked again and replaced.
+    files[0].write_text(json.dumps({"content": '{"winner": "A"}'}), encoding="utf-8")  # one of the 40 rows'
+    with endpoint(judge_cfg(), REPO_ROOT) as url:
+        late = Judge(judge_cfg(), url, tmp_path / "cache")
+        label_pairs(late, rows, seed=42)
+    assert (late.report.api.requests, late.report.api.cache_hits) == (4, 36)  # the 3 faults again, and that one
+    assert "winner" not in files[0].read_text(encoding="utf-8")
     for path in tmp_path.rglob("*"):  # the key is read at run time and never written
         if path.is_file():
             assert KEY.encode() not in path.read_bytes(), path

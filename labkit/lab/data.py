@@ -24,6 +24,7 @@ from labkit.lab.files import (  # noqa: F401  (re-exported: the labs' CSV reader
     local_format,
     read_csv_records,
     read_csv_text,
+    row_place,
 )
 from labkit.verify import fingerprint
 
@@ -32,15 +33,6 @@ BAD_TEXT_POLICIES = ("fail", "drop")
 #: otherwise turn "NA", "null", "None", "nan" and empty fields into NaN), so a transcript that is
 #: exactly such a word stays text and an empty field stays "" (which the text check then reports).
 CSV_KEEP_TEXT = {"keep_default_na": False, "na_filter": False}
-
-
-def row_place(row: int, first_line: int | None = None, records: CsvRecords | None = None, column=None) -> str:
-    """Where row ``row`` (0-based, in the source's order) sits, for messages: ``record 50 (line 363)``
-    in a CSV/TSV (``records``), ``line 12`` in JSON lines (``first_line``: the line of row 0), else
-    ``record 31``: 1-based, as a CSV's records and a person count (a JSON array, Parquet, the Hub)."""
-    if records is not None:
-        return records.place(row, column)
-    return f"line {row + first_line}" if first_line is not None else f"record {row + 1}"
 
 
 def read_csv(path: Path, delimiter: str = ",") -> tuple[Dataset, CsvRecords]:

@@ -97,6 +97,15 @@ class CsvRecords:
         return f"record {row + 1} (line {line})"
 
 
+def row_place(row: int, first_line: int | None = None, records: CsvRecords | None = None, column=None) -> str:
+    """Where row ``row`` (0-based, in the source's order) sits, for messages: ``record 50 (line 363)``
+    in a CSV/TSV (``records``), ``line 12`` in JSON lines (``first_line``: the line of row 0), else
+    ``record 31``: 1-based, as a CSV's records and a person count (a JSON array, Parquet, the Hub)."""
+    if records is not None:
+        return records.place(row, column)
+    return f"line {row + first_line}" if first_line is not None else f"record {row + 1}"
+
+
 def read_csv_records(path: Path, delimiter: str = ",") -> tuple[list[list[str]], CsvRecords]:
     """A CSV (or, with ``delimiter="\\t"``, TSV) file with a header line: its records (each a list of
     text fields, in the header's order) and where each sits (:class:`CsvRecords`, for messages).

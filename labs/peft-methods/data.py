@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from labkit.errors import LabError
-from labkit.lab.files import local_format, read_csv_records  # the labs' shared formats and CSV/TSV reader
+from labkit.lab.files import local_format, read_csv_records, row_place  # the labs' shared formats and CSV/TSV reader
 from labkit.verify import fingerprint
 
 SPLITS = ("train", "test")
@@ -89,7 +89,7 @@ def read_rows(path: Path) -> list[Row]:
             table = pq.read_table(path)
         except Exception as exc:  # pyarrow raises several types for a file that is not Parquet
             raise LabError(f"cannot read {path} as Parquet: {type(exc).__name__}: {str(exc)[:200]}") from None
-        return [Row(values, f"row {i}") for i, values in enumerate(table.to_pylist())]
+        return [Row(values, row_place(i)) for i, values in enumerate(table.to_pylist())]
     try:
         text = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -99,7 +99,7 @@ def read_rows(path: Path) -> list[Row]:
             items = json.loads(text)
         except json.JSONDecodeError as exc:
             raise LabError(f"cannot read {path} as JSON: {exc}") from None
-        return [Row(_object(item, path, f"row {i}"), f"row {i}") for i, item in enumerate(items)]
+        return [Row(_object(item, path, row_place(i)), row_place(i)) for i, item in enumerate(items)]
     rows = []
     for number, line in enumerate(text.splitlines(), start=1):
         if line.strip():
@@ -166,7 +166,7 @@ def to_split(rows: list[Row], cfg: dict, where: str) -> Split:
         for column in columns[:-1]:
             value = row.values.get(column)
             if value is None:
-                bad = (column, "missing (null)")
+                bad = (column, "missing or null")
             elif not isinstance(value, str):
                 bad = (column, f"not text ({type(value).__name__} {value!r})")
             elif not value.strip():

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
 from labkit.config import Lab
@@ -62,3 +65,34 @@ def run_notebook(
     out.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, out)
     return out
+
+
+#: Headless Chromium (CI installs Debian's ``chromium``); None where none is installed.
+CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
+
+
+def chromium(profile: Path, *args: str, budget_ms: int | None = None) -> subprocess.CompletedProcess:
+    """Headless Chromium with a throwaway profile (``profile``: a folder of its own), no network
+    chatter, a 1280 x 1200 window; ``budget_ms``: virtual time a page's scripts get before
+    ``--dump-dom``/``--screenshot`` (JupyterLab renders its file browser with JavaScript).
+
+    Raises:
+        subprocess.CalledProcessError / TimeoutExpired: Chromium failed or hung (120 s).
+    """
+    flags = [
+        "--headless",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        "--window-size=1280,1200",
+    ]
+    if budget_ms:
+        flags.append(f"--virtual-time-budget={budget_ms}")
+    if os.geteuid() == 0:
+        flags.append("--no-sandbox")  # Chromium refuses its sandbox as root (CI)
+    assert CHROMIUM, "no Chromium"
+    return subprocess.run([CHROMIUM, *flags, *args], capture_output=True, text=True, timeout=120, check=True)

@@ -22,6 +22,8 @@ from labkit.errors import LabError
 from labkit.host import docker, jupyter
 from labkit.notebook import notebook_path, notebook_text, split_run
 
+from helpers import CHROMIUM, chromium
+
 
 def test_checked_in_notebook_is_the_one_run_py_generates(lab):
     path = notebook_path(lab)
@@ -116,10 +118,11 @@ def get(url: str) -> tuple[int, bytes]:
         return 0, b""
 
 
-def serve_and_check(lab, runtime: str) -> None:
+def serve_and_check(lab, runtime: str, browser_profile: Path) -> None:
     """`make notebook-<lab> RUNTIME=<runtime> NOTEBOOK_PORT=<free port>` as the README gives it: the URL
     with its token printed once; JupyterLab answers on 127.0.0.1 with the token only and lists the
-    lab's notebook and kernel; Ctrl-C stops it; the token in no file written meanwhile."""
+    lab's notebook and kernel (its API, and the page headless Chromium renders from the printed URL);
+    Ctrl-C stops it; the token in no file written meanwhile."""
     import os
     import re
     import signal
@@ -155,6 +158,15 @@ def serve_and_check(lab, runtime: str) -> None:
         assert code == 200 and "notebook.ipynb" in [item["name"] for item in json.loads(body)["content"]]
         code, body = get(f"{base}/api/kernelspecs?token={token}")
         assert code == 200 and f"llm-labs-{lab.name}" in json.loads(body)["kernelspecs"]
+        if CHROMIUM:  # CI installs it: the page a learner opens from the printed URL
+            page = chromium(browser_profile / "learner", "--dump-dom", found.group(0), budget_ms=30_000).stdout
+            listed = re.findall(r'class="jp-DirListing-itemText"[^>]*><span>([^<]+)</span>', page)
+            assert "notebook.ipynb" in listed and "lab.yaml" in listed, listed  # the file browser: the lab's folder
+            assert page.count('class="lm-Widget jp-Cell jp-CodeCell') >= 3, "the notebook opened, its cells rendered"
+            assert f"{lab.name} (llm-labs)</span>" in page, "the lab's kernel is the notebook's kernel"
+            # a browser without the token (a profile without the learner's login cookie): the login page
+            anonymous = chromium(browser_profile / "stranger", "--dump-dom", f"{base}/lab", budget_ms=10_000).stdout
+            assert 'class="jp-DirListing-itemText"' not in anonymous and 'name="password"' in anonymous
         host_ip = socket.gethostbyname(socket.gethostname())
         if not host_ip.startswith("127."):  # loopback only: not on the machine's other addresses
             with socket.socket() as other:
@@ -178,15 +190,15 @@ def serve_and_check(lab, runtime: str) -> None:
                 assert token.encode() not in path.read_bytes(), f"the token leaked into {path}"
 
 
-def test_jupyterlab_answers_on_loopback_with_its_token_only_and_writes_it_nowhere():
+def test_jupyterlab_answers_on_loopback_with_its_token_only_and_writes_it_nowhere(tmp_path):
     """`make notebook-<lab>` natively: the server in .venvs/jupyterlab, the kernel in .venvs/<lab>."""
-    serve_and_check(get_lab("bert-yelp"), "native")
+    serve_and_check(get_lab("bert-yelp"), "native", tmp_path)
 
 
 @pytest.mark.skipif(bool(docker.docker_error()), reason="no usable Docker engine")
-def test_jupyterlab_in_the_labs_container_answers_on_loopback_with_its_token_only():
+def test_jupyterlab_in_the_labs_container_answers_on_loopback_with_its_token_only(tmp_path):
     """`make notebook-<lab>` with Docker: llm-labs/<lab>-notebook:dev (the lab's image + kernel + JupyterLab)."""
-    serve_and_check(get_lab("bert-yelp"), "docker")
+    serve_and_check(get_lab("bert-yelp"), "docker", tmp_path)
 
 
 def test_a_step_run_before_the_one_it_needs_is_refused_in_one_line_and_recorded(tmp_path):
@@ -213,6 +225,29 @@ def test_a_step_run_before_the_one_it_needs_is_refused_in_one_line_and_recorded(
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["status"] == "failed" and manifest["error"] == "ValueError: a bad cell"
     assert manifest["notebook"]["step"].startswith("2. ")
+
+
+def test_a_kernel_that_dies_mid_run_leaves_the_step_it_was_in(tmp_path):
+    """The kernel process exits in step 2 (as an out-of-memory kill would): nbclient reports the dead
+    kernel; the run's manifest says the step it was in and not completed, and ``latest`` is not it."""
+    import nbformat
+    from nbclient.exceptions import DeadKernelError
+
+    from helpers import run_notebook
+
+    lab = get_lab("bert-yelp")
+    nb = nbformat.read(notebook_path(lab), as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    step1 = next(c for c in code if c.source.startswith("# 1."))
+    dies = nbformat.v4.new_code_cell("# 2. the kernel dies\nimport os\nos._exit(137)")
+    nb.cells = [code[0], code[1], step1, dies]
+    with pytest.raises(DeadKernelError):
+        run_notebook(lab, tmp_path, notebook=nb)
+    runs = tmp_path / lab.name / "smoke"
+    (run_dir,) = [d for d in runs.iterdir() if not d.is_symlink()]
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["status"] == "running" and manifest["notebook"]["step"].startswith("2. Model: ")
+    assert not (runs / "latest").exists(), "latest is the newest completed run"
 
 
 def test_a_broken_notebook_run_fails_verification(tmp_path):

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -14,6 +11,8 @@ from invoke import Context
 import tasks
 from labkit.report import collect, flatten, write_report
 from labkit.rundir import newest_completed_run
+
+from helpers import CHROMIUM, chromium
 
 # A 1x1 PNG.
 PNG = bytes.fromhex(
@@ -119,32 +118,12 @@ def test_report_task_and_empty_outputs(tmp_path, monkeypatch, capsys):
     assert collect(tmp_path / "missing") == []
 
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-
-
 @pytest.mark.skipif(not CHROMIUM, reason="no Chromium (CI installs Debian's chromium)")
 def test_report_renders_in_a_headless_browser(outputs, tmp_path):
     path, _ = write_report(outputs)
-    flags = [
-        "--headless",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={tmp_path / 'profile'}",
-        "--window-size=1280,1200",
-    ]
-    if os.geteuid() == 0:
-        flags.append("--no-sandbox")  # Chromium refuses its sandbox as root (CI)
-    dom = subprocess.run(
-        [CHROMIUM, *flags, "--dump-dom", path.as_uri()], capture_output=True, text=True, timeout=120, check=True
-    ).stdout
+    dom = chromium(tmp_path / "profile", "--dump-dom", path.as_uri()).stdout
     assert "bert-yelp / smoke" in dom and "whisper-lora / smoke" in dom
     assert '<span class="badge PASS">PASS</span>' in dom and '<span class="badge FAIL">FAIL</span>' in dom
     shot = tmp_path / "report.png"
-    subprocess.run(
-        [CHROMIUM, *flags, f"--screenshot={shot}", path.as_uri()], capture_output=True, timeout=120, check=True
-    )
+    chromium(tmp_path / "profile", f"--screenshot={shot}", path.as_uri())
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000  # a rendered page, not blank

@@ -115,7 +115,7 @@ def notebook(c, lab, profile="auto", runtime="auto", set="", port=""):  # noqa: 
         if plan.runtime == "docker":
             proc = jupyter.serve_docker(plan, number)
         else:
-            proc = jupyter.serve_native(plan.lab, number, plan.profile, list(plan.overrides))
+            proc = jupyter.serve_native(plan, number)
     raise Exit(code=jupyter.wait(proc))
 
 

@@ -102,6 +102,62 @@ def test_port_in_use_is_named_with_its_setting():
         jupyter.port_setting("http")
 
 
+@pytest.mark.parametrize(
+    ("lab_name", "host", "variant", "image", "expect"),
+    [
+        ("bert-yelp", "t4-535", "", "llm-labs/bert-yelp-notebook:dev", ["-e LABS_CUDA_COMPAT=1 ", "--gpus all"]),
+        ("bert-yelp", "rtx4090-550", "", "llm-labs/bert-yelp-cuda12-notebook:dev", ["-e LABS_CUDA_IMAGE=cuda12 "]),
+        ("llama2-sft", "ascend", "npu", "llm-labs/llama2-sft-npu-notebook:dev", ["--device /dev/davinci0"]),
+    ],
+)
+def test_the_notebook_container_gets_what_make_lab_gives_the_same_plan(
+    tmp_path, monkeypatch, lab_name, host, variant, image, expect
+):
+    """`make notebook-<lab>` in a container: the image of the plan's variant and CUDA flavor (+ the
+    notebook layer), and the same accelerator, CUDA path, cards, platform and own-data mounts as `make
+    lab` (one function assembles both: labkit.host.runs.container_args)."""
+    from types import SimpleNamespace
+
+    import test_ascend
+    import test_host
+
+    from labkit.host import runs
+    from labkit.host.plan import resolve
+
+    if host == "ascend":
+        fake = test_ascend.fake_host(tmp_path)
+        real = test_ascend.ascend.docker_args
+        monkeypatch.setattr(
+            test_ascend.ascend, "docker_args", lambda visible=None, count=None: real(visible, root=fake, count=count)
+        )
+        accelerators = test_ascend.NPU_HOST
+    else:
+        accelerators = test_host.host_of(host)
+    own = tmp_path / "my-rows.jsonl"
+    own.write_text("{}\n")
+    monkeypatch.setenv("OUTPUT_ROOT", str(tmp_path / "out"))
+    monkeypatch.setattr(docker, "image_id", lambda tag: "sha256:test")
+    monkeypatch.setattr(docker, "build_lab_image", lambda lab, variant=None, flavor=None: "llm-labs/base:dev")
+    built, started = {}, {}
+    monkeypatch.setattr(docker, "build_image", lambda dockerfile, tag, base, platform, args=None: built.update(tag=tag))
+    popen = lambda cmd, **kw: started.setdefault("cmd", cmd) and SimpleNamespace()  # noqa: E731
+    monkeypatch.setattr(jupyter, "subprocess", SimpleNamespace(Popen=popen))
+    monkeypatch.setattr(docker, "docker_error", lambda: None)
+    plan = resolve(lab_name, "full", "docker", [f"data.files.train={own}"], variant=variant, host=accelerators)
+    jupyter.serve_docker(plan, 8890, token="t")
+    notebook = " ".join(started["cmd"])
+    seen = {}
+    monkeypatch.setattr(runs, "stream", lambda cmd, env=None: seen.setdefault("cmd", cmd) and (0, ""))
+    assert runs.run(plan, tmp_path / "out") == (0, "")
+    script = " ".join(seen["cmd"])
+    assert built["tag"] == image and f"-p 127.0.0.1:8890:8888 {image} " in notebook
+    shared = script[
+        : script.index(" llm-labs/")
+    ]  # docker run ... up to the image: identical but for the notebook's own
+    for arg in [*expect, f"source={own},target={own},readonly", *shared.split(" -e LAB_IMAGE_ID")[0].split()]:
+        assert arg in notebook, arg
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -55,18 +55,19 @@ def kernel_lock_for(lab_lock: str, image_constraints: str = "") -> str:
     )
 
 
-def kernel_python(lab: Lab) -> Path:
-    """The lab's native environment with ipykernel added (once per lock change); its Python.
+def kernel_python(lab: Lab, variant: str | None = None, flavor: str | None = None) -> Path:
+    """The native environment ``make lab`` runs ``lab`` in (``variant``, CUDA image ``flavor``:
+    :func:`labkit.host.native.ensure_env`) with ipykernel added (once per lock change); its Python.
 
     Raises:
         LabError: the environment cannot be made (uv's message above).
     """
     from labkit.host.native import env_dir, image_constraints
 
-    python = ensure_env(lab)
-    target = env_dir(lab)
-    lock = lab.requirements(None).read_text(encoding="utf-8")
-    constraints = image_constraints(lab.base_image(None)).read_text(encoding="utf-8")
+    python = ensure_env(lab, variant, flavor)
+    target = env_dir(lab, variant, flavor)
+    lock = lab.requirements(variant, flavor).read_text(encoding="utf-8")
+    constraints = image_constraints(lab.shared_image(variant, flavor)).read_text(encoding="utf-8")
     text = kernel_lock_for(lock, constraints)
     stamp = hashlib.sha256(text.encode() + (target / ".lock-hash").read_bytes()).hexdigest()
     stamp_file = target / ".kernel-hash"
@@ -174,17 +175,23 @@ def server_command(port: int, root: Path, ip: str = "127.0.0.1", jupyter: str | 
     ]
 
 
-def serve_native(lab: Lab, port: int, profile: str, overrides: list[str], token: str | None = None) -> subprocess.Popen:
-    """Start JupyterLab natively on 127.0.0.1:``port`` with ``lab``'s kernel; prints the URL once.
+def serve_native(plan, port: int, token: str | None = None) -> subprocess.Popen:
+    """Start JupyterLab natively on 127.0.0.1:``port`` with the kernel ``make lab`` would run ``plan``
+    in (its variant's and CUDA flavor's environment, its CUDA path, ``CV_DIR``); prints the URL once.
 
     The server runs until stopped (Ctrl-C: :func:`wait`); returns its process (its private folder is
     ``proc.private_dir``, removed by :func:`stop`).
+
+    Raises:
+        LabError: the environment cannot be made; ``CV_DIR`` is not a folder.
     """
     import shlex
 
-    from labkit.host.runs import git_describe, output_root
+    from labkit.host.runs import native_overrides, output_root, run_env
 
-    python = kernel_python(lab)
+    lab, profile = plan.lab, plan.profile
+    overrides = native_overrides(plan)
+    python = kernel_python(lab, plan.variant, plan.flavor)
     private = Path(tempfile.mkdtemp(prefix="llm-labs-jupyter-"))  # 0700: kernelspec, runtime files
     write_kernelspec(lab, python, private)
     token = token or secrets.token_urlsafe(32)
@@ -198,7 +205,7 @@ def serve_native(lab: Lab, port: int, profile: str, overrides: list[str], token:
         "PROFILE": profile,
         "SET": shlex.join(overrides),
         "OUTPUT_ROOT": str(output_root()),  # absolute: the kernel runs in the lab's folder
-        "LABS_GIT_COMMIT": git_describe(),
+        **run_env(plan),
     }
     cmd = server_command(port, lab.dir)
     if os.geteuid() == 0:  # Jupyter refuses root unless told; natively the user is who runs make
@@ -238,40 +245,37 @@ def wait(proc: subprocess.Popen) -> int:
         stop(proc)
 
 
-def notebook_image(lab: Lab) -> str:
-    """Build ``llm-labs/<lab>-notebook:dev`` (labs/Dockerfile.notebook) on the lab's image; returns its tag."""
+def notebook_image(plan) -> str:
+    """Build ``llm-labs/<image>-notebook:dev`` (labs/Dockerfile.notebook) on the image ``make lab`` runs
+    ``plan`` in (its variant's, its CUDA flavor's); returns its tag."""
     from labkit.host import docker
 
-    base = docker.build_lab_image(lab)
-    tag = docker.image_tag(f"{lab.name}-notebook")
+    lab = plan.lab
+    base = docker.build_lab_image(lab, plan.variant, plan.flavor)
+    tag = docker.image_tag(f"{lab.image_name(plan.variant, plan.flavor)}-notebook")
+    platform = docker.image_platform(lab.base_image(plan.variant))
     docker.build_image(
-        REPO_ROOT / "labs" / "Dockerfile.notebook", tag, None, None, {"LAB_IMAGE": base, "LAB": lab.name}
+        REPO_ROOT / "labs" / "Dockerfile.notebook", tag, None, platform, {"LAB_IMAGE": base, "LAB": lab.name}
     )
     return tag
 
 
 def serve_docker(plan, port: int, token: str | None = None) -> subprocess.Popen:
-    """Start JupyterLab in the lab's notebook image, published on 127.0.0.1:``port`` only: the
-    accelerator, Hugging Face cache volume and outputs exactly as ``make lab`` passes them
-    (:func:`labkit.host.docker.run_args`), the lab's notebook mounted (saves land in the checkout)."""
+    """Start JupyterLab in the lab's notebook image, published on 127.0.0.1:``port`` only, with what
+    ``make lab`` gives the same plan (:func:`labkit.host.runs.container_args`: accelerator and cards,
+    Hugging Face cache volume, outputs, the files the overrides name, ``CV_DIR``, the CUDA path through
+    the image's ``cuda-env``/``ascend-env``), the lab's notebook mounted (saves land in the checkout)."""
     import shlex
 
     from labkit.host import docker, runs
 
     lab = plan.lab
-    tag = notebook_image(lab)
-    root = runs.output_root()
-    docker.container_writable(root / lab.name / plan.profile, top=root)
+    tag = notebook_image(plan)
     inside = f"/opt/labs/labs/{lab.name}"
-    mounts = [(str(root), runs.CONTAINER_OUTPUTS), (str(notebook_path(lab)), f"{inside}/{notebook_path(lab).name}")]
-    env = {
-        "LAB_IMAGE_ID": docker.image_id(tag) or "",
-        "LABS_GIT_COMMIT": runs.git_describe(),
-        "OUTPUT_ROOT": runs.CONTAINER_OUTPUTS,
-        "PROFILE": plan.profile,
-        "SET": shlex.join(plan.overrides),
-    }
-    cmd = docker.run_args(mounts, env, plan.container_accelerator, cards=plan.nproc)
+    notebook = [(str(notebook_path(lab)), f"{inside}/{notebook_path(lab).name}")]
+    env = {"LAB_IMAGE_ID": docker.image_id(tag) or "", **runs.run_env(plan), "OUTPUT_ROOT": runs.CONTAINER_OUTPUTS}
+    cmd, overrides = runs.container_args(plan, runs.output_root(), env, notebook)
+    cmd += ["-e", f"PROFILE={plan.profile}", "-e", f"SET={shlex.join(overrides)}"]
     name = f"llm-labs-notebook-{lab.name}-{port}"
     cmd += ["--name", name, "-e", "JUPYTER_TOKEN", "-p", f"127.0.0.1:{port}:8888", tag]
     # In the container the server listens on its own interface; the host publishes it on 127.0.0.1 only.

@@ -105,33 +105,62 @@ def run(plan: RunPlan, root: Path | None = None) -> tuple[int, str]:
     """
     root = Path(root) if root else output_root()
     plan.check_accelerator()
-    env = {"LABS_GIT_COMMIT": git_describe(), **({"HF_HUB_OFFLINE": "1"} if plan.offline else {}), **plan.cuda_env}
-    overrides = list(plan.overrides)
-    cv_dir = common_data_mount(plan)
+    env = run_env(plan)
     if plan.runtime == "native":
         check_writable(root / plan.lab.name / plan.profile)
-        if cv_dir:
-            overrides.append(f"data.path={cv_dir}")
         cmd = [str(ensure_env(plan.lab, plan.variant, plan.flavor)), str(plan.lab.dir / plan.lab.entrypoint)]
-        return stream(cmd + script_args(plan, str(root), overrides), {**os.environ, **env})
+        return stream(cmd + script_args(plan, str(root), native_overrides(plan)), {**os.environ, **env})
 
-    docker.container_writable(root / plan.lab.name / plan.profile, top=root)
     tag = docker.image_tag(plan.image_name)
     found = docker.image_id(tag)
     if not found:
         raise LabError(f"image {tag} is not built yet: run `invoke build --lab {plan.lab.name}` (make lab-... does)")
-    mounts = [(str(root), CONTAINER_OUTPUTS), *host_path_mounts(plan)]
-    if cv_dir:
-        mounts.append((str(Path(cv_dir).resolve()), f"{CONTAINER_CV_DIR}:ro"))
-        overrides.append(f"data.path={CONTAINER_CV_DIR}")
-    cmd = docker.run_args(mounts, {"LAB_IMAGE_ID": found, **env}, plan.container_accelerator, cards=plan.nproc)
-    if platform := docker.image_platform(plan.lab.base_image(plan.variant)):
-        cmd += ["--platform", platform]
+    cmd, overrides = container_args(plan, root, {"LAB_IMAGE_ID": found, **env})
     cmd += [tag, *script_args(plan, CONTAINER_OUTPUTS, overrides)]
     code, tail = stream(cmd)
     if code != 0 and "could not select device driver" in tail:
         print(f"error: {docker.GPU_DRIVER_HELP}", file=sys.stderr)
     return code, tail
+
+
+def run_env(plan: RunPlan) -> dict[str, str]:
+    """What every run of ``plan`` is told, natively and in a container, script or notebook: the git
+    commit, ``HF_HUB_OFFLINE=1`` for a profile that needs no Hub, and its CUDA path (``cuda-env``)."""
+    return {"LABS_GIT_COMMIT": git_describe(), **({"HF_HUB_OFFLINE": "1"} if plan.offline else {}), **plan.cuda_env}
+
+
+def native_overrides(plan: RunPlan) -> list[str]:
+    """The plan's overrides for a native run: ``data.path`` from ``CV_DIR`` added where it applies.
+
+    Raises:
+        LabError: ``CV_DIR`` is not a folder.
+    """
+    cv_dir = common_data_mount(plan)
+    return [*plan.overrides, *([f"data.path={cv_dir}"] if cv_dir else [])]
+
+
+def container_args(
+    plan: RunPlan, root: Path, env: dict[str, str], mounts: list[tuple[str, str]] = ()
+) -> tuple[list[str], list[str]]:
+    """``docker run`` up to the image for ``plan`` (:func:`labkit.host.docker.run_args`: the outputs
+    folder at :data:`CONTAINER_OUTPUTS`, the host files the overrides name, ``CV_DIR``, ``env`` and the
+    plan's accelerator, cards and platform), what ``make lab`` and ``make notebook`` both start; and the
+    overrides as the container sees them. ``mounts``: more ``(host, container)`` pairs.
+
+    Raises:
+        LabError: the outputs folder cannot be made writable for the container's user; ``CV_DIR`` is
+            not a folder.
+    """
+    docker.container_writable(root / plan.lab.name / plan.profile, top=root)
+    overrides = list(plan.overrides)
+    all_mounts = [(str(root), CONTAINER_OUTPUTS), *host_path_mounts(plan), *mounts]
+    if cv_dir := common_data_mount(plan):
+        all_mounts.append((str(Path(cv_dir).resolve()), f"{CONTAINER_CV_DIR}:ro"))
+        overrides.append(f"data.path={CONTAINER_CV_DIR}")
+    cmd = docker.run_args(all_mounts, env, plan.container_accelerator, cards=plan.nproc)
+    if platform := docker.image_platform(plan.lab.base_image(plan.variant)):
+        cmd += ["--platform", platform]
+    return cmd, overrides
 
 
 def build(plan: RunPlan) -> None:

@@ -44,7 +44,7 @@ lab-%: $(VENV)/.installed
 	$(INVOKE) run --lab $* --profile $(PROFILE) --runtime $(RUNTIME) --set "$(SET)" --variant "$(VARIANT)" --nproc "$(NPROC)" --image "$(or $(IMAGE),auto)"
 
 notebook-%: $(VENV)/.installed
-	$(INVOKE) notebook --lab $* --profile $(PROFILE) --runtime $(RUNTIME) --set "$(SET)" --port $(NOTEBOOK_PORT)
+	$(INVOKE) notebook --lab $* --profile $(PROFILE) --runtime $(RUNTIME) --set "$(SET)" --variant "$(VARIANT)" --image "$(or $(IMAGE),auto)" --port $(NOTEBOOK_PORT)
 
 bench-%: $(VENV)/.installed
 	$(INVOKE) bench --lab $* --runtime $(RUNTIME) $(if $(BATCH_SIZES),--batch-sizes $(BATCH_SIZES)) $(if $(ARCH),--arch $(ARCH)) $(if $(DEVICE),--device $(DEVICE))

@@ -97,10 +97,12 @@ def run(c, lab, profile="auto", runtime="auto", set="", variant="", nproc="", im
         "profile": "auto (full with a GPU or NPU, else smoke), smoke or full: start_run's default in the notebook",
         "runtime": "auto (docker if an engine answers), docker or native",
         "set": 'profile overrides for start_run, split like a shell line: "learning_rate=0"',
+        "variant": "a lab variant (course, npu): its image and environment, as invoke run",
+        "image": "CUDA image flavor: auto (from the host's driver and GPU), cuda or cuda12, as invoke run",
         "port": "the port on 127.0.0.1 (default NOTEBOOK_PORT, else 8888)",
     },
 )
-def notebook(c, lab, profile="auto", runtime="auto", set="", port=""):  # noqa: A002 (invoke flag name)
+def notebook(c, lab, profile="auto", runtime="auto", set="", variant="", image="auto", port=""):  # noqa: A002
     """Start JupyterLab on 127.0.0.1 with the lab's notebook and environment as its kernel (Ctrl-C stops it).
 
     In the lab's container when a Docker engine answers (devices, Hugging Face cache and outputs as
@@ -109,7 +111,7 @@ def notebook(c, lab, profile="auto", runtime="auto", set="", port=""):  # noqa: 
     from labkit.host import jupyter
 
     with one_line_errors():
-        plan = resolve(lab, profile, runtime, set)
+        plan = resolve(lab, profile, runtime, set, variant, image=image or "auto")
         plan.check_accelerator()
         number = jupyter.port_setting(port or None)
         if plan.runtime == "docker":

@@ -77,7 +77,8 @@ def chromium(profile: Path, *args: str, budget_ms: int | None = None) -> subproc
     ``--dump-dom``/``--screenshot`` (JupyterLab renders its file browser with JavaScript).
 
     Raises:
-        subprocess.CalledProcessError / TimeoutExpired: Chromium failed or hung (120 s).
+        AssertionError: Chromium failed or hung (120 s); the message leaves out the command line (a
+            URL in it may hold a token).
     """
     flags = [
         "--headless",
@@ -95,4 +96,9 @@ def chromium(profile: Path, *args: str, budget_ms: int | None = None) -> subproc
     if os.geteuid() == 0:
         flags.append("--no-sandbox")  # Chromium refuses its sandbox as root (CI)
     assert CHROMIUM, "no Chromium"
-    return subprocess.run([CHROMIUM, *flags, *args], capture_output=True, text=True, timeout=120, check=True)
+    try:
+        return subprocess.run([CHROMIUM, *flags, *args], capture_output=True, text=True, timeout=120, check=True)
+    except subprocess.CalledProcessError as exc:
+        raise AssertionError(f"Chromium failed (exit {exc.returncode}): {exc.stderr[-2000:]}") from None
+    except subprocess.TimeoutExpired:
+        raise AssertionError("Chromium did not finish in 120 s") from None

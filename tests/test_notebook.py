@@ -8,6 +8,7 @@ run is the notebook's (no extra run), and the container's script run must equal 
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import tempfile
 import time
@@ -102,20 +103,41 @@ def test_port_in_use_is_named_with_its_setting():
         jupyter.port_setting("http")
 
 
+def _pairs(args: list[str]) -> list[tuple[str, str]]:
+    """``docker run`` arguments as ``(flag, value)`` pairs (``run``, ``--rm``: value ``""``)."""
+    out, i = [], 0
+    while i < len(args):
+        flag = args[i]
+        takes = flag.startswith("-") and "=" not in flag and i + 1 < len(args) and not args[i + 1].startswith("-")
+        out.append((flag, args[i + 1] if takes else ""))
+        i += 2 if takes else 1
+    return out
+
+
 @pytest.mark.parametrize(
-    ("lab_name", "host", "variant", "image", "expect"),
+    ("lab_name", "host", "variant", "profile", "image", "expect"),
     [
-        ("bert-yelp", "t4-535", "", "llm-labs/bert-yelp-notebook:dev", ["-e LABS_CUDA_COMPAT=1 ", "--gpus all"]),
-        ("bert-yelp", "rtx4090-550", "", "llm-labs/bert-yelp-cuda12-notebook:dev", ["-e LABS_CUDA_IMAGE=cuda12 "]),
-        ("llama2-sft", "ascend", "npu", "llm-labs/llama2-sft-npu-notebook:dev", ["--device /dev/davinci0"]),
+        ("bert-yelp", "t4-535", "", "full", "llm-labs/bert-yelp-notebook:dev", ["LABS_CUDA_COMPAT=1", "all"]),
+        ("bert-yelp", "rtx4090-550", "", "full", "llm-labs/bert-yelp-cuda12-notebook:dev", ["LABS_CUDA_IMAGE=cuda12"]),
+        (
+            "llama2-sft",
+            "ascend",
+            "npu",
+            "full",
+            "llm-labs/llama2-sft-npu-notebook:dev",
+            ["/dev/davinci0", "linux/arm64"],
+        ),
+        ("whisper-lora", "none", "", "smoke", "llm-labs/whisper-lora-notebook:dev", ["data.path=/data/common_voice"]),
     ],
 )
 def test_the_notebook_container_gets_what_make_lab_gives_the_same_plan(
-    tmp_path, monkeypatch, lab_name, host, variant, image, expect
+    tmp_path, monkeypatch, lab_name, host, variant, profile, image, expect
 ):
     """`make notebook-<lab>` in a container: the image of the plan's variant and CUDA flavor (+ the
-    notebook layer), and the same accelerator, CUDA path, cards, platform and own-data mounts as `make
-    lab` (one function assembles both: labkit.host.runs.container_args)."""
+    notebook layer), and exactly the `docker run` arguments `make lab` gives the same plan (accelerator,
+    cards, CUDA path, platform, own-data mounts, CV_DIR; one function assembles both,
+    labkit.host.runs.container_args) plus only the notebook's own: its file, name, port, token,
+    OUTPUT_ROOT, PROFILE and SET; not HF_HUB_OFFLINE (the kernel may start another profile)."""
     from types import SimpleNamespace
 
     import test_ascend
@@ -130,32 +152,44 @@ def test_the_notebook_container_gets_what_make_lab_gives_the_same_plan(
         monkeypatch.setattr(
             test_ascend.ascend, "docker_args", lambda visible=None, count=None: real(visible, root=fake, count=count)
         )
+        monkeypatch.setenv("ASCEND_PLATFORM", "linux/arm64")
         accelerators = test_ascend.NPU_HOST
     else:
-        accelerators = test_host.host_of(host)
-    own = tmp_path / "my-rows.jsonl"
+        accelerators = test_host.host_of(host) if host != "none" else test_host.NO_ACCELERATOR
+    (tmp_path / "zh-CN").mkdir()
+    monkeypatch.setenv("CV_DIR", str(tmp_path / "zh-CN"))  # applies to whisper-lora only
+    own = tmp_path / "my rows.jsonl"
     own.write_text("{}\n")
     monkeypatch.setenv("OUTPUT_ROOT", str(tmp_path / "out"))
     monkeypatch.setattr(docker, "image_id", lambda tag: "sha256:test")
     monkeypatch.setattr(docker, "build_lab_image", lambda lab, variant=None, flavor=None: "llm-labs/base:dev")
-    built, started = {}, {}
+    built, started, seen = {}, {}, {}
     monkeypatch.setattr(docker, "build_image", lambda dockerfile, tag, base, platform, args=None: built.update(tag=tag))
     popen = lambda cmd, **kw: started.setdefault("cmd", cmd) and SimpleNamespace()  # noqa: E731
     monkeypatch.setattr(jupyter, "subprocess", SimpleNamespace(Popen=popen))
     monkeypatch.setattr(docker, "docker_error", lambda: None)
-    plan = resolve(lab_name, "full", "docker", [f"data.files.train={own}"], variant=variant, host=accelerators)
-    jupyter.serve_docker(plan, 8890, token="t")
-    notebook = " ".join(started["cmd"])
-    seen = {}
     monkeypatch.setattr(runs, "stream", lambda cmd, env=None: seen.setdefault("cmd", cmd) and (0, ""))
+    settings = [f"data.files.train={own}"] if lab_name != "whisper-lora" else []
+    plan = resolve(lab_name, profile, "docker", settings, variant=variant, host=accelerators)
+    jupyter.serve_docker(plan, 8890, token="t")
     assert runs.run(plan, tmp_path / "out") == (0, "")
-    script = " ".join(seen["cmd"])
-    assert built["tag"] == image and f"-p 127.0.0.1:8890:8888 {image} " in notebook
-    shared = script[
-        : script.index(" llm-labs/")
-    ]  # docker run ... up to the image: identical but for the notebook's own
-    for arg in [*expect, f"source={own},target={own},readonly", *shared.split(" -e LAB_IMAGE_ID")[0].split()]:
-        assert arg in notebook, arg
+    assert built["tag"] == image
+    script = _pairs(seen["cmd"][: seen["cmd"].index(docker.image_tag(plan.image_name))])
+    notebook = _pairs(started["cmd"][: started["cmd"].index(image)])
+    own_only = [
+        p
+        for p in notebook
+        if p[0] in ("--name", "-p")
+        or (p[0] == "--mount" and "notebook.ipynb" in p[1])
+        or (p[0] == "-e" and p[1].split("=")[0] in ("PROFILE", "SET", "JUPYTER_TOKEN", "OUTPUT_ROOT"))
+    ]
+    assert ("-p", "127.0.0.1:8890:8888") in own_only and len(own_only) == 7, own_only
+    assert [p for p in notebook if p not in own_only] == [p for p in script if p != ("-e", "HF_HUB_OFFLINE=1")]
+    words = " ".join(started["cmd"])
+    for value in expect:
+        assert value in words, value
+    if settings:
+        assert ("--mount", f"type=bind,source={own},target={own},readonly") in notebook
 
 
 def free_port() -> int:
@@ -215,14 +249,23 @@ def serve_and_check(lab, runtime: str, browser_profile: Path) -> None:
         code, body = get(f"{base}/api/kernelspecs?token={token}")
         assert code == 200 and f"llm-labs-{lab.name}" in json.loads(body)["kernelspecs"]
         if CHROMIUM:  # CI installs it: the page a learner opens from the printed URL
-            page = chromium(browser_profile / "learner", "--dump-dom", found.group(0), budget_ms=30_000).stdout
-            listed = re.findall(r'class="jp-DirListing-itemText"[^>]*><span>([^<]+)</span>', page)
+            # The page embeds the token (JupyterLab's page config): only values taken from it are asserted,
+            # so a failure prints no token; the browser profiles (their history holds the URL) are removed.
+            try:
+                page = chromium(browser_profile / "learner", "--dump-dom", found.group(0), budget_ms=30_000).stdout
+                listed = re.findall(r'class="jp-DirListing-itemText"[^>]*><span>([^<]+)</span>', page)
+                cells = page.count('class="lm-Widget jp-Cell jp-CodeCell')
+                kernel = re.findall(r"jp-Toolbar-kernelName[^>]*><span[^>]*>([^<]+)</span>", page)
+                del page
+                anonymous = chromium(browser_profile / "stranger", "--dump-dom", f"{base}/lab", budget_ms=10_000).stdout
+                login = ('class="jp-DirListing-itemText"' not in anonymous, 'name="password"' in anonymous)
+                del anonymous
+            finally:
+                shutil.rmtree(browser_profile, ignore_errors=True)
             assert "notebook.ipynb" in listed and "lab.yaml" in listed, listed  # the file browser: the lab's folder
-            assert page.count('class="lm-Widget jp-Cell jp-CodeCell') >= 3, "the notebook opened, its cells rendered"
-            assert f"{lab.name} (llm-labs)</span>" in page, "the lab's kernel is the notebook's kernel"
-            # a browser without the token (a profile without the learner's login cookie): the login page
-            anonymous = chromium(browser_profile / "stranger", "--dump-dom", f"{base}/lab", budget_ms=10_000).stdout
-            assert 'class="jp-DirListing-itemText"' not in anonymous and 'name="password"' in anonymous
+            assert cells >= 3, f"the notebook opened, its cells rendered: {cells} code cells"
+            assert kernel == [f"{lab.name} (llm-labs)"], kernel  # the lab's kernel is the notebook's kernel
+            assert login == (True, True), "a browser without the token (no login cookie) gets the login page"
         host_ip = socket.gethostbyname(socket.gethostname())
         if not host_ip.startswith("127."):  # loopback only: not on the machine's other addresses
             with socket.socket() as other:

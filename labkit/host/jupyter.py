@@ -1,7 +1,8 @@
 """``make notebook-<lab>``: JupyterLab with the lab's environment as its kernel, on 127.0.0.1.
 
 Natively: the server from its own hash-locked environment (``.venvs/jupyterlab``,
-``images/notebook/server.txt``), the kernel in the lab's (``.venvs/<lab>`` plus
+``images/notebook/server.txt``), the kernel in the one ``make lab RUNTIME=native`` runs the same
+plan in (``.venvs/<lab>[-<variant>][-cuda12]`` plus
 ``images/notebook/kernel.txt``'s packages that the lab's lock does not pin, hash-checked, then
 ``uv pip check``), a kernelspec per lab in a private folder (``JUPYTER_PATH``).
 
@@ -11,6 +12,9 @@ token it was given as ``...`` in its own log). Jupyter Server always writes its 
 (``jpserver-<pid>.json``, mode 0600, and its browser-open page, both holding the token): natively to
 a private temporary folder (0700) removed when the server stops, in a container to the container's
 own ``/tmp``, gone with it (``--rm``).
+
+In a container: the image ``make lab`` would run (variant, CUDA flavor) plus labs/Dockerfile.notebook,
+started with the same ``docker run`` arguments (:func:`labkit.host.runs.container_args`).
 """
 
 from __future__ import annotations
@@ -205,7 +209,7 @@ def serve_native(plan, port: int, token: str | None = None) -> subprocess.Popen:
         "PROFILE": profile,
         "SET": shlex.join(overrides),
         "OUTPUT_ROOT": str(output_root()),  # absolute: the kernel runs in the lab's folder
-        **run_env(plan),
+        **run_env(plan, offline=False),
     }
     cmd = server_command(port, lab.dir)
     if os.geteuid() == 0:  # Jupyter refuses root unless told; natively the user is who runs make
@@ -270,10 +274,15 @@ def serve_docker(plan, port: int, token: str | None = None) -> subprocess.Popen:
     from labkit.host import docker, runs
 
     lab = plan.lab
+    runs.common_data_mount(plan)  # a CV_DIR that is not there: said before any image is built
     tag = notebook_image(plan)
     inside = f"/opt/labs/labs/{lab.name}"
     notebook = [(str(notebook_path(lab)), f"{inside}/{notebook_path(lab).name}")]
-    env = {"LAB_IMAGE_ID": docker.image_id(tag) or "", **runs.run_env(plan), "OUTPUT_ROOT": runs.CONTAINER_OUTPUTS}
+    env = {
+        "LAB_IMAGE_ID": docker.image_id(tag) or "",
+        **runs.run_env(plan, offline=False),
+        "OUTPUT_ROOT": runs.CONTAINER_OUTPUTS,
+    }
     cmd, overrides = runs.container_args(plan, runs.output_root(), env, notebook)
     cmd += ["-e", f"PROFILE={plan.profile}", "-e", f"SET={shlex.join(overrides)}"]
     name = f"llm-labs-notebook-{lab.name}-{port}"

@@ -101,15 +101,16 @@ def run(plan: RunPlan, root: Path | None = None) -> tuple[int, str]:
 
     Raises:
         LabError: the profile needs an accelerator the host lacks, the outputs folder is not writable,
-            the image is not built, the native environment cannot be made.
+            the image is not built, the native environment cannot be made, ``CV_DIR`` is not a folder.
     """
     root = Path(root) if root else output_root()
     plan.check_accelerator()
     env = run_env(plan)
     if plan.runtime == "native":
         check_writable(root / plan.lab.name / plan.profile)
+        overrides = native_overrides(plan)  # a CV_DIR that is not there: said before the environment is made
         cmd = [str(ensure_env(plan.lab, plan.variant, plan.flavor)), str(plan.lab.dir / plan.lab.entrypoint)]
-        return stream(cmd + script_args(plan, str(root), native_overrides(plan)), {**os.environ, **env})
+        return stream(cmd + script_args(plan, str(root), overrides), {**os.environ, **env})
 
     tag = docker.image_tag(plan.image_name)
     found = docker.image_id(tag)
@@ -123,10 +124,12 @@ def run(plan: RunPlan, root: Path | None = None) -> tuple[int, str]:
     return code, tail
 
 
-def run_env(plan: RunPlan) -> dict[str, str]:
+def run_env(plan: RunPlan, offline: bool = True) -> dict[str, str]:
     """What every run of ``plan`` is told, natively and in a container, script or notebook: the git
-    commit, ``HF_HUB_OFFLINE=1`` for a profile that needs no Hub, and its CUDA path (``cuda-env``)."""
-    return {"LABS_GIT_COMMIT": git_describe(), **({"HF_HUB_OFFLINE": "1"} if plan.offline else {}), **plan.cuda_env}
+    commit, its CUDA path (``cuda-env``) and, with ``offline``, ``HF_HUB_OFFLINE=1`` for a profile
+    that needs no Hub (a notebook server passes False: its kernel may start another profile)."""
+    hub = {"HF_HUB_OFFLINE": "1"} if offline and plan.offline else {}
+    return {"LABS_GIT_COMMIT": git_describe(), **hub, **plan.cuda_env}
 
 
 def native_overrides(plan: RunPlan) -> list[str]:

@@ -207,6 +207,47 @@ def weight_hashes(run_dir: Path) -> dict[str, str]:
     return found
 
 
+def _strings(value) -> set[str]:
+    """Every string inside a profile's (nested) settings."""
+    if isinstance(value, str):
+        return {value}
+    if isinstance(value, dict):
+        return set().union(*map(_strings, value.values())) if value else set()
+    if isinstance(value, list | tuple):
+        return set().union(*map(_strings, value)) if value else set()
+    return set()
+
+
+def hub_commits(config: dict, cache_dir: str | Path | None = None) -> list[dict]:
+    """The Hugging Face Hub repositories a profile names (any setting whose value is a cached repo's
+    id: ``model.name_or_path``, ``data.hub_dataset``, ...), as the local Hub cache resolves them at the
+    end of the run: ``[{"repo", "type", "refs": {ref: commit}, "commits": [...]}]``, sorted. A profile
+    that loads ``revision: main`` records the commit ``main`` was, so a rerun can pin it
+    (``SET=model.revision=<commit>``). ``cache_dir``: the Hub cache (default ``HF_HUB_CACHE``, under
+    ``HF_HOME``); empty where there is none or nothing named is cached (smoke profiles: tiny local
+    models). Reads the cache with ``huggingface_hub.scan_cache_dir``; never downloads."""
+    try:
+        from huggingface_hub import scan_cache_dir
+        from huggingface_hub.errors import CacheNotFound
+    except ImportError:  # a host-side caller without the Hub client
+        return []
+    try:
+        info = scan_cache_dir(cache_dir)
+    except CacheNotFound:
+        return []
+    named = _strings(config)
+    found = []
+    for repo in info.repos:
+        if repo.repo_id not in named:
+            continue
+        refs = {ref: rev.commit_hash for rev in repo.revisions for ref in rev.refs}
+        commits = sorted(rev.commit_hash for rev in repo.revisions)
+        found.append(
+            {"repo": repo.repo_id, "type": repo.repo_type, "refs": dict(sorted(refs.items())), "commits": commits}
+        )
+    return sorted(found, key=lambda r: (r["type"], r["repo"]))
+
+
 #: Metrics that may differ between two runs of the same profile that are otherwise identical: wall-clock
 #: timings and speeds, memory peaks, the chat-API cache's counters (a rerun makes no request and counts
 #: no tokens), and the

@@ -329,10 +329,11 @@ def start_run(lab: Lab, profile: str, overrides: list[str], output_root: Path) -
 def finish_run(started: StartedRun, metrics: dict | None, launched: dict | None = None) -> dict:
     """Complete a run :func:`start_run` began: ``metrics.json`` (``metrics`` given: a single process;
     several processes wrote theirs), the manifest stamped ``completed`` with the accelerator, the peak
-    memory (the largest rank's when ``launched`` holds the ranks) and the weights' hashes, and
-    ``latest`` pointed at the run. Returns the manifest written."""
+    memory (the largest rank's when ``launched`` holds the ranks), the weights' hashes and the Hub
+    commits the profile's repositories resolved to (:func:`labkit.rundir.hub_commits`), and ``latest``
+    pointed at the run. Returns the manifest written."""
     from labkit.lab.device import accelerator_info, peak_memory_bytes
-    from labkit.rundir import finish_manifest, weight_hashes
+    from labkit.rundir import finish_manifest, hub_commits, weight_hashes
 
     ctx = started.ctx
     if launched:
@@ -349,6 +350,7 @@ def finish_run(started: StartedRun, metrics: dict | None, launched: dict | None 
         accelerator=accelerator_info(ctx.device),
         peak_memory_bytes=peak,
         weights_sha256=weight_hashes(ctx.run_dir),
+        hub=hub_commits(ctx.config),
         **(launched or {}),
     )
     print(f"[{ctx.lab.name}] done: {ctx.run_dir}", flush=True)

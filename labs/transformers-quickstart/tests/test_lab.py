@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import yaml
 
+from labkit.config import get_lab, load_profile
 from labkit.lab.tiny import build_tiny_encoder, build_tiny_gpt2
 
 from run import DATA, check_pipelines, extractive_qa, model_round_trip, tokenizer_demo
@@ -95,3 +98,35 @@ def test_check_pipelines_rejects_wrong_structures():
     bad = dict(good, qa={**good["qa"], "answer": "nope"}, sentiment=[{"label": "MAYBE", "score": 1.5}] * 2)
     result = check_pipelines(bad, INPUTS, ["NEGATIVE", "POSITIVE"])
     assert not result["qa_ok"] and not result["sentiment_ok"]
+
+
+def _cached(hub: Path, kind: str, repo: str, refs: dict[str, str], commits: list[str]) -> None:
+    """A repository in a Hugging Face Hub cache as huggingface_hub lays it out: refs/<name> holding a
+    commit (no newline), snapshots/<commit>/ with files linked to blobs/."""
+    folder = hub / f"{kind}s--{repo.replace('/', '--')}"
+    (folder / "refs").mkdir(parents=True)
+    (folder / "blobs").mkdir()
+    for name, commit in refs.items():
+        (folder / "refs" / name).write_text(commit)
+    for i, commit in enumerate(commits):
+        (folder / "blobs" / f"b{i}").write_text("{}")
+        (folder / "snapshots" / commit).mkdir(parents=True)
+        (folder / "snapshots" / commit / "config.json").symlink_to(f"../../blobs/b{i}")
+
+
+def test_the_manifest_records_which_commit_each_named_hub_repo_resolved_to(tmp_path):
+    """The full profile loads five checkpoints at `revision: main`: the run's manifest records the commit
+    `main` was in the Hub cache (labkit.rundir.hub_commits, from finish_run), so a rerun can pin it;
+    repositories the profile does not name are left out; a smoke profile (tiny local models) names none."""
+    from labkit.rundir import hub_commits
+
+    hub = tmp_path / "hub"
+    sha, old = "a" * 40, "b" * 40
+    _cached(hub, "model", "openai-community/gpt2", {"main": sha}, [sha, old])
+    _cached(hub, "model", "someone/unrelated", {"main": "c" * 40}, ["c" * 40])
+    full = load_profile(get_lab("transformers-quickstart"), "full")[0]
+    assert hub_commits(full, hub) == [
+        {"repo": "openai-community/gpt2", "type": "model", "refs": {"main": sha}, "commits": [sha, old]}
+    ]
+    assert hub_commits(load_profile(get_lab("transformers-quickstart"), "smoke")[0], hub) == []
+    assert hub_commits(full, tmp_path / "no-cache") == []

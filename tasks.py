@@ -27,7 +27,7 @@ from labkit.host import docker, locks, runs
 from labkit.host import doctor as host_doctor
 from labkit.host.plan import resolve
 from labkit.host.probe import probe
-from labkit.verify import OTHER_DATA, format_table, load_expected, verify_run
+from labkit.verify import format_table, verdict, verify_run
 
 
 @contextmanager
@@ -113,7 +113,7 @@ def notebook(c, lab, profile="auto", runtime="auto", set="", variant="", image="
     with one_line_errors():
         plan = resolve(lab, profile, runtime, set, variant, image=image or "auto")
         plan.check_accelerator()
-        number = jupyter.port_setting(port or None)
+        number = jupyter.port_setting(port or None, plan.lab.name)
         if plan.runtime == "docker":
             proc = jupyter.serve_docker(plan, number)
         else:
@@ -160,13 +160,7 @@ def verify(c, lab=None, profile=None, run=None):
             ok = all(ch.passed for ch in checks)
             failed |= not ok
             print(f"\n{spec.name} / {name}: {run_dir}\n{format_table(checks)}")
-            skipped = [ch for ch in checks if ch.skipped]
-            for reason in sorted({ch.got.removeprefix("skipped: ") for ch in skipped}):
-                count = sum(ch.got.removeprefix("skipped: ") == reason for ch in skipped)
-                about = load_expected(spec.expected_path(name)).get("data", {}).get("about", "?")
-                about = f" (they were set on {about})" if reason in OTHER_DATA else ""
-                print(f"{count} check(s) skipped: {reason}{about}; the other checks still apply.")
-            print(f"=> {'PASS' if ok else 'FAIL'}" + (f" ({len(skipped)} skipped)" if skipped else ""))
+            print(verdict(checks, spec.expected_path(name)))
     if failed:
         raise Exit(code=1)
 

@@ -219,6 +219,24 @@ def left_out(name: str, not_run: dict) -> str | None:
     return None
 
 
+def verdict(checks: list[Check], expected_path: Path) -> str:
+    """The lines after the table (``invoke verify``, ``make lab``, a notebook's last cell): each reason
+    checks were skipped, with its count (data-bound ones: what data the values were set on), then
+    ``=> PASS`` / ``=> FAIL`` and how many were skipped."""
+    lines = []
+    skipped = [c for c in checks if c.skipped]
+    for reason in sorted({c.got.removeprefix("skipped: ") for c in skipped}):
+        count = sum(c.got.removeprefix("skipped: ") == reason for c in skipped)
+        about = load_expected(expected_path).get("data", {}).get("about", "?") if reason in OTHER_DATA else ""
+        lines.append(
+            f"{count} check(s) skipped: {reason}{f' (they were set on {about})' if about else ''}; "
+            "the other checks still apply."
+        )
+    ok = all(c.passed for c in checks)
+    lines.append(f"=> {'PASS' if ok else 'FAIL'}" + (f" ({len(skipped)} skipped)" if skipped else ""))
+    return "\n".join(lines)
+
+
 def format_table(checks: list[Check]) -> str:
     """The check / expected / got / result table printed by ``invoke test`` and ``invoke verify``."""
     rows = [("check", "expected", "got", "result")] + [(c.name, c.expected, c.got, c.result) for c in checks]

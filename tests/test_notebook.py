@@ -97,8 +97,12 @@ def test_port_in_use_is_named_with_its_setting():
         held.bind(("127.0.0.1", 0))
         held.listen()
         port = held.getsockname()[1]
-        with pytest.raises(LabError, match=f"port {port} on 127.0.0.1 is in use \\(NOTEBOOK_PORT={port}\\)"):
-            jupyter.port_setting(port)
+        with pytest.raises(
+            LabError,
+            match=f"port {port} on 127.0.0.1 is in use \\(NOTEBOOK_PORT={port}\\): pick a free one, e.g. "
+            f"`make notebook-moe NOTEBOOK_PORT={port + 1}`",
+        ):
+            jupyter.port_setting(port, "moe")
     with pytest.raises(LabError, match="NOTEBOOK_PORT=http: give a port number"):
         jupyter.port_setting("http")
 

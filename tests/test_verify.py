@@ -7,7 +7,7 @@ import json
 import pytest
 
 from labkit.errors import LabError
-from labkit.verify import check_metric, format_table, load_expected, verify_run
+from labkit.verify import check_metric, format_table, load_expected, verdict, verify_run
 
 
 def write_run(tmp_path, metrics, status="completed"):
@@ -142,6 +142,14 @@ def test_data_dependent_checks_are_skipped_on_other_data_only(tmp_path, fingerpr
     assert "SKIP" in format_table(list(checks.values())) or not skipped
     recorded = checks["data.fingerprint"]
     assert recorded.passed is (fingerprint is not None)  # a run that records no fingerprint fails, never skips
+    said = verdict(list(checks.values()), tmp_path / "expected.yaml")  # invoke verify's and a notebook's last lines
+    if skipped:
+        assert said == (
+            "1 check(s) skipped: the run used other data than these values were set on (they were set on the "
+            "bundled clips); the other checks still apply.\n=> PASS (1 skipped)"
+        )
+    else:
+        assert said == "=> FAIL"
 
 
 def test_not_run_prefixes_stop_at_a_boundary():

@@ -141,8 +141,9 @@ def write_kernelspec(lab: Lab, python: str, folder: Path, env: dict | None = Non
     return kernel
 
 
-def port_setting(port: int | str | None) -> int:
-    """The port (argument, else ``NOTEBOOK_PORT``, else 8888), free on 127.0.0.1.
+def port_setting(port: int | str | None, lab: str = "<lab>") -> int:
+    """The port (argument, else ``NOTEBOOK_PORT``, else 8888), free on 127.0.0.1; ``lab`` names the lab
+    in the advice.
 
     Raises:
         LabError: not a port number, or in use (names it and the setting).
@@ -160,7 +161,7 @@ def port_setting(port: int | str | None) -> int:
         except OSError:
             raise LabError(
                 f"port {number} on 127.0.0.1 is in use ({PORT_ENV}={number}): pick a free one, e.g. "
-                f"`make notebook-<lab> {PORT_ENV}={number + 1}`"
+                f"`make notebook-{lab} {PORT_ENV}={number + 1}`"
             ) from None
     return number
 
@@ -290,6 +291,7 @@ def serve_docker(plan, port: int, token: str | None = None) -> subprocess.Popen:
     # In the container the server listens on its own interface; the host publishes it on 127.0.0.1 only.
     cmd += server_command(8888, Path(inside), ip="0.0.0.0", jupyter="/opt/jupyter/bin/jupyter")[2:]
     cmd += ["--FileContentsManager.use_atomic_writing=False"]  # the notebook is a mounted file
+    cmd += [f"--ServerApp.custom_display_url=http://127.0.0.1:{port}/"]  # its own log: the port published here
     token = token or secrets.token_urlsafe(32)
     print("+ " + shlex.join(cmd), flush=True)
     proc = subprocess.Popen(cmd, env={**os.environ, "JUPYTER_TOKEN": token}, start_new_session=True)

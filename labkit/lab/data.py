@@ -11,6 +11,7 @@ whitespace) or not a string is either an error naming the file, the line and the
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pyarrow as pa
@@ -155,15 +156,61 @@ def hub_or_files_fingerprint(cfg: dict, repo_root: Path, splits: tuple[str, ...]
     return fingerprint({**parts, "sampling": sampling_part(cfg)})
 
 
-def require_columns(dsd: DatasetDict, columns: tuple[str, ...] | list[str], hint: str = "") -> None:
-    """Raise :class:`LabError` naming the split, the missing columns and the columns it has."""
+def require_columns(
+    dsd: DatasetDict, columns: tuple[str, ...] | list[str], hint: str = "", sources: dict[str, str] | None = None
+) -> None:
+    """Raise :class:`LabError` naming the split (and its file: ``sources``, split -> where it was
+    read), the missing columns, the columns it has and ``hint`` (else: rename the header or keys)."""
     for split, ds in dsd.items():
         missing = [c for c in columns if c not in ds.column_names]
         if missing:
+            where = f"{sources[split]} ({split} split)" if sources and split in sources else f"{split} split"
+            advice = hint or f"Rename the header (CSV/TSV) or the keys (JSON) to {', '.join(columns)}"
             raise LabError(
-                f"{split} split lacks column(s) {', '.join(missing)}; it has: "
-                f"{', '.join(ds.column_names)}{'. ' + hint if hint else ''}"
+                f"{where} lacks column(s) {', '.join(missing)}; it has: {', '.join(ds.column_names)}. {advice}"
             )
+
+
+def check_values(
+    ds: Dataset,
+    column: str,
+    accepts,
+    expected: str,
+    where: str,
+    first_line: int | None = None,
+    records: CsvRecords | None = None,
+) -> None:
+    """Refuse a row whose ``column`` value ``accepts(value)`` rejects: one line naming the source, the
+    first such row's place (:func:`row_place`, as :func:`check_texts` names them), the value (quoted,
+    so an empty one shows) and ``expected`` (what a value may be). ``ds``: rows in their source's order.
+
+    Raises:
+        LabError: a rejected value (the first; the count of the others).
+    """
+    values = ds[column]
+    bad = [i for i, value in enumerate(values) if not accepts(value)]
+    if bad:
+        more = f" (and {len(bad) - 1} more row(s))" if len(bad) > 1 else ""
+        raise LabError(
+            f"{where}: column {column!r} is {values[bad[0]]!r} at {row_place(bad[0], first_line, records, column)}"
+            f"{more}: {expected}. Fix the data."
+        )
+
+
+def first_bad_json_line(path: Path) -> str | None:
+    """``line N: <json error>, column C`` for the first non-blank line of a JSON lines file that is
+    not one JSON object, or None (Arrow's parser reports a byte position in a block instead)."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as exc:
+                return f"line {number}: {exc.msg} at column {exc.colno}; each line must be one JSON object"
+            if not isinstance(value, dict):
+                return f"line {number}: a JSON {type(value).__name__}, not an object; each line must be one JSON object"
+    return None
 
 
 def read_local_file(path: Path) -> tuple[Dataset, dict]:
@@ -193,6 +240,8 @@ def read_local_file(path: Path) -> tuple[Dataset, dict]:
     try:
         ds = load_dataset("parquet" if suffix == ".parquet" else "json", data_files=str(path), split="train")
     except Exception as exc:  # datasets wraps pyarrow's parse errors in several types
+        if suffix == ".jsonl" and (line := first_bad_json_line(path)):
+            raise LabError(f"cannot read {path} as {about}: {line}") from None
         cause = exc.__cause__ or exc
         first = (str(cause).splitlines() or [""])[0][:300]
         raise LabError(f"cannot read {path} as {about}: {type(cause).__name__}: {first}") from exc
@@ -205,6 +254,7 @@ def load_hub_or_files(
     splits: tuple[str, ...],
     columns: tuple[str, ...],
     text_columns: tuple[str, ...] = (),
+    values: dict | None = None,
 ) -> tuple[DatasetDict, dict]:
     """``splits`` of ``cfg["hub_dataset"]`` (``source: hub``) or of local files (``source: files``).
 
@@ -213,31 +263,34 @@ def load_hub_or_files(
     for ``text_columns``; see :func:`check_texts`). The Hub honours ``HF_ENDPOINT`` and ``HF_TOKEN``.
     ``source: files`` reads each split's file by its extension
     through :func:`read_local_file`: JSON lines, JSON, CSV, TSV or Parquet (:data:`LOCAL_FORMATS`);
-    the splits may differ in format.
+    the splits may differ in format. ``values``: ``{column: (accepts, expected)}`` checked on every
+    row before anything is dropped (:func:`check_values`), e.g. labels.
 
     Returns:
         ``(dataset dict, {split: {column: rows dropped}})``.
 
     Raises:
         LabError: unknown source, a missing file, a file of an unknown extension (names the formats
-            accepted) or one its reader cannot parse, a split without ``columns`` (lists what is
-            there), or bad text under ``bad_text: fail`` (names file, line and column).
+            accepted) or one its reader cannot parse, a split without ``columns`` (names the file,
+            lists what is there), a value ``values`` rejects, or bad text under ``bad_text: fail``
+            (each names file, line and column).
     """
     if cfg["source"] == "hub":
         dsd = load_dataset(cfg["hub_dataset"], revision=cfg["hub_revision"])
+        sources = {split: (f"{cfg['hub_dataset']} split {split}", {}) for split in splits}
     elif cfg["source"] == "files":
         read = {split: read_local_file(repo_root / cfg["files"][split]) for split in splits}
         dsd = DatasetDict({split: ds for split, (ds, _) in read.items()})
+        sources = {split: (str(repo_root / cfg["files"][split]), read[split][1]) for split in splits}
     else:
         raise LabError(f"data.source {cfg['source']!r} is not one of hub, files (local files read by extension)")
-    require_columns(dsd, columns)
+    require_columns(dsd, columns, sources={split: where for split, (where, _) in sources.items()})
     dsd = DatasetDict({split: dsd[split] for split in splits})
     dropped = {}
     for split in splits:
-        if cfg["source"] == "files":
-            where, places = str(repo_root / cfg["files"][split]), read[split][1]
-        else:
-            where, places = f"{cfg['hub_dataset']} split {split}", {}
+        where, places = sources[split]
+        for column, (accepts, expected) in (values or {}).items():
+            check_values(dsd[split], column, accepts, expected, where, **places)
         dsd[split], counts = check_texts(dsd[split], text_columns, cfg.get("bad_text", "fail"), where, **places)
         if counts:
             dropped[split] = counts

@@ -115,14 +115,14 @@ def finish_run(ctx, metrics: dict) -> None:
 
 
 def _verdict(started):
-    from labkit.verify import format_table, verify_run
+    from labkit.verify import format_table, verdict, verify_run
 
     ctx = started.ctx
     _state["started"] = None
     _restore_streams()
     checks = verify_run(ctx.run_dir, ctx.lab.expected_path(ctx.profile))
     print(f"\n{ctx.lab.name} / {ctx.profile}: {ctx.run_dir}\n{format_table(checks)}")
-    print("=> " + ("PASS" if all(c.passed for c in checks) else "FAIL"))
+    print(verdict(checks, ctx.lab.expected_path(ctx.profile)))
 
 
 def _current(ctx):

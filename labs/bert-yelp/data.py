@@ -29,11 +29,17 @@ def load_reviews(cfg: dict, repo_root: Path) -> tuple[DatasetDict, dict]:
 
     Raises:
         LabError: a missing file, a file of another format (names the formats read), a missing
-            column (lists the columns there), bad text, or a label that is not one of
-            ``label_names`` nor an id (names it).
+            column (names the file, lists the columns there), bad text, or a label that is not one of
+            ``label_names`` nor an id (names the file, the line or record and the value).
     """
-    dsd, dropped = load_hub_or_files(cfg, repo_root, ("train", "test"), ("text", "label"), text_columns=("text",))
-    dsd = encode_labels(dsd, cfg["label_names"])
+    names, as_text = cfg["label_names"], ids_as_text(cfg["label_names"])
+    labels = (
+        lambda value: _known(value, names) or (isinstance(value, str) and value in as_text),
+        f"a label is one of label_names ({', '.join(names)}) or an id 0-{len(names) - 1}",
+    )
+    columns = ("text", "label")
+    dsd, dropped = load_hub_or_files(cfg, repo_root, ("train", "test"), columns, ("text",), {"label": labels})
+    dsd = encode_labels(dsd, names)
     sizes = {"train": cfg["train_samples"], "test": cfg["eval_samples"]}
     return subsample(dsd, sizes, cfg["shuffle_seed"]), dropped
 
@@ -60,12 +66,17 @@ def encode_labels(dsd: DatasetDict, label_names: list[str]) -> DatasetDict:
     return dsd.cast_column("label", target)
 
 
+def ids_as_text(names: list[str]) -> set[str]:
+    """Label ids as a CSV/TSV field holds them: ``{"0", ..., "<n - 1>"}``."""
+    return {str(i) for i in range(len(names))}
+
+
 def _ids_as_names(ds, names: list[str]):
     """``ds`` with text labels that are ids written as digits (``"3"``) replaced by their names."""
     if getattr(ds.features["label"], "dtype", None) not in ("string", "large_string"):
         return ds
 
-    ids = {str(i): name for i, name in enumerate(names)}
+    ids = {str(i): names[i] for i in range(len(names))}
 
     def name(value):
         return ids.get(value, value) if value not in names else value

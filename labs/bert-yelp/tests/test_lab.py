@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -61,10 +62,38 @@ def test_int_labels_out_of_range_are_a_clear_error():
 def test_missing_column_and_file_are_named(tmp_path):
     bad = tmp_path / "train.jsonl"
     bad.write_text('{"review": "good", "label": "1 star"}\n')
-    with pytest.raises(LabError, match="lacks column\\(s\\) text; it has: review, label"):
+    with pytest.raises(
+        LabError, match=r"train.jsonl \(train split\) lacks column\(s\) text; it has: review, label\. Rename the header"
+    ):
         load_reviews(smoke_data_cfg(files={"train": str(bad), "test": str(bad)}), tmp_path)
     with pytest.raises(LabError, match="data file .*nope.jsonl not found"):
         load_reviews(smoke_data_cfg(files={"train": str(tmp_path / "nope.jsonl"), "test": str(bad)}), tmp_path)
+
+
+@pytest.mark.parametrize(("label", "shown"), [("six stars", "'six stars'"), ("", "''"), (7, "7"), ("5", "'5'")])
+def test_a_bad_label_in_a_file_names_the_file_line_and_value(tmp_path, label, shown):
+    """Found by a new user: the label error named neither file nor line, and an empty label showed as
+    a double space. Now one line: file, line, the value quoted, what a label may be."""
+    good = {"text": "Great tacos, friendly staff.", "label": "5 stars"}
+    train = write_reviews(tmp_path / "train.jsonl", [good, good, good, {"text": "meh", "label": label}, good])
+    cfg = smoke_data_cfg(files={"train": train, "test": write_reviews(tmp_path / "test.jsonl", [good])})
+    message = (
+        rf"train.jsonl: column 'label' is {re.escape(shown)} at line 4: a label is one of label_names "
+        r"\(1 star, .*\) or an id 0-4\. Fix the data\."
+    )
+    with pytest.raises(LabError, match=message):
+        load_reviews(cfg, tmp_path)
+
+
+def test_a_malformed_json_line_is_named_by_its_line(tmp_path):
+    good = json.dumps({"text": "Great tacos.", "label": "5 stars"})
+    train = tmp_path / "train.jsonl"
+    train.write_text(f'{good}\n{good}\n\n{{"text": "broken", label: 1}}\n{good}\n', encoding="utf-8")
+    cfg = smoke_data_cfg(files={"train": str(train), "test": str(train)})
+    with pytest.raises(
+        LabError, match=r"train.jsonl as JSON lines .*: line 4: Expecting property name .* at column 20"
+    ):
+        load_reviews(cfg, tmp_path)
 
 
 def write_reviews(path, rows):

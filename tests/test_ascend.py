@@ -274,6 +274,22 @@ def test_a_variant_builds_on_its_own_shared_image_for_its_platform(monkeypatch):
     assert [c[1] for c in calls] == ["llm-labs/cuda:dev", "llm-labs/llama2-sft:dev"] and calls[1][3] is None
 
 
+def test_an_emulated_platform_runs_on_a_cpu_model_without_sve(monkeypatch):
+    """linux/arm64 containers on an x86_64 host run under QEMU as a Neoverse N1 (ARMv8.2-A, no SVE, like
+    Kunpeng 920), not QEMU's default `max` whose SVE paths made the npu-smoke 3x slower; a QEMU_CPU the
+    user set wins; a native platform gets no QEMU setting."""
+    monkeypatch.delenv("QEMU_CPU", raising=False)
+    monkeypatch.setenv("ASCEND_PLATFORM", "linux/arm64")
+    monkeypatch.setattr(host_docker.os, "uname", lambda: os.uname_result(("Linux", "h", "6", "1", "x86_64")))
+    assert host_docker.platform_args("ascend") == ["--platform", "linux/arm64", "-e", "QEMU_CPU=neoverse-n1"]
+    monkeypatch.setenv("QEMU_CPU", "cortex-a76")
+    assert host_docker.platform_args("ascend")[-1] == "QEMU_CPU=cortex-a76"
+    monkeypatch.setattr(host_docker.os, "uname", lambda: os.uname_result(("Linux", "h", "6", "1", "aarch64")))
+    assert host_docker.platform_args("ascend") == ["--platform", "linux/arm64"]
+    monkeypatch.delenv("ASCEND_PLATFORM")
+    assert host_docker.platform_args("ascend") == []
+
+
 def test_pin_base_records_the_registry_digest(tmp_path):
     dockerfile = tmp_path / "Dockerfile"
     dockerfile.write_text((REPO_ROOT / "images" / "ascend" / "Dockerfile").read_text())
@@ -313,10 +329,9 @@ needs_image = pytest.mark.skipif(bool(UNBUILDABLE), reason=f"no Ascend image her
 
 
 def docker(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    platform = host_docker.image_platform("ascend")
     cmd = [*host_docker.docker_cli(), *args]
-    if platform and args[0] == "run":
-        cmd.insert(len(host_docker.docker_cli()) + 1, f"--platform={platform}")
+    if args[0] == "run":
+        cmd[len(host_docker.docker_cli()) + 1 : len(host_docker.docker_cli()) + 1] = host_docker.platform_args("ascend")
     return subprocess.run(cmd, capture_output=True, text=True, check=check)
 
 
@@ -394,7 +409,7 @@ def test_npu_variant_image_without_cann_says_why_there_is_no_npu(lab, tmp_path):
     host_docker.build_lab_image(lab, "npu")
     tmp_path.chmod(0o777)
     cmd = host_docker.run_args([(str(tmp_path), "/opt/labs/outputs")], {"HF_HUB_OFFLINE": "1"}, accelerator=None)
-    cmd += [f"--platform={p}" for p in [host_docker.image_platform("ascend")] if p]
+    cmd += host_docker.platform_args("ascend")
     cmd += [
         host_docker.image_tag(f"{lab.name}-npu"),
         "--profile",

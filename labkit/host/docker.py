@@ -127,11 +127,33 @@ def image_platform(image: str) -> str | None:
     return os.environ.get(PLATFORM_ENV.get(image, ""), "").strip() or None
 
 
+#: The CPU model QEMU emulates where an image's architecture is not the host's (``QEMU_CPU``; a value
+#: already in the environment wins). QEMU's default, ``max``, includes SVE, and torch's oneDNN kernels
+#: take SVE code paths that QEMU emulates slowly: a 256 x 256 float32 matmul loop took 37.4 s under
+#: ``max`` and 1.96 s under ``neoverse-n1`` (docs/benchmarks.md). Neoverse N1 is ARMv8.2-A without
+#: SVE, as the Kunpeng 920 CPUs of Atlas 800T A2 hosts are.
+EMULATED_CPU = {"aarch64": "neoverse-n1"}
+PLATFORM_ARCH = {"linux/arm64": "aarch64", "linux/amd64": "x86_64"}
+
+
+def platform_args(image: str) -> list[str]:
+    """``docker run`` arguments for a container of shared image ``image``'s platform: ``--platform``
+    (where one is set) and, where that is not the host's architecture (QEMU), ``QEMU_CPU``
+    (:data:`EMULATED_CPU`)."""
+    platform = image_platform(image)
+    if not platform:
+        return []
+    arch = PLATFORM_ARCH.get(platform, os.uname().machine)
+    cpu = os.environ.get("QEMU_CPU") or EMULATED_CPU.get(arch)
+    emulated = arch != os.uname().machine and cpu
+    return ["--platform", platform, *(["-e", f"QEMU_CPU={cpu}"] if emulated else [])]
+
+
 def ascend_image_error() -> str | None:
     """None if the Ascend image can be built here, else why not (and what to set)."""
     if why := docker_error():
         return why
-    arch = {"linux/arm64": "aarch64", "linux/amd64": "x86_64"}.get(image_platform("ascend") or "", os.uname().machine)
+    arch = PLATFORM_ARCH.get(image_platform("ascend") or "", os.uname().machine)
     if not (SHARED_IMAGES["ascend"] / f"requirements-{arch}.txt").is_file():
         return (
             f"images/ascend has no lock for {arch} (x86_64 needs https://download.pytorch.org/whl/cpu when locking: "

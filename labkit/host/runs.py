@@ -161,8 +161,7 @@ def container_args(
         all_mounts.append((str(Path(cv_dir).resolve()), f"{CONTAINER_CV_DIR}:ro"))
         overrides.append(f"data.path={CONTAINER_CV_DIR}")
     cmd = docker.run_args(all_mounts, env, plan.container_accelerator, cards=plan.nproc)
-    if platform := docker.image_platform(plan.lab.base_image(plan.variant)):
-        cmd += ["--platform", platform]
+    cmd += docker.platform_args(plan.lab.base_image(plan.variant))  # --platform (and QEMU's CPU model)
     return cmd, overrides
 
 

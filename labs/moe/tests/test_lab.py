@@ -479,4 +479,5 @@ def test_aux_coefficient_zero_unbalances_the_routers_and_fails_verification(tmp_
     assert balance <= failed <= balance | pinned
     assert {"train.loss_drop_ratio", "eval.perplexity_ratio", "routing.after.entropy_nats_mean"}.isdisjoint(failed)
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["routing"]["after"]["load_cv_mean"] > 0.45 and metrics["train"]["loss_drop_ratio"] > 0.03
+    # CV 0.542 on the CPU the values were measured on, 0.433 on a Xeon with AVX-512 + AMX: far above the 0.35 check
+    assert metrics["routing"]["after"]["load_cv_mean"] > 0.4 and metrics["train"]["loss_drop_ratio"] > 0.03

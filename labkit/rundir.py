@@ -227,15 +227,21 @@ def hub_commits(config: dict, cache_dir: str | Path | None = None) -> list[dict]
     ``HF_HOME``); empty where there is none or nothing named is cached (smoke profiles: tiny local
     models). Reads the cache with ``huggingface_hub.scan_cache_dir``; never downloads."""
     try:
-        from huggingface_hub import scan_cache_dir
+        from huggingface_hub import constants, scan_cache_dir
         from huggingface_hub.errors import CacheNotFound
     except ImportError:  # a host-side caller without the Hub client
         return []
+    named = _strings(config)
+    # The scan stats every cached file: skip it when no named repository has a cache folder (smoke
+    # profiles, or a fresh cache). Folders are <type>s--<org>--<name> (huggingface_hub's cache layout).
+    cache = Path(cache_dir or constants.HF_HUB_CACHE)
+    folders = {f"{kind}s--{name.replace('/', '--')}" for name in named for kind in ("model", "dataset", "space")}
+    if not any((cache / folder).is_dir() for folder in folders):
+        return []
     try:
-        info = scan_cache_dir(cache_dir)
+        info = scan_cache_dir(cache)
     except CacheNotFound:
         return []
-    named = _strings(config)
     found = []
     for repo in info.repos:
         if repo.repo_id not in named:

@@ -224,12 +224,13 @@ def verdict(checks: list[Check], expected_path: Path) -> str:
     checks were skipped, with its count (data-bound ones: what data the values were set on), then
     ``=> PASS`` / ``=> FAIL`` and how many were skipped."""
     lines = []
-    skipped = [c for c in checks if c.skipped]
-    for reason in sorted({c.got.removeprefix("skipped: ") for c in skipped}):
-        count = sum(c.got.removeprefix("skipped: ") == reason for c in skipped)
-        about = load_expected(expected_path).get("data", {}).get("about", "?") if reason in OTHER_DATA else ""
+    skipped = [c.got for c in checks if c.skipped]
+    for reason in sorted(set(skipped)):
+        about = ""
+        if reason == OTHER_DATA:
+            about = f" (they were set on {load_expected(expected_path).get('data', {}).get('about', '?')})"
         lines.append(
-            f"{count} check(s) skipped: {reason}{f' (they were set on {about})' if about else ''}; "
+            f"{skipped.count(reason)} check(s) skipped: {reason.removeprefix('skipped: ')}{about}; "
             "the other checks still apply."
         )
     ok = all(c.passed for c in checks)

@@ -198,8 +198,9 @@ def check_values(
 
 
 def first_bad_json_line(path: Path) -> str | None:
-    """``line N: <json error>, column C`` for the first non-blank line of a JSON lines file that is
-    not one JSON object, or None (Arrow's parser reports a byte position in a block instead)."""
+    """``line N: <json error> at column C; ...`` for the first non-blank line of a JSON lines file
+    that is not one JSON object, or None (Arrow's parser reports a byte position in a block instead).
+    Read only after Arrow has failed on the file."""
     with open(path, encoding="utf-8", errors="replace") as f:
         for number, line in enumerate(f, 1):
             if not line.strip():

@@ -228,10 +228,19 @@ def hub_commits(config: dict, cache_dir: str | Path | None = None) -> list[dict]
     models). Reads the cache with ``huggingface_hub.scan_cache_dir``; never downloads."""
     try:
         from huggingface_hub import constants, scan_cache_dir
-        from huggingface_hub.errors import CacheNotFound
+        from huggingface_hub.errors import CacheNotFound, HFValidationError
+        from huggingface_hub.utils import validate_repo_id
     except ImportError:  # a host-side caller without the Hub client
         return []
-    named = _strings(config)
+
+    def is_repo_id(text: str) -> bool:  # prose settings (a judge's prompt) and paths are not repo ids
+        try:
+            validate_repo_id(text)
+        except HFValidationError:
+            return False
+        return True
+
+    named = {text for text in _strings(config) if is_repo_id(text)}
     # The scan stats every cached file: skip it when no named repository has a cache folder (smoke
     # profiles, or a fresh cache). Folders are <type>s--<org>--<name> (huggingface_hub's cache layout).
     cache = Path(cache_dir or constants.HF_HUB_CACHE)

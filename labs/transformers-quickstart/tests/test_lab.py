@@ -117,7 +117,8 @@ def _cached(hub: Path, kind: str, repo: str, refs: dict[str, str], commits: list
 def test_the_manifest_records_which_commit_each_named_hub_repo_resolved_to(tmp_path):
     """The full profile loads five checkpoints at `revision: main`: the run's manifest records the commit
     `main` was in the Hub cache (labkit.rundir.hub_commits, from finish_run), so a rerun can pin it;
-    repositories the profile does not name are left out; a smoke profile (tiny local models) names none."""
+    repositories the profile does not name are left out; a smoke profile (tiny local models) names none;
+    long prose settings and paths are skipped, not looked up."""
     from labkit.rundir import hub_commits
 
     hub = tmp_path / "hub"
@@ -129,4 +130,9 @@ def test_the_manifest_records_which_commit_each_named_hub_repo_resolved_to(tmp_p
         {"repo": "openai-community/gpt2", "type": "model", "refs": {"main": sha}, "commits": [sha, old]}
     ]
     assert hub_commits(load_profile(get_lab("transformers-quickstart"), "smoke")[0], hub) == []
+    # Settings that are prose or paths are not repository ids: a 300-character prompt (rlhf's judge
+    # principle; once an OSError "File name too long" that failed the run at its end) and a file path.
+    prose = {"judge": {"principle": "The better answer helps the person who asked. " * 7}, "data": "./x/y"}
+    assert hub_commits({**full, **prose}, hub) == hub_commits(full, hub)
+    assert hub_commits(prose, hub) == []
     assert hub_commits(full, tmp_path / "no-cache") == []

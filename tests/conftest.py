@@ -4,7 +4,7 @@ With pytest-xdist (``invoke test`` passes ``-n``), every test of one lab goes to
 (a scheduler keyed on the lab parameter), in file order: the lab's environment is built once and
 its smoke run precedes its broken-pipeline run. At the end a table gives each lab's test time
 (setup + call + teardown, summed over its tests), so CI growth per lab is visible;
-``--times-json FILE`` also writes it as JSON.
+``--times-json FILE`` also writes it as JSON, with each lab's time per test (``by_test``).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from labkit.config import list_labs
 SHARED = "(shared: static, tasks, fresh machine)"
 _times: dict[str, float] = defaultdict(float)
 _counts: dict[str, int] = defaultdict(int)
+_by_test: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
 
 
 def pytest_addoption(parser):
@@ -90,6 +91,8 @@ def lab_of(nodeid: str) -> str:
 
 def pytest_runtest_logreport(report):
     _times[lab_of(report.nodeid)] += report.duration
+    if (lab := lab_of(report.nodeid)) != SHARED:  # set-up + call + tear-down of each of a lab's tests
+        _by_test[lab][report.nodeid.split("::")[-1].removesuffix(f"[{lab}]")] += report.duration
     if report.when == "call":
         _counts[lab_of(report.nodeid)] += 1
 
@@ -104,4 +107,6 @@ def pytest_terminal_summary(terminalreporter, config):
     terminalreporter.write_line(f"{'total':<40} {sum(_counts.values()):>4} tests {sum(_times.values()) / 60:7.1f} min")
     if path := config.getoption("--times-json"):
         table = {name: {"tests": _counts[name], "seconds": round(s, 1)} for name, s in rows}
+        for name, tests in _by_test.items():  # where a lab's time goes, slowest first
+            table[name]["by_test"] = {t: round(s, 1) for t, s in sorted(tests.items(), key=lambda kv: -kv[1])}
         Path(path).write_text(json.dumps(table, indent=2) + "\n", encoding="utf-8")

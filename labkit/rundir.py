@@ -225,7 +225,8 @@ def hub_commits(config: dict, cache_dir: str | Path | None = None) -> list[dict]
     that loads ``revision: main`` records the commit ``main`` was, so a rerun can pin it
     (``SET=model.revision=<commit>``). ``cache_dir``: the Hub cache (default ``HF_HUB_CACHE``, under
     ``HF_HOME``); empty where there is none or nothing named is cached (smoke profiles: tiny local
-    models). Reads the cache with ``huggingface_hub.scan_cache_dir``; never downloads."""
+    models) or unreadable (a warning on stderr: a finished run is not failed for its record). Reads the
+    cache with ``huggingface_hub.scan_cache_dir``; never downloads."""
     try:
         from huggingface_hub import constants, scan_cache_dir
         from huggingface_hub.errors import CacheNotFound, HFValidationError
@@ -245,11 +246,17 @@ def hub_commits(config: dict, cache_dir: str | Path | None = None) -> list[dict]
     # profiles, or a fresh cache). Folders are <type>s--<org>--<name> (huggingface_hub's cache layout).
     cache = Path(cache_dir or constants.HF_HUB_CACHE)
     folders = {f"{kind}s--{name.replace('/', '--')}" for name in named for kind in ("model", "dataset", "space")}
-    if not any((cache / folder).is_dir() for folder in folders):
-        return []
     try:
+        if not any((cache / folder).is_dir() for folder in folders):
+            return []
         info = scan_cache_dir(cache)
     except CacheNotFound:
+        return []
+    except OSError as exc:  # an unreadable cache costs the record, never the finished run
+        print(
+            f"warning: the Hub cache {cache} could not be read ({exc}): the manifest records no commits",
+            file=sys.stderr,
+        )
         return []
     found = []
     for repo in info.repos:

@@ -136,3 +136,21 @@ def test_the_manifest_records_which_commit_each_named_hub_repo_resolved_to(tmp_p
     assert hub_commits({**full, **prose}, hub) == hub_commits(full, hub)
     assert hub_commits(prose, hub) == []
     assert hub_commits(full, tmp_path / "no-cache") == []
+
+
+def test_an_unreadable_hub_cache_costs_the_record_not_the_run(tmp_path, monkeypatch, capsys):
+    """A cache the scan cannot read (permissions, a file vanishing mid-scan) leaves the manifest without
+    commits and says so on stderr; the run that already finished is not failed for it."""
+    import huggingface_hub
+
+    from labkit.rundir import hub_commits
+
+    hub = tmp_path / "hub"
+    _cached(hub, "model", "openai-community/gpt2", {"main": "a" * 40}, ["a" * 40])
+
+    def unreadable(cache_dir):
+        raise PermissionError(13, "Permission denied", str(cache_dir))
+
+    monkeypatch.setattr(huggingface_hub, "scan_cache_dir", unreadable)
+    assert hub_commits(load_profile(get_lab("transformers-quickstart"), "full")[0], hub) == []
+    assert f"warning: the Hub cache {hub} could not be read" in capsys.readouterr().err

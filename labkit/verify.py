@@ -25,9 +25,18 @@ course's dataset) say ``depends_on_data: true``, and the file names that data::
       data.train_examples: {equals: 9, depends_on_data: true, source: "..."}
 
 A run on other data (its ``metrics.json`` ``data.fingerprint`` differs) keeps every other check
-(files, loss falls, reload matches ...) and reports those as SKIP, with the reason. So are checks a
-run says it left out on purpose: ``metrics.json`` ``not_run`` maps a metric-name prefix to the
-reason (the quantization lab's ``only=[...]`` subset of steps).
+(files, loss falls, reload matches ...) and reports those as SKIP, with the reason. So does a run on
+the same data with a setting of the profile changed (another ``seed``, more epochs: its
+``manifest.json`` ``overrides``, other than ``data.*`` ones, which the fingerprint covers) for its
+data-bound *pinned* values (``equals``: counts, losses to a tolerance), which were measured with the
+profile's settings; data-bound bounds (``min``/``max``) still apply to it. Settings that by design
+leave the pinned values unchanged (how a run is launched, which of its parts run) are listed in the
+file::
+
+    settings_that_keep_values: [launch., nproc_per_node, only]   # a dotted path, or a prefix ending in "."
+
+So are checks a run says it left out on purpose: ``metrics.json`` ``not_run`` maps a metric-name
+prefix to the reason (the quantization lab's ``only=[...]`` subset of steps).
 """
 
 from __future__ import annotations
@@ -44,6 +53,8 @@ from labkit.errors import LabError
 
 BOUND_KEYS = {"min", "max", "equals", "tolerance"}
 OTHER_DATA = "skipped: the run used other data than these values were set on"
+#: Followed by ": <the settings>" (:func:`changed_settings`).
+OTHER_SETTINGS = "skipped: these values were set with the profile's settings, and the run changed"
 
 
 @dataclass(frozen=True)
@@ -70,8 +81,16 @@ def load_expected(path: Path) -> dict:
             bound, missing ``source``).
     """
     data = read_yaml(path)
-    if not isinstance(data, dict) or not set(data) <= {"description", "files", "metrics", "data"}:
-        raise LabError(f"{path}: expected a mapping with keys files, metrics (and description, data)")
+    known = {"description", "files", "metrics", "data", "settings_that_keep_values"}
+    if not isinstance(data, dict) or not set(data) <= known:
+        raise LabError(
+            f"{path}: expected a mapping with keys files, metrics (and description, data, settings_that_keep_values)"
+        )
+    keep = data.get("settings_that_keep_values") or []
+    if not isinstance(keep, list) or not all(isinstance(k, str) and k for k in keep):
+        raise LabError(
+            f"{path}: 'settings_that_keep_values' must be a list of setting paths (or prefixes ending in '.')"
+        )
     about = data.get("data") or {}
     if not isinstance(about, dict) or (about and not isinstance(about.get("fingerprint"), str)):
         raise LabError(f"{path}: 'data' must be a mapping with a 'fingerprint' string (and 'about')")
@@ -101,7 +120,7 @@ def load_expected(path: Path) -> dict:
                 raise LabError(f"{where}: {key} must be a number, got {spec[key]!r}")
         if "tolerance" in spec and not _is_number(spec.get("equals")):
             raise LabError(f"{where}: tolerance needs a numeric equals")
-    return {"files": files, "metrics": metrics, "data": about}
+    return {"files": files, "metrics": metrics, "data": about, "settings_that_keep_values": keep}
 
 
 def fingerprint(parts: dict[str, Path | str]) -> str:
@@ -178,8 +197,13 @@ def verify_run(run_dir: Path, expected_path: Path) -> list[Check]:
     if same is not None:
         recorded = same != "missing"
         checks.append(Check("data.fingerprint", "recorded by the run", "yes" if recorded else "missing", recorded))
+    changed = changed_settings(run_dir, expected_path, expected["settings_that_keep_values"])
     for name, spec in expected["metrics"].items():
-        reason = OTHER_DATA if same is False and spec.get("depends_on_data") else None
+        reason = None
+        if spec.get("depends_on_data") and same is False:
+            reason = OTHER_DATA
+        elif spec.get("depends_on_data") and "equals" in spec and changed:  # a pinned value; bounds still apply
+            reason = f"{OTHER_SETTINGS}: {', '.join(changed)}"
         reason = reason or (f"skipped: {why}" if (why := left_out(name, not_run)) else None)
         if reason:
             checks.append(Check(name, check_metric(name, spec, None).expected, reason, True, skipped=True))
@@ -193,6 +217,35 @@ def verify_run(run_dir: Path, expected_path: Path) -> list[Check]:
         else:
             checks.append(check_metric(name, spec, value))
     return checks
+
+
+def changed_settings(run_dir: Path, expected_path: Path, keep: list[str]) -> list[str]:
+    """The settings a run changed (``manifest.json`` ``overrides``) that can move the data-bound values
+    of ``expected_path``: not ``data.*`` (the data fingerprint covers them), not those in ``keep`` (a
+    dotted path, or a prefix ending in ``.``), and not those set to the profile's own value
+    (``labs/<lab>/profiles/<profile>.yaml`` beside the ``expected/`` folder). Empty when the run has no
+    manifest or changed nothing."""
+    try:
+        manifest = json.loads((Path(run_dir) / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    overrides = manifest.get("overrides") or {} if isinstance(manifest, dict) else {}
+    profile_path = Path(expected_path).parent.parent / "profiles" / Path(expected_path).name
+    try:
+        profile = read_yaml(profile_path) if profile_path.is_file() else None
+    except LabError:
+        profile = None
+    changed = []
+    for path, value in overrides.items():
+        if path.startswith("data.") or any(path == k or (k.endswith(".") and path.startswith(k)) for k in keep):
+            continue
+        try:
+            if profile is not None and lookup(profile, path) == value:
+                continue
+        except KeyError:
+            pass
+        changed.append(path)
+    return sorted(changed)
 
 
 def same_data(expected: dict, metrics: dict | None) -> bool | str | None:

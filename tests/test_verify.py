@@ -192,3 +192,54 @@ def test_checks_a_run_left_out_on_purpose_are_skipped_with_the_reason(tmp_path):
     assert checks["eval.cer"].skipped and checks["eval.cer"].got == "skipped: not selected (only=[fp16])"
     assert checks["file adapter/adapter_config.json"].skipped
     assert not checks["lora.r"].skipped and checks["lora.r"].passed
+
+
+SETTINGS_EXPECTED = """
+data: {fingerprint: "sha256:bundled", about: "the bundled rows"}
+settings_that_keep_values: [launch., only]
+files: []
+metrics:
+  train.loss_after: {equals: 1.0419, tolerance: 0.001, depends_on_data: true, source: seed 42}
+  data.train_examples: {equals: 160, depends_on_data: true, source: bundled rows}
+  routing.load_cv: {max: 0.35, depends_on_data: true, source: measured on the bundled rows}
+  lora.r: {equals: 4, source: the profile}
+"""
+
+
+@pytest.mark.parametrize(
+    ("overrides", "skipped"),
+    [
+        ({}, False),
+        ({"seed": 1}, True),  # another seed: the seed-42 pins cannot hold (a learner's first experiment)
+        ({"seed": 42}, False),  # the profile's own value changes nothing
+        ({"training.num_train_epochs": 5, "seed": 7}, True),
+        ({"launch.nnodes": 2, "only": ["lora"]}, False),  # declared to keep the values (a prefix, a path)
+        ({"data.bad_text": "drop"}, False),  # data settings: the fingerprint decides
+    ],
+)
+def test_pinned_values_are_skipped_when_the_run_changed_a_setting_that_moves_them(tmp_path, overrides, skipped):
+    """Data-bound pins (equals) hold for the profile as shipped: a run that changed its seed (or another
+    setting that moves them) SKIPs them, naming the settings; data-bound bounds and every other check
+    still apply. A value equal to the profile's, data settings and declared settings change nothing."""
+    lab = tmp_path / "lab"
+    (lab / "profiles").mkdir(parents=True)
+    (lab / "expected").mkdir()
+    (lab / "profiles" / "smoke.yaml").write_text(
+        "seed: 42\nonly: null\nlaunch: {nnodes: 1}\ntraining: {num_train_epochs: 2}\n"
+    )
+    expected = lab / "expected" / "smoke.yaml"
+    expected.write_text(SETTINGS_EXPECTED)
+    metrics = {"data": {"fingerprint": "sha256:bundled", "train_examples": 160}, "train": {"loss_after": 1.3}}
+    metrics |= {"routing": {"load_cv": 0.5}, "lora": {"r": 5}}
+    run = write_run(tmp_path, metrics)
+    (run / "manifest.json").write_text(json.dumps({"status": "completed", "overrides": overrides}))
+    checks = {c.name: c for c in verify_run(run, expected)}
+    assert checks["train.loss_after"].skipped is skipped and checks["train.loss_after"].passed is skipped
+    assert checks["data.train_examples"].skipped is skipped and checks["data.train_examples"].passed
+    assert checks["routing.load_cv"].result == "FAIL" and checks["lora.r"].result == "FAIL"  # still apply
+    if skipped:
+        changed = ", ".join(sorted(k for k in overrides if k != "data.bad_text"))
+        assert verdict(list(checks.values()), expected).splitlines()[0] == (
+            "2 check(s) skipped: these values were set with the profile's settings, and the run changed: "
+            f"{changed}; the other checks still apply."
+        )

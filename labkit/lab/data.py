@@ -30,6 +30,8 @@ from labkit.lab.files import (  # noqa: F401  (re-exported: the labs' CSV reader
 from labkit.verify import fingerprint
 
 BAD_TEXT_POLICIES = ("fail", "drop")
+#: How a JSON value that is not a string is named in messages.
+JSON_KINDS = {bool: "true or false", int: "a number", float: "a number", list: "a list", dict: "an object"}
 #: CSV/TSV options for ``load_dataset("csv", ...)``: no value is read as missing (pandas would
 #: otherwise turn "NA", "null", "None", "nan" and empty fields into NaN), so a transcript that is
 #: exactly such a word stays text and an empty field stays "" (which the text check then reports).
@@ -55,8 +57,9 @@ def bad_text_rows(ds: Dataset, column: str) -> dict[str, list[int]]:
     """Row indices (0-based, in ``ds``' order) whose ``column`` is not usable text, by kind.
 
     Kinds: ``"missing or null"`` (a JSON key absent or null: Arrow reads both as null), ``"empty"``
-    (empty or whitespace only), ``"not text (<arrow type>)"``
-    (the whole column when its type is not a string).
+    (empty or whitespace only), ``"not text (a number)"`` (also ``a list``, ``an object``, ``true or
+    false``: a JSON value of another type; a column that mixes them with strings is read as JSON
+    values, and each row is classified on its own).
     """
     values = ds.with_format("arrow")[column]
     if isinstance(values, pa.ChunkedArray):
@@ -64,7 +67,17 @@ def bad_text_rows(ds: Dataset, column: str) -> dict[str, list[int]]:
     if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
         if pa.types.is_null(values.type):
             return {"missing or null": list(range(len(values)))}
-        return {f"not text ({values.type})": list(range(len(values)))}
+        found: dict[str, list[int]] = {}
+        for row, value in enumerate(ds[column][:]):  # decoded: str, int, float, bool, list, dict, None
+            if value is None:
+                kind = "missing or null"
+            elif isinstance(value, str):
+                kind = "empty" if not value.strip() else None
+            else:
+                kind = f"not text ({JSON_KINDS.get(type(value), type(value).__name__)})"
+            if kind:
+                found.setdefault(kind, []).append(row)
+        return found
     found = {}
     nulls = pc.is_null(values)
     empty = pc.and_(pc.invert(nulls), pc.equal(pc.utf8_trim_whitespace(values.fill_null("")), ""))
@@ -101,7 +114,7 @@ def check_texts(
 
     Raises:
         LabError: ``policy`` is ``fail`` and a row is bad (names the source, line/row, column and the
-            way to drop such rows), or ``policy`` is unknown.
+            way to drop such rows), ``drop`` left no row, or ``policy`` is unknown.
     """
     if policy not in BAD_TEXT_POLICIES:
         raise LabError(f"data.bad_text={policy!r}: use one of {', '.join(BAD_TEXT_POLICIES)}")
@@ -132,8 +145,21 @@ def check_texts(
         bad_rows.update(rows)
     if bad_rows:
         ds = ds.select([i for i in range(len(ds)) if i not in bad_rows])
+    for column in columns:  # a column read as JSON values (strings mixed with others): plain text again
+        if column in ds.column_names and ds.features[column] != Value("string") and not bad_text_rows(ds, column):
+            features = Features({**ds.features, column: Value("string")})
+            ds = ds.map(lambda batch, c=column: {c: batch[c]}, batched=True, features=features)
+    if bad_rows and not len(ds):
+        raise LabError(
+            f"{where}: every row ({len(bad_rows)}) has missing, empty or non-text values in {', '.join(counts)}: "
+            "nothing is left to use. Check the column names and the file's format."
+        )
+    if bad_rows:
         shown = ", ".join(place(r) for r in sorted(bad_rows)[:10]) + (", ..." if len(bad_rows) > 10 else "")
-        print(f"{where}: dropped {len(bad_rows)} row(s) with missing or empty text {counts}: {shown}", flush=True)
+        print(
+            f"{where}: dropped {len(bad_rows)} row(s) with missing, empty or non-text values {counts}: {shown}",
+            flush=True,
+        )
     return ds, counts
 
 

@@ -7,7 +7,7 @@ import re
 
 import pytest
 import torch
-from datasets import ClassLabel, Dataset, DatasetDict
+from datasets import ClassLabel, Dataset, DatasetDict, Value
 
 from labkit.config import get_lab, load_profile
 from labkit.errors import LabError
@@ -104,16 +104,28 @@ def test_missing_or_empty_review_text_is_named_or_dropped(tmp_path, bad, kind):
     assert dropped == {"train": {"text": 1}} and len(dsd["train"]) == 3
 
 
-def test_text_of_the_wrong_type_is_named(tmp_path):
-    rows = [{"text": "fine", "label": "1 star"}, {"text": 3, "label": "2 star"}]
+def test_text_of_the_wrong_type_is_named_on_its_own_line_and_dropped_alone(tmp_path):
+    """One number among strings makes `datasets` read the column as JSON values: the row named is that
+    one (not line 1), `drop` removes it alone and leaves the others as plain text; a file whose every
+    row is dropped is one line, not an empty dataset failing later."""
+    rows = [{"text": "fine", "label": "1 star"}, {"text": "晚餐很好", "label": "5 stars"}]
+    rows += [{"text": 3, "label": "2 star"}, {"text": ["a list"], "label": "2 star"}]
     cfg = smoke_data_cfg(
         files={
             "train": write_reviews(tmp_path / "train.jsonl", rows),
             "test": write_reviews(tmp_path / "test.jsonl", rows[:1]),
         }
     )
-    with pytest.raises(LabError, match=r"(not text|cannot read .*train.jsonl as JSON lines)"):
+    with pytest.raises(
+        LabError, match=r"train.jsonl: column 'text' is not text \(a number\) at line 3 \(and 1 more row\(s\): line 4\)"
+    ):
         load_reviews(cfg, tmp_path)
+    dsd, dropped = load_reviews({**cfg, "bad_text": "drop"}, tmp_path)
+    assert dropped == {"train": {"text": 2}} and dsd["train"]["text"][:] == ["fine", "晚餐很好"]
+    assert dsd["train"].features["text"] == Value("string")
+    only_bad = write_reviews(tmp_path / "bad.jsonl", rows[2:])
+    with pytest.raises(LabError, match=r"bad.jsonl: every row \(2\) has missing, empty or non-text values in text"):
+        load_reviews({**cfg, "bad_text": "drop", "files": {"train": only_bad, "test": cfg["files"]["test"]}}, tmp_path)
 
 
 def test_tokenize_pads_and_truncates_to_max_length(tmp_path):

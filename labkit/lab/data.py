@@ -234,7 +234,9 @@ def first_bad_json_line(path: Path) -> str | None:
             try:
                 value = json.loads(line)
             except json.JSONDecodeError as exc:
-                return f"line {number}: {exc.msg} at column {exc.colno}; each line must be one JSON object"
+                why = exc.msg.removesuffix(" at")  # "Invalid control character at": a string left open, often
+                hint = " (a string left open, or a line break inside one?)" if "control character" in why else ""
+                return f"line {number}: {why} at column {exc.colno}{hint}; each line must be one JSON object"
             if not isinstance(value, dict):
                 return f"line {number}: a JSON {type(value).__name__}, not an object; each line must be one JSON object"
     return None
@@ -261,6 +263,8 @@ def read_local_file(path: Path) -> tuple[Dataset, dict]:
     if not path.is_file():
         raise LabError(f"data file {path} not found")
     about, suffix = local_format(path), path.suffix.lower()
+    if suffix in (".jsonl", ".json") and not path.read_bytes().strip():
+        raise LabError(f"data file {path} is empty: {about} needs at least one row")
     if suffix in (".csv", ".tsv"):
         ds, records = read_csv(path, delimiter="\t" if suffix == ".tsv" else ",")
         return ds, {"records": records}

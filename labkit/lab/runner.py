@@ -385,6 +385,14 @@ def main(lab_name: str, run: Callable[[RunContext], dict], argv: list[str] | Non
             fail_run(started, str(exc))
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: one line, no traceback; the run is marked failed, latest kept
+        if started is not None:
+            fail_run(started, "interrupted (Ctrl-C)")
+        where = (
+            f": {started.ctx.run_dir} is marked failed, latest still names the newest completed run" if started else ""
+        )
+        print(f"interrupted{where}", file=sys.stderr, flush=True)
+        return 130
     except BaseException as exc:
         if started is not None:
             fail_run(started, f"{type(exc).__name__}: {exc}")

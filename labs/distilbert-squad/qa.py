@@ -18,6 +18,34 @@ import numpy as np
 from labkit.errors import LabError
 
 
+def is_squad_answers(value) -> bool:
+    """SQuAD's ``answers`` of one row: ``{"text": [str, ...], "answer_start": [int, ...]}``, the lists of
+    one length, at least one answer (SQuAD v1.1: every question has one)."""
+    if not isinstance(value, dict):
+        return False
+    texts, starts = value.get("text"), value.get("answer_start")
+    return (
+        isinstance(texts, list)
+        and isinstance(starts, list)
+        and 0 < len(texts) == len(starts)
+        and all(isinstance(t, str) and t for t in texts)
+        and all(isinstance(s, int) and not isinstance(s, bool) for s in starts)
+    )
+
+
+def misplaced_answer(context: str, answers: dict) -> str | None:
+    """Why an answer is not where ``answer_start`` says (the training labels are cut from
+    ``context[answer_start : answer_start + len(text)]``: :func:`prepare_train_features`), else ``None``:
+    what the context holds there, and where the text does occur, if anywhere."""
+    for text, start in zip(answers["text"], answers["answer_start"], strict=True):
+        found = context[start : start + len(text)]
+        if found != text:
+            at = context.find(text)
+            where = f"it occurs at {at}" if at >= 0 else "it does not occur in the context"
+            return f"answer {text!r} is not at answer_start {start} (the context has {found!r} there; {where})"
+    return None
+
+
 def truncate_questions(examples: dict, tokenizer, max_question_tokens: int) -> int:
     """Cut questions longer than ``max_question_tokens`` tokens (in place); returns how many were cut.
 

@@ -33,6 +33,8 @@ from labkit.rundir import remove_if_empty
 
 from qa import (
     check_window,
+    is_squad_answers,
+    misplaced_answer,
     postprocess_predictions,
     prepare_train_features,
     prepare_validation_features,
@@ -52,18 +54,32 @@ def load_squad(cfg: dict, repo_root: Path) -> tuple[DatasetDict, dict]:
     line and column, or is dropped and counted with ``bad_text: drop`` (``labkit.lab.data.check_texts``).
 
     Raises:
-        LabError: a missing file or column (lists the columns there), a file of another format, an
-            ``answers`` column that is not SQuAD's nested one (names the split and what it holds),
-            or bad text.
+        LabError: a missing file or column (lists the columns there), a file of another format, a
+            row whose ``answers`` is not SQuAD's nested one (names file, line and value), an answer
+            not at its ``answer_start`` (names file, row id, what the context holds there), or bad
+            text; the last two are dropped and counted instead with ``bad_text: drop``.
     """
-    dsd, dropped = load_hub_or_files(cfg, repo_root, ("train", "validation"), COLUMNS, ("question", "context"))
-    for split, ds in dsd.items():
-        answers = ds.features["answers"]
-        if not (isinstance(answers, dict) and {"text", "answer_start"} <= set(answers)):
+    shape = (
+        is_squad_answers,
+        f"SQuAD's {SQUAD_ANSWERS}, lists of one length (a CSV/TSV field is text: use JSON lines, JSON or Parquet)",
+    )
+    splits = ("train", "validation")
+    dsd, dropped = load_hub_or_files(cfg, repo_root, splits, COLUMNS, ("question", "context"), {"answers": shape})
+    for split, ds in dsd.items():  # each answer where its answer_start says, or the labels are wrong
+        bad = {ex["id"]: why for ex in ds if (why := misplaced_answer(ex["context"], ex["answers"]))}
+        if not bad:
+            continue
+        where = cfg["hub_dataset"] if cfg["source"] == "hub" else str(repo_root / cfg["files"][split])
+        first, why = next(iter(bad.items()))
+        if cfg.get("bad_text", "fail") != "drop":
+            more = f" (and {len(bad) - 1} more row(s))" if len(bad) > 1 else ""
             raise LabError(
-                f"{split} split: column 'answers' must hold SQuAD's {SQUAD_ANSWERS} in every row; it holds "
-                f"{answers}. Use JSON lines, JSON or Parquet (a CSV/TSV field is text)."
+                f"{where}: row id {first!r}: {why}{more}. Fix answer_start (a character offset into the context), "
+                "or set data.bad_text=drop to drop such rows (they are counted in metrics.json)."
             )
+        dsd[split] = ds.select([i for i, rid in enumerate(ds["id"]) if rid not in bad])
+        dropped.setdefault(split, {})["answers"] = len(bad)
+        print(f"{where}: dropped {len(bad)} row(s) whose answer is not at its answer_start: {', '.join(bad)}")
     sizes = {"train": cfg["train_samples"], "validation": cfg["eval_samples"]}
     return subsample(dsd, sizes, cfg["shuffle_seed"]), dropped
 

@@ -212,10 +212,14 @@ def run(ctx: RunContext) -> dict:
             )
         )
     tokenizer = AutoTokenizer.from_pretrained(model_path, revision=model_cfg["revision"])
+
+    def source(split: str) -> str:  # where a split's text came from, for messages
+        if data_cfg["source"] == "files":
+            return f"data.files.{split} ({data_cfg['files'][split]})"
+        return f"{data_cfg['hub_dataset']} split {split}"
+
     blocks = {
-        split: to_blocks(
-            texts[split], tokenizer, data_cfg["block_size"], data_cfg[f"max_{kind}_blocks"], f"data {split}"
-        )
+        split: to_blocks(texts[split], tokenizer, data_cfg["block_size"], data_cfg[f"max_{kind}_blocks"], source(split))
         for split, kind in (("train", "train"), ("test", "eval"))
     }
     print(

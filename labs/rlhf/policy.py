@@ -138,6 +138,36 @@ def check_ppo_settings(ppo: dict) -> None:
         )
 
 
+#: Held-out rates (accuracies, win rates) move in steps of 1/n pairs: below this many held-out pairs one
+#: pair moves a rate by more than 6 points, as much as the margins of the bounds in expected/*.yaml, so
+#: their checks are left out (metrics.json ``not_run``) rather than judged on noise. The bundled and
+#: foreign held-out sets have 32 and 24 pairs.
+MIN_HELD_OUT_FOR_RATES = 16
+#: The checks on held-out rates (reward models' accuracy, DPO's implicit-reward accuracy, the judge's
+#: win rates over held-out prompts).
+HELD_OUT_RATES = (
+    "reward.accuracy_after",
+    "dpo.eval_reward_accuracy_after",
+    "rlaif.reward_model.accuracy_after",
+    "ppo.judge_win_rate",
+    "dpo.judge_win_rate",
+    "rlaif.grpo.judge_win_rate",
+)
+
+
+def rates_left_out(test_pairs: int, prompts: int) -> dict[str, str]:
+    """``metrics.json`` ``not_run`` entries for :data:`HELD_OUT_RATES` when the held-out set is too small
+    to judge a rate (:data:`MIN_HELD_OUT_FOR_RATES`): ``{}`` otherwise. ``prompts``: how many held-out
+    prompts the win rates use (``generation.prompts``, at most ``test_pairs``)."""
+    reasons = {}
+    for name in HELD_OUT_RATES:
+        n = prompts if name.endswith("judge_win_rate") else test_pairs
+        if n < MIN_HELD_OUT_FOR_RATES:
+            what = "held-out prompts" if name.endswith("judge_win_rate") else "held-out pairs"
+            reasons[name] = f"{n} {what}, too few to judge a rate ({MIN_HELD_OUT_FOR_RATES} or more)"
+    return reasons
+
+
 def check_batches(cfg: dict, train_pairs: int, test_pairs: int) -> None:
     """Every stage gets at least one batch from the pairs it trains on, checked before any training.
 

@@ -68,6 +68,7 @@ from policy import (
     dtype_of,
     load_tokenizer,
     preference_accuracy,
+    rates_left_out,
     rm_scores,
     sample_completions,
 )
@@ -423,6 +424,8 @@ def run(ctx: RunContext) -> dict:
         "fingerprint": data_fingerprint(cfg["data"], ctx.repo_root),
     }
     metrics["attn_implementation"] = attn
+    if left_out := rates_left_out(len(test), len(held_out)):  # a rate on a handful of pairs is noise
+        metrics["not_run"] = left_out
     for folder in sorted((out / "checkpoints").glob("*")):  # the trainers' output_dir: nothing is saved there
         remove_if_empty(folder)
     remove_if_empty(out / "checkpoints")

@@ -82,6 +82,12 @@ def test_a_malformed_json_line_is_named_by_its_line(tmp_path):
         LabError, match=r"train.jsonl as JSON lines .*: line 4: Expecting property name .* at column 20"
     ):
         load_reviews(cfg, tmp_path)
+    train.write_text(f'{good}\n{{"text": "cut off\n', encoding="utf-8")  # a string never closed
+    with pytest.raises(LabError, match=r": line 2: Invalid control character at column 18 \(a string left open"):
+        load_reviews(cfg, tmp_path)
+    train.write_text("\n", encoding="utf-8")
+    with pytest.raises(LabError, match=r"^data file .*train.jsonl is empty: JSON lines .* needs at least one row$"):
+        load_reviews(cfg, tmp_path)
 
 
 def write_reviews(path, rows):

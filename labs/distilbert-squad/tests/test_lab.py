@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from datasets import Dataset
@@ -149,3 +151,53 @@ def test_expected_data_fingerprint_is_the_profiles_data(profile):
         hub_or_files_fingerprint(cfg, lab.dir.parents[1], ("train", "validation"))
         == (load_expected(lab.expected_path(profile))["data"]["fingerprint"])
     )
+
+
+def test_answers_are_checked_where_they_sit_and_in_their_shape(tmp_path):
+    """An answer not at its answer_start (a wrong offset, or a text the context lacks) would train on
+    wrong labels: one line naming the file, the row id, what the context holds there and where the
+    text is; drop removes those rows alone (counted). A row whose answers are not SQuAD's nested shape
+    is named by file and line; a CSV's answers field (text) is refused naming the file."""
+    import json
+
+    from labkit.config import get_lab, load_profile
+
+    from run import load_squad
+
+    lab = get_lab("distilbert-squad")
+    cfg = load_profile(lab, "smoke")[0]["data"]
+    rows = [json.loads(line) for line in (lab.dir / "data/smoke/train.jsonl").read_text().splitlines()[:6]]
+    context, answer = rows[1]["context"], rows[1]["answers"]["text"][0]
+    rows[1]["answers"]["answer_start"] = [context.index(answer) + 1]
+    rows[4]["answers"] = {"text": ["蜂蜜"], "answer_start": [0]}
+
+    def load(rows, name="train.jsonl", **more):
+        train = tmp_path / name
+        train.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+        files = {**cfg["files"], "train": str(train)}
+        return load_squad(
+            {**cfg, "files": files, "train_samples": None, "eval_samples": None, **more}, lab.dir.parents[1]
+        )
+
+    shifted = (
+        rf"train.jsonl: row id {rows[1]['id']!r}: answer {answer!r} is not at answer_start {context.index(answer) + 1}"
+    )
+    with pytest.raises(
+        LabError, match=re.escape(shifted) + r" .*; it occurs at \d+\) \(and 1 more row\(s\)\)\. Fix answer_start"
+    ):
+        load(rows)
+    dsd, dropped = load(rows, bad_text="drop")
+    assert dropped == {"train": {"answers": 2}} and len(dsd["train"]) == 4
+    assert rows[1]["id"] not in dsd["train"]["id"] and rows[0]["id"] in dsd["train"]["id"]
+    with pytest.raises(LabError, match=r"answer '蜂蜜' is not at answer_start 0 .*it does not occur in the context"):
+        load(rows[2:])
+    plain = [dict(rows[0]), *rows[2:4]]
+    plain[2] = {**plain[2], "answers": "an answer as plain text"}
+    with pytest.raises(
+        LabError, match=r"train.jsonl: column 'answers' is 'an answer as plain text' at line 3: SQuAD's"
+    ):
+        load(plain)
+    csv = tmp_path / "train.csv"
+    csv.write_text('id,context,question,answers\nq1,Some context.,What?,"{""text"": [""Some""]}"\n', encoding="utf-8")
+    with pytest.raises(LabError, match=r"train.csv: column 'answers' is .* at record 1 \(line 2\): .*use JSON lines"):
+        load_squad({**cfg, "files": {**cfg["files"], "train": str(csv)}}, lab.dir.parents[1])

@@ -52,7 +52,8 @@ def test_a_csv_cannot_hold_answers_and_is_refused_naming_the_formats_that_can(tm
     (tmp_path / "train.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     (tmp_path / "validation.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS), encoding="utf-8")
     with pytest.raises(
-        LabError, match=r"train split: column 'answers' must hold SQuAD's .*JSON lines, JSON or Parquet"
+        LabError,
+        match=r"train.csv: column 'answers' is 'Hobart' at record 1 \(line 2\) .*SQuAD's .*JSON lines, JSON or Parquet",
     ):
         load_squad(data_cfg(train="train.csv", validation="validation.jsonl"), tmp_path)
 

@@ -369,6 +369,13 @@ def test_bad_routing_settings_stop_before_anything_loads(override, message, tmp_
     assert not list(tmp_path.rglob("tiny-model"))  # refused at step 0, before the model is built
 
 
+def test_a_split_too_short_for_one_block_names_its_file(tmp_path, capsys):
+    short = tmp_path / "short.txt"
+    short.write_text("Too short to fill a block.\n", encoding="utf-8")
+    code, err = run_main([f"data.files.test={short}"], tmp_path, capsys)
+    assert code == 2 and f"data.files.test ({short}): 1 texts give" in err and "less than one block" in err, err
+
+
 def test_top_k_above_the_checkpoints_experts_is_refused(tmp_path, capsys):
     code, err = run_main(["model.num_experts_per_tok=9"], tmp_path, capsys)
     assert (
@@ -481,3 +488,22 @@ def test_aux_coefficient_zero_unbalances_the_routers_and_fails_verification(tmp_
     metrics = json.loads((run_dir / "metrics.json").read_text())
     # CV 0.542 on the CPU the values were measured on, 0.433 on a Xeon with AVX-512 + AMX: far above the 0.35 check
     assert metrics["routing"]["after"]["load_cv_mean"] > 0.4 and metrics["train"]["loss_drop_ratio"] > 0.03
+
+
+def test_ctrl_c_is_one_line_the_run_marked_failed_and_latest_kept(tmp_path, capsys):
+    """Ctrl-C mid-run (KeyboardInterrupt): exit 130 and one line saying so, no traceback; the run's
+    manifest says failed, and latest is not moved to it (labkit.lab.runner.main)."""
+    from run import main
+
+    def interrupted(ctx):
+        raise KeyboardInterrupt
+
+    code = main("moe", interrupted, ["--profile", "smoke", "--output-root", str(tmp_path)])
+    err = capsys.readouterr().err
+    (run_dir,) = (tmp_path / "moe" / "smoke").iterdir()
+    assert code == 130 and err.strip() == (
+        f"interrupted: {run_dir} is marked failed, latest still names the newest completed run"
+    )
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and manifest["error"] == "interrupted (Ctrl-C)"
+    assert not (tmp_path / "moe" / "smoke" / "latest").exists()

@@ -601,3 +601,29 @@ def test_readme_gives_the_own_data_command_and_it_loads_the_foreign_pairs(tmp_pa
     assert cfg["files"] == {"train": "my_train.csv", "test": "my_test.csv"}
     pairs, dropped = load_preferences(cfg, tmp_path)
     assert (len(pairs["train"]), len(pairs["test"]), dropped) == (96, 24, {})
+
+
+def test_rates_on_a_handful_of_held_out_pairs_are_left_out_not_judged(tmp_path):
+    """10 held-out pairs (a learner's own set): an accuracy or a win rate moves 10 points per pair, so
+    the checks on held-out rates SKIP with the reason (metrics.json not_run); the bundled (32) and
+    foreign (24) sets keep every check, and so the broken run still fails its rate checks."""
+    from labkit.verify import verify_run
+
+    from policy import HELD_OUT_RATES, rates_left_out
+
+    assert rates_left_out(32, 32) == {} and rates_left_out(24, 24) == {}
+    small = rates_left_out(10, 10)
+    assert set(small) == set(HELD_OUT_RATES)
+    assert small["dpo.eval_reward_accuracy_after"] == "10 held-out pairs, too few to judge a rate (16 or more)"
+    assert set(rates_left_out(24, 8)) == {"ppo.judge_win_rate", "dpo.judge_win_rate", "rlaif.grpo.judge_win_rate"}
+    expected = load_expected(LAB.expected_path("smoke"))["metrics"]
+    assert set(HELD_OUT_RATES) <= set(expected) and set(LAB.broken_fails) - set(HELD_OUT_RATES) == {
+        "ppo.ai_reward_model_score_gain"
+    }
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "manifest.json").write_text(json.dumps({"status": "completed"}))
+    (run / "metrics.json").write_text(json.dumps({"dpo": {"eval_reward_accuracy_after": 0.7}, "not_run": small}))
+    checks = {c.name: c for c in verify_run(run, LAB.expected_path("smoke"))}
+    assert checks["dpo.eval_reward_accuracy_after"].result == "SKIP"
+    assert "10 held-out pairs, too few" in checks["dpo.eval_reward_accuracy_after"].got

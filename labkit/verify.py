@@ -26,8 +26,8 @@ course's dataset) say ``depends_on_data: true``, and the file names that data::
 
 A run on other data (its ``metrics.json`` ``data.fingerprint`` differs) keeps every other check
 (files, loss falls, reload matches ...) and reports those as SKIP, with the reason. So does a run on
-the same data with a setting of the profile changed (another ``seed``, more epochs: its
-``manifest.json`` ``overrides``, other than ``data.*`` ones, which the fingerprint covers) for its
+the same data with a setting of the profile changed (another ``seed``, more epochs, a data setting
+the fingerprint does not cover: its ``manifest.json`` ``overrides``) for its
 data-bound *pinned* values (``equals``: counts, losses to a tolerance), which were measured with the
 profile's settings; data-bound bounds (``min``/``max``) still apply to it. Settings that by design
 leave the pinned values unchanged (how a run is launched, which of its parts run) are listed in the
@@ -221,7 +221,8 @@ def verify_run(run_dir: Path, expected_path: Path) -> list[Check]:
 
 def changed_settings(run_dir: Path, expected_path: Path, keep: list[str]) -> list[str]:
     """The settings a run changed (``manifest.json`` ``overrides``) that can move the data-bound values
-    of ``expected_path``: not ``data.*`` (the data fingerprint covers them), not those in ``keep`` (a
+    of ``expected_path``: ``data.*`` ones too (a lab's fingerprint covers its files and sampling, not
+    every data setting: a shuffle seed, a prompt marker), not those in ``keep`` (a
     dotted path, or a prefix ending in ``.``), and not those set to the profile's own value
     (``labs/<lab>/profiles/<profile>.yaml`` beside the ``expected/`` folder). Empty when the run has no
     manifest or changed nothing."""
@@ -237,7 +238,7 @@ def changed_settings(run_dir: Path, expected_path: Path, keep: list[str]) -> lis
         profile = None
     changed = []
     for path, value in overrides.items():
-        if path.startswith("data.") or any(path == k or (k.endswith(".") and path.startswith(k)) for k in keep):
+        if any(path == k or (k.endswith(".") and path.startswith(k)) for k in keep):
             continue
         try:
             if profile is not None and lookup(profile, path) == value:

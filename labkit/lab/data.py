@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from datasets import Dataset, DatasetDict, Features, Value, load_dataset
+from datasets import Dataset, DatasetDict, Features, Json, Value, load_dataset
 
 from labkit.errors import LabError
 from labkit.lab.files import (  # noqa: F401  (re-exported: the labs' CSV reader and formats live there)
@@ -53,13 +53,15 @@ def read_csv(path: Path, delimiter: str = ",") -> tuple[Dataset, CsvRecords]:
     return Dataset.from_dict(columns, features=features), records
 
 
-def bad_text_rows(ds: Dataset, column: str) -> dict[str, list[int]]:
+def bad_text_rows(ds: Dataset, column: str, raw: list | None = None) -> dict[str, list[int]]:
     """Row indices (0-based, in ``ds``' order) whose ``column`` is not usable text, by kind.
 
     Kinds: ``"missing or null"`` (a JSON key absent or null: Arrow reads both as null), ``"empty"``
     (empty or whitespace only), ``"not text (a number)"`` (also ``a list``, ``an object``, ``true or
-    false``: a JSON value of another type; a column that mixes them with strings is read as JSON
-    values, and each row is classified on its own).
+    false``: a JSON value of another type). A column that mixes them with strings is read by
+    ``datasets`` as JSON values (its ``Json`` feature), which cannot tell the text ``"5"`` from the
+    number 5: ``raw``, the file's own values of that column (:func:`read_local_file`), classifies each
+    row then; without it the decoded values do.
     """
     values = ds.with_format("arrow")[column]
     if isinstance(values, pa.ChunkedArray):
@@ -68,7 +70,7 @@ def bad_text_rows(ds: Dataset, column: str) -> dict[str, list[int]]:
         if pa.types.is_null(values.type):
             return {"missing or null": list(range(len(values)))}
         found: dict[str, list[int]] = {}
-        for row, value in enumerate(ds[column][:]):  # decoded: str, int, float, bool, list, dict, None
+        for row, value in enumerate(raw if raw is not None else ds[column][:]):  # str, int, list, dict, None...
             if value is None:
                 kind = "missing or null"
             elif isinstance(value, str):
@@ -95,6 +97,7 @@ def check_texts(
     where: str,
     first_line: int | None = None,
     records: CsvRecords | None = None,
+    raw: dict[str, list] | None = None,
 ) -> tuple[Dataset, dict[str, int]]:
     """Check ``columns`` of ``ds`` for null, empty and non-string values (see the module docstring).
 
@@ -108,6 +111,8 @@ def check_texts(
         records: a CSV/TSV's :class:`CsvRecords` (:func:`read_csv`): places are then given as the
             record number and the physical line its field starts on (``record 50 (line 363)``),
             which differ once a quoted field holds a line break.
+        raw: ``{column: the file's values}`` for columns ``datasets`` read as JSON values (mixed
+            types: :func:`read_local_file`), so each row is classified, and kept, as written.
 
     Returns:
         ``(ds without the bad rows, {column: rows dropped})`` (nothing dropped under ``fail``).
@@ -124,8 +129,9 @@ def check_texts(
 
     bad_rows: set[int] = set()
     counts: dict[str, int] = {}
+    raw = raw or {}
     for column in columns:
-        found = bad_text_rows(ds, column)
+        found = bad_text_rows(ds, column, raw.get(column))
         rows = sorted({r for rs in found.values() for r in rs})
         if not rows:
             continue
@@ -143,12 +149,18 @@ def check_texts(
             )
         counts[column] = len(rows)
         bad_rows.update(rows)
+    kept = [i for i in range(len(ds)) if i not in bad_rows]
     if bad_rows:
-        ds = ds.select([i for i in range(len(ds)) if i not in bad_rows])
+        ds = ds.select(kept)
     for column in columns:  # a column read as JSON values (strings mixed with others): plain text again
-        if column in ds.column_names and ds.features[column] != Value("string") and not bad_text_rows(ds, column):
-            features = Features({**ds.features, column: Value("string")})
-            ds = ds.map(lambda batch, c=column: {c: batch[c]}, batched=True, features=features)
+        if column in ds.column_names and ds.features[column] != Value("string"):
+            texts = [raw[column][i] for i in kept] if column in raw else ds[column][:]
+            if all(isinstance(t, str) for t in texts):
+                ds = ds.flatten_indices().map(
+                    lambda _, i, c=column, t=texts: {c: t[i]},
+                    with_indices=True,
+                    features=Features({**ds.features, column: Value("string")}),
+                )
     if bad_rows and not len(ds):
         raise LabError(
             f"{where}: every row ({len(bad_rows)}) has missing, empty or non-text values in {', '.join(counts)}: "
@@ -205,15 +217,17 @@ def check_values(
     where: str,
     first_line: int | None = None,
     records: CsvRecords | None = None,
+    raw: dict[str, list] | None = None,
 ) -> None:
     """Refuse a row whose ``column`` value ``accepts(value)`` rejects: one line naming the source, the
     first such row's place (:func:`row_place`, as :func:`check_texts` names them), the value (quoted,
-    so an empty one shows) and ``expected`` (what a value may be). ``ds``: rows in their source's order.
+    so an empty one shows) and ``expected`` (what a value may be). ``ds``: rows in their source's order;
+    ``raw``: as in :func:`check_texts` (the file's values of a mixed-type column).
 
     Raises:
         LabError: a rejected value (the first; the count of the others).
     """
-    values = ds[column]
+    values = (raw or {}).get(column) or ds[column][:]
     bad = [i for i, value in enumerate(values) if not accepts(value)]
     if bad:
         more = f" (and {len(bad) - 1} more row(s))" if len(bad) > 1 else ""
@@ -235,11 +249,20 @@ def first_bad_json_line(path: Path) -> str | None:
                 value = json.loads(line)
             except json.JSONDecodeError as exc:
                 why = exc.msg.removesuffix(" at")  # "Invalid control character at": a string left open, often
-                hint = " (a string left open, or a line break inside one?)" if "control character" in why else ""
+                hint = " (a string left open, or a line break or tab inside one?)" if "control character" in why else ""
                 return f"line {number}: {why} at column {exc.colno}{hint}; each line must be one JSON object"
             if not isinstance(value, dict):
                 return f"line {number}: a JSON {type(value).__name__}, not an object; each line must be one JSON object"
     return None
+
+
+def is_blank(path: Path) -> bool:
+    """Whether a file holds nothing but whitespace (read in blocks until the first other byte)."""
+    with open(path, "rb") as f:
+        while block := f.read(1 << 16):
+            if block.strip():
+                return False
+    return True
 
 
 def read_local_file(path: Path) -> tuple[Dataset, dict]:
@@ -253,7 +276,9 @@ def read_local_file(path: Path) -> tuple[Dataset, dict]:
     rows placed by record and line (a quoted field may span lines).
 
     Returns:
-        ``(dataset, {"first_line": 1} | {"records": CsvRecords} | {})``.
+        ``(dataset, {"first_line": 1} | {"records": CsvRecords} | {})``, and ``"raw"``: ``{column:
+        values}`` as the file holds them for columns of mixed JSON types (``datasets`` reads those as
+        JSON values; :func:`check_texts` classifies them by what was written).
 
     Raises:
         LabError: the file does not exist, its extension is not one of :data:`LOCAL_FORMATS`, or it
@@ -263,7 +288,7 @@ def read_local_file(path: Path) -> tuple[Dataset, dict]:
     if not path.is_file():
         raise LabError(f"data file {path} not found")
     about, suffix = local_format(path), path.suffix.lower()
-    if suffix in (".jsonl", ".json") and not path.read_bytes().strip():
+    if suffix in (".jsonl", ".json") and is_blank(path):
         raise LabError(f"data file {path} is empty: {about} needs at least one row")
     if suffix in (".csv", ".tsv"):
         ds, records = read_csv(path, delimiter="\t" if suffix == ".tsv" else ",")
@@ -276,7 +301,24 @@ def read_local_file(path: Path) -> tuple[Dataset, dict]:
         cause = exc.__cause__ or exc
         first = (str(cause).splitlines() or [""])[0][:300]
         raise LabError(f"cannot read {path} as {about}: {type(cause).__name__}: {first}") from exc
-    return ds, {"first_line": 1} if suffix == ".jsonl" else {}
+    places: dict = {"first_line": 1} if suffix == ".jsonl" else {}
+    mixed = [name for name, feature in ds.features.items() if isinstance(feature, Json)]
+    if mixed and suffix in (".jsonl", ".json") and (rows := json_rows(path, suffix)) and len(rows) == len(ds):
+        places["raw"] = {name: [row.get(name) for row in rows] for name in mixed}
+    return ds, places
+
+
+def json_rows(path: Path, suffix: str) -> list[dict] | None:
+    """The rows of a JSON lines file (its non-blank lines) or of a JSON file holding one array of
+    objects, as Python's ``json`` reads them; None for any other layout."""
+    text = path.read_text(encoding="utf-8", errors="replace")
+    try:
+        rows = (
+            [json.loads(line) for line in text.splitlines() if line.strip()] if suffix == ".jsonl" else json.loads(text)
+        )
+    except json.JSONDecodeError:
+        return None
+    return rows if isinstance(rows, list) and all(isinstance(r, dict) for r in rows) else None
 
 
 def load_hub_or_files(

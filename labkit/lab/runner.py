@@ -365,7 +365,7 @@ def fail_run(started: StartedRun, error: str) -> dict:
 
 
 def main(lab_name: str, run: Callable[[RunContext], dict], argv: list[str] | None = None) -> int:
-    """Run ``run`` under one profile; returns the process exit status (0 ok, 2 bad input)."""
+    """Run ``run`` under one profile; returns the process exit status (0 ok, 2 bad input, 130 interrupted by Ctrl-C)."""
     args = parse_args(argv)
     started = None
     try:

@@ -19,8 +19,8 @@ from labkit.errors import LabError
 
 
 def is_squad_answers(value) -> bool:
-    """SQuAD's ``answers`` of one row: ``{"text": [str, ...], "answer_start": [int, ...]}``, the lists of
-    one length, at least one answer (SQuAD v1.1: every question has one)."""
+    """SQuAD's ``answers`` of one row: ``{"text": [str, ...], "answer_start": [int >= 0, ...]}``, the
+    lists of one length, at least one non-empty answer (SQuAD v1.1: every question has one)."""
     if not isinstance(value, dict):
         return False
     texts, starts = value.get("text"), value.get("answer_start")
@@ -29,7 +29,7 @@ def is_squad_answers(value) -> bool:
         and isinstance(starts, list)
         and 0 < len(texts) == len(starts)
         and all(isinstance(t, str) and t for t in texts)
-        and all(isinstance(s, int) and not isinstance(s, bool) for s in starts)
+        and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in starts)
     )
 
 

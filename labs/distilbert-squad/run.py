@@ -56,30 +56,38 @@ def load_squad(cfg: dict, repo_root: Path) -> tuple[DatasetDict, dict]:
     Raises:
         LabError: a missing file or column (lists the columns there), a file of another format, a
             row whose ``answers`` is not SQuAD's nested one (names file, line and value), an answer
-            not at its ``answer_start`` (names file, row id, what the context holds there), or bad
+            in a local file not at its ``answer_start`` (names file, line or row id, what the context
+            holds there; the Hub's SQuAD is taken as published), or bad
             text; the last two are dropped and counted instead with ``bad_text: drop``.
     """
     shape = (
         is_squad_answers,
-        f"SQuAD's {SQUAD_ANSWERS}, lists of one length (a CSV/TSV field is text: use JSON lines, JSON or Parquet)",
+        f"SQuAD's {SQUAD_ANSWERS}: at least one non-empty answer, starts >= 0, lists of one length (SQuAD v2's "
+        "unanswerable questions are not supported; a CSV/TSV field is text: use JSON lines, JSON or Parquet)",
     )
     splits = ("train", "validation")
     dsd, dropped = load_hub_or_files(cfg, repo_root, splits, COLUMNS, ("question", "context"), {"answers": shape})
-    for split, ds in dsd.items():  # each answer where its answer_start says, or the labels are wrong
-        bad = {ex["id"]: why for ex in ds if (why := misplaced_answer(ex["context"], ex["answers"]))}
+    for split, ds in dsd.items() if cfg["source"] == "files" else ():  # your files: each answer where it says
+        bad = [(i, why) for i, ex in enumerate(ds) if (why := misplaced_answer(ex["context"], ex["answers"]))]
         if not bad:
             continue
-        where = cfg["hub_dataset"] if cfg["source"] == "hub" else str(repo_root / cfg["files"][split])
-        first, why = next(iter(bad.items()))
+        where = str(repo_root / cfg["files"][split])
+        by_line = where.endswith(".jsonl") and split not in dropped  # no row dropped yet: row i is line i + 1
+
+        def place(i: int, ds=ds, by_line=by_line) -> str:
+            return f"line {i + 1} (id {str(ds[i]['id'])!r})" if by_line else f"row id {str(ds[i]['id'])!r}"
+
         if cfg.get("bad_text", "fail") != "drop":
             more = f" (and {len(bad) - 1} more row(s))" if len(bad) > 1 else ""
             raise LabError(
-                f"{where}: row id {first!r}: {why}{more}. Fix answer_start (a character offset into the context), "
-                "or set data.bad_text=drop to drop such rows (they are counted in metrics.json)."
+                f"{where}: {place(bad[0][0])}: {bad[0][1]}{more}. Fix answer_start (a character offset into the "
+                "context), or set data.bad_text=drop to drop such rows (they are counted in metrics.json)."
             )
-        dsd[split] = ds.select([i for i, rid in enumerate(ds["id"]) if rid not in bad])
+        rows = {i for i, _ in bad}
+        dsd[split] = ds.select([i for i in range(len(ds)) if i not in rows])
         dropped.setdefault(split, {})["answers"] = len(bad)
-        print(f"{where}: dropped {len(bad)} row(s) whose answer is not at its answer_start: {', '.join(bad)}")
+        shown = ", ".join(place(i) for i, _ in bad[:10]) + (", ..." if len(bad) > 10 else "")
+        print(f"{where}: dropped {len(bad)} row(s) whose answer is not at its answer_start: {shown}", flush=True)
     sizes = {"train": cfg["train_samples"], "validation": cfg["eval_samples"]}
     return subsample(dsd, sizes, cfg["shuffle_seed"]), dropped
 

@@ -216,7 +216,7 @@ def run(ctx: RunContext) -> dict:
     def source(split: str) -> str:  # where a split's text came from, for messages
         if data_cfg["source"] == "files":
             return f"data.files.{split} ({data_cfg['files'][split]})"
-        return f"{data_cfg['hub_dataset']} split {split}"
+        return f"{data_cfg['hub_dataset']} split {data_cfg['hub_splits'][split]}"
 
     blocks = {
         split: to_blocks(texts[split], tokenizer, data_cfg["block_size"], data_cfg[f"max_{kind}_blocks"], source(split))

@@ -114,8 +114,12 @@ def test_text_of_the_wrong_type_is_named_on_its_own_line_and_dropped_alone(tmp_p
     """One number among strings makes `datasets` read the column as JSON values: the row named is that
     one (not line 1), `drop` removes it alone and leaves the others as plain text; a file whose every
     row is dropped is one line, not an empty dataset failing later."""
-    rows = [{"text": "fine", "label": "1 star"}, {"text": "晚餐很好", "label": "5 stars"}]
-    rows += [{"text": 3, "label": "2 star"}, {"text": ["a list"], "label": "2 star"}]
+    rows = [{"text": "5", "label": "1 star"}, {"text": '"Great"', "label": "5 stars"}]
+    rows += [
+        {"text": 3, "label": "2 star"},
+        {"text": ["a list"], "label": "2 star"},
+        {"text": "null", "label": "1 star"},
+    ]
     cfg = smoke_data_cfg(
         files={
             "train": write_reviews(tmp_path / "train.jsonl", rows),
@@ -127,9 +131,10 @@ def test_text_of_the_wrong_type_is_named_on_its_own_line_and_dropped_alone(tmp_p
     ):
         load_reviews(cfg, tmp_path)
     dsd, dropped = load_reviews({**cfg, "bad_text": "drop"}, tmp_path)
-    assert dropped == {"train": {"text": 2}} and dsd["train"]["text"][:] == ["fine", "晚餐很好"]
+    # text that is itself JSON ("5", "null", '"Great"') stays text, as written (read from the file)
+    assert dropped == {"train": {"text": 2}} and dsd["train"]["text"][:] == ["5", '"Great"', "null"]
     assert dsd["train"].features["text"] == Value("string")
-    only_bad = write_reviews(tmp_path / "bad.jsonl", rows[2:])
+    only_bad = write_reviews(tmp_path / "bad.jsonl", rows[2:4])
     with pytest.raises(LabError, match=r"bad.jsonl: every row \(2\) has missing, empty or non-text values in text"):
         load_reviews({**cfg, "bad_text": "drop", "files": {"train": only_bad, "test": cfg["files"]["test"]}}, tmp_path)
 

@@ -179,9 +179,8 @@ def test_answers_are_checked_where_they_sit_and_in_their_shape(tmp_path):
             {**cfg, "files": files, "train_samples": None, "eval_samples": None, **more}, lab.dir.parents[1]
         )
 
-    shifted = (
-        rf"train.jsonl: row id {rows[1]['id']!r}: answer {answer!r} is not at answer_start {context.index(answer) + 1}"
-    )
+    start = context.index(answer) + 1
+    shifted = f"train.jsonl: line 2 (id {rows[1]['id']!r}): answer {answer!r} is not at answer_start {start}"
     with pytest.raises(
         LabError, match=re.escape(shifted) + r" .*; it occurs at \d+\) \(and 1 more row\(s\)\)\. Fix answer_start"
     ):
@@ -189,8 +188,14 @@ def test_answers_are_checked_where_they_sit_and_in_their_shape(tmp_path):
     dsd, dropped = load(rows, bad_text="drop")
     assert dropped == {"train": {"answers": 2}} and len(dsd["train"]) == 4
     assert rows[1]["id"] not in dsd["train"]["id"] and rows[0]["id"] in dsd["train"]["id"]
-    with pytest.raises(LabError, match=r"answer '蜂蜜' is not at answer_start 0 .*it does not occur in the context"):
+    with pytest.raises(LabError, match=r"line 3 \(id .*\): answer '蜂蜜' is not at answer_start 0 .*does not occur in"):
         load(rows[2:])
+    twins = [dict(rows[0]), {**rows[1], "id": rows[0]["id"]}]  # ids repeat: only the misplaced row goes
+    dsd, dropped = load(twins, bad_text="drop")
+    assert dropped == {"train": {"answers": 1}} and dsd["train"]["answers"][:] == [rows[0]["answers"]]
+    negative = [dict(rows[0]), {**rows[2], "answers": {"text": [answer], "answer_start": [-3]}}]
+    with pytest.raises(LabError, match=r"column 'answers' is .* at line 2: SQuAD's .* starts >= 0"):
+        load(negative)
     plain = [dict(rows[0]), *rows[2:4]]
     plain[2] = {**plain[2], "answers": "an answer as plain text"}
     with pytest.raises(

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from datasets import Dataset, DatasetDict, Features, Json, Value, load_dataset
+from datasets import Dataset, DatasetDict, Features, Value, load_dataset
 
 from labkit.errors import LabError
 from labkit.lab.files import (  # noqa: F401  (re-exported: the labs' CSV reader and formats live there)
@@ -302,7 +302,8 @@ def read_local_file(path: Path) -> tuple[Dataset, dict]:
         first = (str(cause).splitlines() or [""])[0][:300]
         raise LabError(f"cannot read {path} as {about}: {type(cause).__name__}: {first}") from exc
     places: dict = {"first_line": 1} if suffix == ".jsonl" else {}
-    mixed = [name for name, feature in ds.features.items() if isinstance(feature, Json)]
+    # datasets >= 5 reads a mixed-type column as its Json feature (the course variants' older datasets has none)
+    mixed = [name for name, feature in ds.features.items() if type(feature).__name__ == "Json"]
     if mixed and suffix in (".jsonl", ".json") and (rows := json_rows(path, suffix)) and len(rows) == len(ds):
         places["raw"] = {name: [row.get(name) for row in rows] for name in mixed}
     return ds, places

@@ -238,7 +238,7 @@ def changed_settings(run_dir: Path, expected_path: Path, keep: list[str]) -> lis
         profile = None
     changed = []
     for path, value in overrides.items():
-        if any(path == k or (k.endswith(".") and path.startswith(k)) for k in keep):
+        if any(covers(k, path) for k in keep):
             continue
         try:
             if profile is not None and lookup(profile, path) == value:
@@ -268,9 +268,15 @@ def left_out(name: str, not_run: dict) -> str | None:
     (``steps.awq.`` covers ``steps.awq.bits``, not ``steps.awq2.bits``); empty keys match nothing.
     """
     for key, why in not_run.items():
-        if key and (name == key or (key.endswith((".", "/")) and name.startswith(key))):
+        if covers(key, name):
             return str(why)
     return None
+
+
+def covers(key: str, name: str) -> bool:
+    """Whether ``key`` names ``name`` exactly or is a prefix of it ending at a ``.`` or ``/`` boundary
+    (``steps.awq.`` covers ``steps.awq.bits``, not ``steps.awq2.bits``); an empty key covers nothing."""
+    return bool(key) and (name == key or (key.endswith((".", "/")) and name.startswith(key)))
 
 
 def verdict(checks: list[Check], expected_path: Path) -> str:

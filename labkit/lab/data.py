@@ -53,15 +53,15 @@ def read_csv(path: Path, delimiter: str = ",") -> tuple[Dataset, CsvRecords]:
     return Dataset.from_dict(columns, features=features), records
 
 
-def bad_text_rows(ds: Dataset, column: str, raw: list | None = None) -> dict[str, list[int]]:
+def bad_text_rows(ds: Dataset, column: str, written: list | None = None) -> dict[str, list[int]]:
     """Row indices (0-based, in ``ds``' order) whose ``column`` is not usable text, by kind.
 
     Kinds: ``"missing or null"`` (a JSON key absent or null: Arrow reads both as null), ``"empty"``
     (empty or whitespace only), ``"not text (a number)"`` (also ``a list``, ``an object``, ``true or
     false``: a JSON value of another type). A column that mixes them with strings is read by
     ``datasets`` as JSON values (its ``Json`` feature), which cannot tell the text ``"5"`` from the
-    number 5: ``raw``, the file's own values of that column (:func:`read_local_file`), classifies each
-    row then; without it the decoded values do.
+    number 5: ``written``, the file's own values of that column (``raw`` of :func:`read_local_file`),
+    classifies each row then; without it the decoded values do.
     """
     values = ds.with_format("arrow")[column]
     if isinstance(values, pa.ChunkedArray):
@@ -70,7 +70,7 @@ def bad_text_rows(ds: Dataset, column: str, raw: list | None = None) -> dict[str
         if pa.types.is_null(values.type):
             return {"missing or null": list(range(len(values)))}
         found: dict[str, list[int]] = {}
-        for row, value in enumerate(raw if raw is not None else ds[column][:]):  # str, int, list, dict, None...
+        for row, value in enumerate(written if written is not None else ds[column][:]):  # str, int, list, None...
             if value is None:
                 kind = "missing or null"
             elif isinstance(value, str):

@@ -113,12 +113,12 @@ class Lab:
         return name if shared == self.base_image(variant) else f"{name}-{shared}"
 
     def dockerfile(self, variant: str | None = None) -> Path:
-        """The Dockerfile of ``variant``'s image; the lab's own image is built from the one shared
-        ``labs/Dockerfile`` (``ARG LAB``) unless the lab keeps its own ``Dockerfile``."""
-        if variant:
-            return self.dir / self.variants[variant]["dockerfile"]
-        own = self.dir / "Dockerfile"
-        return own if own.is_file() else self.dir.parent / "Dockerfile"
+        """The Dockerfile of ``variant``'s image (``lab.yaml`` ``variants.<variant>.dockerfile``, else
+        ``Dockerfile``): the lab's own if it keeps one, else the shared one of that name in ``labs/``
+        (``labs/Dockerfile``, ``labs/Dockerfile.npu``: ``ARG LAB``)."""
+        name = self.variants[variant]["dockerfile"] if variant else "Dockerfile"
+        own = self.dir / name
+        return own if own.is_file() else self.dir.parent / name
 
     def requirements(self, variant: str | None = None, flavor: str | None = None) -> Path:
         """The hash-locked requirements of ``variant``'s image (the lab's own for ``None``); on a CUDA

@@ -194,9 +194,18 @@ def test_compose_npu_service_is_the_documented_recipe(name):
     assert f"${{NPU_SMI:-/usr/local/bin/npu-smi}}:{ascend.NPU_SMI_IN_CONTAINER}:ro" in volumes
     assert "ASCEND_RT_VISIBLE_DEVICES=0" in service["environment"] and service["group_add"]
     assert not service.get("privileged") and "deploy" not in service  # no NVIDIA reservation
-    assert service["build"]["dockerfile"] == f"labs/{name}/Dockerfile.npu"
+    assert (
+        service["build"]["dockerfile"]
+        == "labs/Dockerfile.npu"
+        == str(get_lab(name).dockerfile("npu").relative_to(REPO_ROOT))
+    )
+    args = {k: v for k, v in service["build"]["args"].items() if k not in ("BASE_IMAGE", "BUILD_IMAGE")}
+    assert args == host_docker.lab_build_args(get_lab(name), "npu") == {"LAB": name, "LOCK": "requirements-npu.txt"}
+    assert service["build"]["args"]["BUILD_IMAGE"] == host_docker.image_tag("ascend-build")
     assert service["profiles"] == [f"{name}-npu"]  # not the CUDA service's profile: CUDA hosts never build it
     assert compose["services"]["ascend"]["build"]["dockerfile"] == "images/ascend/Dockerfile"
+    build = compose["services"]["ascend-build"]
+    assert build["build"]["target"] == "build" and build["image"] == host_docker.image_tag("ascend-build")
 
 
 def test_an_npu_profile_in_a_container_gets_the_npu_recipe_a_cpu_one_nothing():
@@ -258,16 +267,42 @@ def test_a_variant_builds_on_its_own_shared_image_for_its_platform(monkeypatch):
     monkeypatch.setattr(
         host_docker,
         "build_image",
-        lambda dockerfile, tag, base, platform=None, build_args=None: calls.append(
-            (dockerfile.relative_to(REPO_ROOT).as_posix(), tag, base, platform)
+        lambda dockerfile, tag, base, platform=None, build_args=None, target=None: calls.append(
+            (dockerfile.relative_to(REPO_ROOT).as_posix(), tag, base, platform, build_args, target)
         ),
     )
     monkeypatch.setenv("ASCEND_PLATFORM", "linux/arm64")
     monkeypatch.setenv("ASCEND_BASE_IMAGE", "labs-standin-base:bookworm-arm64")
+    monkeypatch.setenv("ASCEND_BUILD_BASE_IMAGE", "labs-standin-base:bookworm")
+    monkeypatch.setattr(host_docker.os, "uname", lambda: os.uname_result(("Linux", "h", "6", "1", "x86_64")))
     tasks.build(Context(), lab="llama2-sft", variant="npu")
+    build_base = {"BUILD_BASE_IMAGE": "labs-standin-base:bookworm"}
     assert calls == [
-        ("images/ascend/Dockerfile", "llm-labs/ascend:dev", "labs-standin-base:bookworm-arm64", "linux/arm64"),
-        ("labs/llama2-sft/Dockerfile.npu", "llm-labs/llama2-sft-npu:dev", "llm-labs/ascend:dev", "linux/arm64"),
+        (
+            "images/ascend/Dockerfile",
+            "llm-labs/ascend:dev",
+            "labs-standin-base:bookworm-arm64",
+            "linux/arm64",
+            build_base,
+            None,
+        ),
+        # its env stage for this machine (x86_64), the env still for arm64: where the npu images install theirs
+        (
+            "images/ascend/Dockerfile",
+            "llm-labs/ascend-build:dev",
+            "labs-standin-base:bookworm-arm64",
+            "linux/amd64",
+            {**build_base, "VENV_ARCH": "arm64"},
+            "build",
+        ),
+        (
+            "labs/Dockerfile.npu",
+            "llm-labs/llama2-sft-npu:dev",
+            "llm-labs/ascend:dev",
+            "linux/arm64",
+            {"LAB": "llama2-sft", "LOCK": "requirements-npu.txt", "BUILD_IMAGE": "llm-labs/ascend-build:dev"},
+            None,
+        ),
     ]
     calls.clear()
     tasks.build(Context(), lab="llama2-sft")
@@ -354,6 +389,18 @@ def test_ascend_image_layout_user_and_cann_environment(lab, tmp_path):
     )
     out = docker("run", "--rm", "--entrypoint", "bash", image, "-c", probe).stdout.split("\n")
     assert out[:4] == ["lab", "HwHiAiUser", "2.10.0 2.10.0", "locked"]
+    # the env was installed on this machine's platform (images/ascend/Dockerfile, stage `build`): its
+    # bytecode is valid for the image's Python (imports read it, nothing recompiles), its uv is the image's
+    imports = "python -v -c 'import numpy' 2>&1"
+    probe = f"{imports} | grep -c ' matches '; {imports} | grep -c 'stale\\|could not create'; uv --version"
+    out = docker("run", "--rm", "--entrypoint", "bash", image, "-c", probe, check=False).stdout.split("\n")
+    machine = {"arm64": "aarch64", "amd64": "x86_64"}[arch]
+    assert int(out[0]) > 50 and out[1] == "0" and out[2].endswith(f"({machine}-unknown-linux-gnu)"), out
+    build = host_docker.image_tag("ascend-build")  # that stage for this machine: where the npu images install
+    build_arch = docker("image", "inspect", "--format", "{{.Architecture}}", build).stdout.strip()
+    assert build_arch == host_docker.DOCKER_ARCH[os.uname().machine]
+    cat = [*host_docker.docker_cli(), "run", "--rm", build, "cat", "/usr/local/share/llm-labs/venv-arch"]
+    assert subprocess.run(cat, capture_output=True, text=True, check=True).stdout.strip() == arch
     # CANN's set_env.sh reaches every process: the entrypoint (python here) and non-interactive bash
     fake = tmp_path / "set_env.sh"
     fake.write_text("export LABS_FAKE_CANN=sourced\nexport LD_LIBRARY_PATH=/fake/cann/lib64:$LD_LIBRARY_PATH\n")

@@ -134,6 +134,9 @@ def test_lab_images_come_from_the_shared_dockerfile_unless_a_lab_keeps_its_own()
     other = dataclasses.replace(bert, entrypoint="train.py")  # a lab whose script is not run.py
     assert docker.lab_build_args(other) == {"LAB": "bert-yelp", "ENTRYPOINT": "train.py"}
     assert "ARG ENTRYPOINT=run.py" in (REPO_ROOT / "labs" / "Dockerfile").read_text()
+    llama = get_lab("llama2-sft")  # the npu variants: the shared labs/Dockerfile.npu, the variant's lock
+    assert llama.dockerfile("npu") == REPO_ROOT / "labs" / "Dockerfile.npu"
+    assert docker.lab_build_args(llama, "npu") == {"LAB": "llama2-sft", "LOCK": "requirements-npu.txt"}
 
 
 def test_bench_without_a_gpu_says_how_to_run_the_cpu_self_test_and_leaves_nothing(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -149,6 +150,7 @@ def test_only_labs_that_need_more_keep_their_own_dockerfile():
     """One lab Dockerfile shape: labs/Dockerfile (ARG LAB); a lab's own only with a build stage."""
     own = sorted(p.parent.name for p in LABS_DIR.glob("*/Dockerfile"))
     assert own == ["quantization"] and " AS sdists" in (LABS_DIR / "quantization" / "Dockerfile").read_text()
+    assert not list(LABS_DIR.glob("*/Dockerfile.npu"))  # every npu variant: labs/Dockerfile.npu (ARG LAB)
 
 
 def test_every_lab_has_a_compose_service_with_a_gpu_and_the_cache(lab):
@@ -207,3 +209,74 @@ def test_make_help_names_every_lab_and_nothing_else():
     out = subprocess.run(["make", "-s", "help"], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout
     line = next(x for x in out.splitlines() if x.startswith("lab-<name>"))
     assert line.split("labs: ", 1)[1].split() == [lab.name for lab in list_labs()]
+
+
+def wheel(folder, name: str, version: str, files: dict[str, str]):
+    """A pure-Python wheel ``name-version-py3-none-any.whl`` in ``folder`` holding ``files``; returns its
+    lock line (``name==version --hash=sha256:...``)."""
+    import base64
+    import hashlib
+    import zipfile
+
+    info = f"{name}-{version}.dist-info"
+    entries = {
+        **files,
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = []
+    for path, text in entries.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
+        record.append(f"{path},sha256={digest},{len(text.encode())}")
+    entries[f"{info}/RECORD"] = "\n".join([*record, f"{info}/RECORD,,"]) + "\n"
+    path = folder / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as zf:
+        for member, text in entries.items():
+            zf.writestr(member, text)
+    return f"{name}=={version} --hash=sha256:{hashlib.sha256(path.read_bytes()).hexdigest()}\n"
+
+
+@pytest.mark.skipif(not shutil.which("uv"), reason="uv not on PATH (the tooling venv has it)")
+def test_install_step_hands_over_only_what_it_added_and_refuses_to_remove(tmp_path):
+    """images/common/pip-install-locked --delta (labs/Dockerfile.npu installs a lab's packages beside
+    the Ascend image's env and copies only what they added onto the image): the new package's files and
+    bytecode land in the delta, the env's own files do not; a lock that would replace a package of the
+    env stops with one line, the delta left unwritten."""
+    import sys
+
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    base = wheel(wheels, "basepkg", "1.0", {"basepkg/__init__.py": "X = 1\n"})
+    lab = wheel(wheels, "labpkg", "2.0", {"labpkg/__init__.py": "import basepkg\nY = 2\n"})
+    newer = wheel(wheels, "basepkg", "1.1", {"basepkg/__init__.py": "X = 2\n"})
+    (tmp_path / "base.txt").write_text(base)
+    (tmp_path / "lab.txt").write_text(base + lab)
+    (tmp_path / "other.txt").write_text(newer + lab)
+    env = tmp_path / "venv"
+    subprocess.run(["uv", "venv", "-q", "--python", sys.executable, str(env)], check=True)
+    run_env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "UV_", "VENV_ARCH"))},
+        "VIRTUAL_ENV": str(env),
+        "UV_FIND_LINKS": str(wheels),
+        "UV_OFFLINE": "1",
+        "UV_NO_CACHE": "1",
+        "LOCKED_SDISTS": "0",
+    }
+    script = str(REPO_ROOT / "images" / "common" / "pip-install-locked")
+
+    def install(*args):
+        return subprocess.run([script, *map(str, args)], env=run_env, capture_output=True, text=True)
+
+    assert install(tmp_path / "base.txt").returncode == 0
+    site = next((env / "lib").glob("python3.*/site-packages"))
+    assert (site / "basepkg" / "__pycache__").is_dir()  # compiled at install
+    delta = tmp_path / "delta"
+    result = install("--delta", delta, tmp_path / "lab.txt")
+    assert result.returncode == 0, result.stderr
+    added = sorted(p.relative_to(delta / str(site).lstrip("/")).as_posix() for p in delta.rglob("*") if p.is_file())
+    assert "labpkg/__init__.py" in added and any(a.startswith("labpkg/__pycache__/") for a in added)
+    assert not [a for a in added if a.startswith("basepkg")], added  # the env's own files stay out
+    result = install("--delta", tmp_path / "delta2", tmp_path / "other.txt")
+    assert result.returncode == 1 and not (tmp_path / "delta2").exists()
+    assert "error: installing" in result.stderr and "removed files of the image's env" in result.stderr
+    assert "basepkg" in result.stderr and "keeps their versions" in result.stderr

@@ -2,12 +2,15 @@
 
 Images: the shared ones (``images/cuda``, ``images/ascend``: ``llm-labs/<name>:dev``) and one per lab
 and variant (``llm-labs/<lab>[-<variant>]:dev``), all built from the repository root. The lab image
-of most labs comes from the one shared ``labs/Dockerfile`` with ``--build-arg LAB=<lab>``; labs
-that need more (a variant's older stack, the npu variants, a source build) keep their own.
+of most labs comes from the one shared ``labs/Dockerfile`` with ``--build-arg LAB=<lab>``, the npu
+variants' from ``labs/Dockerfile.npu``; labs that need more (a variant's older stack, a source build)
+keep their own.
 
 Environment: ``DOCKER`` (the CLI, default ``docker``), ``BASE_IMAGE`` / ``ASCEND_BASE_IMAGE`` (the
-shared images' bases), ``ASCEND_PLATFORM`` (``linux/arm64`` under QEMU), ``PIP_INDEX_URL``,
-``EXTRA_CA_CERT`` (a BuildKit secret, never a layer), ``ASCEND_VISIBLE_DEVICES``.
+shared images' bases), ``ASCEND_BUILD_BASE_IMAGE`` (the Ascend base for the build machine's own
+platform, where the Ascend image's env is installed; default: ``ASCEND_BASE_IMAGE`` itself, a
+multi-arch image), ``ASCEND_PLATFORM`` (``linux/arm64``: emulated under QEMU on x86_64),
+``PIP_INDEX_URL``, ``EXTRA_CA_CERT`` (a BuildKit secret, never a layer), ``ASCEND_VISIBLE_DEVICES``.
 """
 
 from __future__ import annotations
@@ -47,6 +50,10 @@ PASSED_ENV = (
 #: and its platform (the Ascend image for linux/arm64 from an x86_64 machine, under QEMU).
 BASE_IMAGE_ENV = {"cuda": "BASE_IMAGE", "cuda12": "CUDA12_BASE_IMAGE", "ascend": "ASCEND_BASE_IMAGE"}
 PLATFORM_ENV = {"ascend": "ASCEND_PLATFORM"}
+#: Shared images whose env is installed in a stage on the build machine's own platform (``build``),
+#: tagged ``llm-labs/<name>-build:dev`` for the images on them to install their packages the same way
+#: (``BUILD_IMAGE``), with the base for that platform in ``BUILD_BASE_IMAGE`` (from this variable).
+BUILD_STAGE_BASE_ENV = {"ascend": "ASCEND_BUILD_BASE_IMAGE"}
 GPU_DRIVER_HELP = (
     'Docker could not give the container a GPU ("could not select device driver "nvidia""): the '
     "NVIDIA Container Toolkit is missing or not configured. Install nvidia-container-toolkit, run "
@@ -134,6 +141,7 @@ def image_platform(image: str) -> str | None:
 #: SVE, as the Kunpeng 920 CPUs of Atlas 800T A2 hosts are.
 EMULATED_CPU = {"aarch64": "neoverse-n1"}
 PLATFORM_ARCH = {"linux/arm64": "aarch64", "linux/amd64": "x86_64"}
+DOCKER_ARCH = {arch: platform.split("/")[1] for platform, arch in PLATFORM_ARCH.items()}  # uname -m -> Docker's
 
 
 def platform_args(image: str) -> list[str]:
@@ -169,10 +177,16 @@ def ascend_image_error() -> str | None:
 
 
 def build_image(
-    dockerfile: Path, tag: str, base_image: str | None, platform: str | None = None, build_args: dict | None = None
+    dockerfile: Path,
+    tag: str,
+    base_image: str | None,
+    platform: str | None = None,
+    build_args: dict | None = None,
+    target: str | None = None,
 ) -> None:
     """``docker build`` with BuildKit from the repo root; EXTRA_CA_CERT becomes the ``extra_ca`` secret;
-    ``platform`` (``linux/arm64``) builds for another architecture (QEMU); ``build_args`` (``LAB``) too.
+    ``platform`` (``linux/arm64``) builds for another architecture (QEMU); ``build_args`` (``LAB``) too;
+    ``target``: that stage alone.
 
     Raises:
         LabError: EXTRA_CA_CERT is not a file, or the build failed (with the likely way out).
@@ -180,6 +194,7 @@ def build_image(
     cmd = [*docker_cli(), "build", "-f", str(dockerfile.relative_to(REPO_ROOT)), "-t", tag]
     cmd += ["--platform", platform] if platform else []
     args = {"BASE_IMAGE": base_image, "PIP_INDEX_URL": os.environ.get("PIP_INDEX_URL"), **(build_args or {})}
+    cmd += ["--target", target] if target else []
     cmd += [arg for key, value in args.items() if value for arg in ("--build-arg", f"{key}={value}")]
     ca = os.environ.get("EXTRA_CA_CERT")
     if ca:
@@ -195,7 +210,8 @@ def build_image(
             hint = (
                 ". If the CANN base could not be pulled: build an arm64 Debian stand-in (no CANN: CPU only) with "
                 "`STANDIN_ARCH=arm64 images/standin/build.sh labs-standin-base:bookworm-arm64` and pass "
-                "ASCEND_BASE_IMAGE=labs-standin-base:bookworm-arm64 ASCEND_PLATFORM=linux/arm64 (QEMU on x86_64)"
+                "ASCEND_BASE_IMAGE=labs-standin-base:bookworm-arm64 ASCEND_PLATFORM=linux/arm64 (QEMU on x86_64) "
+                "with ASCEND_BUILD_BASE_IMAGE=labs-standin-base:bookworm (the same Debian for this machine)"
             )
         elif not base_image or "nvidia/cuda" in base_image:
             hint = (
@@ -217,7 +233,17 @@ def build_shared_image(name: str, base_image: str | None = None) -> None:
     if why := (ascend_image_error() if name == "ascend" else docker_error()):
         raise LabError(why)
     base = base_image or os.environ.get(BASE_IMAGE_ENV[name])
-    build_image(SHARED_IMAGES[name] / "Dockerfile", image_tag(name), base, image_platform(name))
+    dockerfile, platform = SHARED_IMAGES[name] / "Dockerfile", image_platform(name)
+    if name not in BUILD_STAGE_BASE_ENV:
+        build_image(dockerfile, image_tag(name), base, platform)
+        return
+    args = {"BUILD_BASE_IMAGE": os.environ.get(BUILD_STAGE_BASE_ENV[name])}
+    build_image(dockerfile, image_tag(name), base, platform, args)
+    # Stage `build` alone, for this machine's platform, its env still for the image's architecture
+    # (the same layers, from the cache just filled): where the images on this one install theirs.
+    host = f"linux/{DOCKER_ARCH.get(os.uname().machine, os.uname().machine)}"
+    venv_arch = (platform or host).split("/")[1]
+    build_image(dockerfile, image_tag(f"{name}-build"), base, host, {**args, "VENV_ARCH": venv_arch}, target="build")
 
 
 def build_lab_image(lab: Lab, variant: str | None = None, flavor: str | None = None) -> str:
@@ -227,16 +253,19 @@ def build_lab_image(lab: Lab, variant: str | None = None, flavor: str | None = N
     build_shared_image(shared)
     tag = image_tag(lab.image_name(variant, flavor))
     args = lab_build_args(lab, variant, flavor)
+    if shared in BUILD_STAGE_BASE_ENV:
+        args["BUILD_IMAGE"] = image_tag(f"{shared}-build")
     build_image(lab.dockerfile(variant), tag, image_tag(shared), image_platform(lab.base_image(variant)), args)
     return tag
 
 
 def lab_build_args(lab: Lab, variant: str | None = None, flavor: str | None = None) -> dict[str, str]:
-    """``--build-arg`` values of a lab image from the shared ``labs/Dockerfile``: ``LAB``, ``ENTRYPOINT``
-    (``lab.yaml`` ``entrypoint``, where it is not the Dockerfile's default ``run.py``), the lab's
-    ``lab.yaml`` ``build_args``, and ``LOCK`` on a CUDA image flavor (``requirements-cuda12.txt``); none
-    for a lab's (or a variant's) own Dockerfile."""
-    if lab.dockerfile(variant) != lab.dir.parent / "Dockerfile":
+    """``--build-arg`` values of a lab image from a shared Dockerfile (``labs/Dockerfile``,
+    ``labs/Dockerfile.npu``): ``LAB``, ``ENTRYPOINT`` (``lab.yaml`` ``entrypoint``, where it is not the
+    Dockerfile's default ``run.py``), the lab's ``lab.yaml`` ``build_args``, and ``LOCK`` where it is
+    not ``requirements.txt`` (a CUDA image flavor's ``requirements-cuda12.txt``, a variant's); none for
+    a lab's (or a variant's) own Dockerfile."""
+    if lab.dockerfile(variant).parent != lab.dir.parent:
         return {}
     script = {} if lab.entrypoint == "run.py" else {"ENTRYPOINT": lab.entrypoint}  # the Dockerfile's default
     args = {"LAB": lab.name, **script, **{k: str(v) for k, v in (lab.meta.get("build_args") or {}).items()}}

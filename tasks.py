@@ -6,8 +6,8 @@
     invoke test [--lab whisper-lora]
     invoke doctor [--lab whisper-lora]
 
-Environment: DOCKER, BASE_IMAGE, ASCEND_BASE_IMAGE, ASCEND_PLATFORM, EXTRA_CA_CERT, OUTPUT_ROOT,
-CV_DIR, HF_TOKEN, HF_ENDPOINT (README: Settings).
+Environment: DOCKER, BASE_IMAGE, ASCEND_BASE_IMAGE, ASCEND_BUILD_BASE_IMAGE, ASCEND_PLATFORM,
+EXTRA_CA_CERT, OUTPUT_ROOT, CV_DIR, HF_TOKEN, HF_ENDPOINT (README: Settings).
 """
 
 from __future__ import annotations

@@ -304,6 +304,14 @@ def test_a_variant_builds_on_its_own_shared_image_for_its_platform(monkeypatch):
             None,
         ),
     ]
+    calls.clear()  # on an arm64 host (no ASCEND_PLATFORM) everything is for the engine's own platform
+    monkeypatch.delenv("ASCEND_PLATFORM")
+    monkeypatch.delenv("ASCEND_BUILD_BASE_IMAGE")
+    tasks.build(Context(), lab="llama2-sft", variant="npu")
+    assert [c[1:] for c in calls[:2]] == [
+        ("llm-labs/ascend:dev", "labs-standin-base:bookworm-arm64", None, {"BUILD_BASE_IMAGE": None}, None),
+        ("llm-labs/ascend-build:dev", "labs-standin-base:bookworm-arm64", None, {"BUILD_BASE_IMAGE": None}, "build"),
+    ]
     calls.clear()
     tasks.build(Context(), lab="llama2-sft")
     assert [c[1] for c in calls] == ["llm-labs/cuda:dev", "llm-labs/llama2-sft:dev"] and calls[1][3] is None
@@ -453,7 +461,13 @@ def test_npu_variant_smoke_verifies_in_its_image(lab, tmp_path):
 def test_npu_variant_image_without_cann_says_why_there_is_no_npu(lab, tmp_path):
     """Each npu variant's image on a machine without CANN (the stand-in base): asked for the NPU, the
     lab stops in one line naming the missing libraries, before any output is written."""
-    host_docker.build_lab_image(lab, "npu")
+    tag = host_docker.build_lab_image(lab, "npu")
+    # the lab's packages, installed beside the Ascend env and copied on (labs/Dockerfile.npu): their
+    # bytecode is valid in the image (imports read it, nothing recompiles)
+    imports = "python -v -c 'import tqdm' 2>&1"
+    probe = f"{imports} | grep -c 'tqdm/__pycache__/.* matches '; {imports} | grep -c 'stale\\|could not create'"
+    out = docker("run", "--rm", "--entrypoint", "bash", tag, "-c", probe, check=False).stdout.split()
+    assert int(out[0]) > 5 and out[1] == "0", out
     tmp_path.chmod(0o777)
     cmd = host_docker.run_args([(str(tmp_path), "/opt/labs/outputs")], {"HF_HUB_OFFLINE": "1"}, accelerator=None)
     cmd += host_docker.platform_args("ascend")

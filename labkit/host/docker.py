@@ -241,9 +241,10 @@ def build_shared_image(name: str, base_image: str | None = None) -> None:
     build_image(dockerfile, image_tag(name), base, platform, args)
     # Stage `build` alone, for this machine's platform, its env still for the image's architecture
     # (the same layers, from the cache just filled): where the images on this one install theirs.
-    host = f"linux/{DOCKER_ARCH.get(os.uname().machine, os.uname().machine)}"
-    venv_arch = (platform or host).split("/")[1]
-    build_image(dockerfile, image_tag(f"{name}-build"), base, host, {**args, "VENV_ARCH": venv_arch}, target="build")
+    if platform:  # another platform than the engine's own (which os.uname names here, as for QEMU_CPU)
+        args = {**args, "VENV_ARCH": platform.split("/")[1]}
+        platform = f"linux/{DOCKER_ARCH.get(os.uname().machine, os.uname().machine)}"
+    build_image(dockerfile, image_tag(f"{name}-build"), base, platform, args, target="build")
 
 
 def build_lab_image(lab: Lab, variant: str | None = None, flavor: str | None = None) -> str:

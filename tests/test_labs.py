@@ -355,7 +355,8 @@ def test_two_containers_train_as_two_nodes(lab, tmp_path):
     )
     (restart,) = json.loads((run_dir / "metrics.json").read_text())["restarts"]["events"]
     assert restart["job"] == "zero3-np2" and restart["attempt"] == 1 and restart["resumed_from_step"] in (6, 9)
-    assert restart["steps_lost"] == restart["last_step_done"] - restart["resumed_from_step"] >= 1
+    # (0 when the kill, late on a loaded machine, lands right after the step-9 checkpoint)
+    assert restart["steps_lost"] == restart["last_step_done"] - restart["resumed_from_step"] >= 0
     print(f"node1's rank (pid {killed}) killed; the restart: {restart}")
     ranks = [json.loads((run_dir / "zero3-np2" / f"rank{r}.json").read_text()) for r in (0,)]
     node1 = latest_run(tmp_path / "node1", lab.name, "smoke")

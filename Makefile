@@ -58,7 +58,7 @@ images: $(VENV)/.installed ## Build the shared CUDA image (BASE_IMAGE=...); IMAG
 smoke: $(VENV)/.installed ## Run every lab's smoke profile natively and verify it
 	@for lab in $$(ls labs/*/lab.yaml | cut -d/ -f2); do $(INVOKE) run --lab $$lab --profile smoke --runtime native || exit 1; done
 
-test: $(VENV)/.installed ## The whole test suite (LAB=<name> for one lab)
+test: $(VENV)/.installed ## The whole test suite (LAB=<name> for one lab, LAB=<a>,<b> for several)
 	$(INVOKE) test $(if $(LAB),--lab $(LAB))
 
 report: $(VENV)/.installed ## Write outputs/report.html: every lab's newest runs, checks, plots, manifests

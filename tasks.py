@@ -241,8 +241,8 @@ def doctor(c, lab=None):
 @task(
     positional=[],
     help={
-        "lab": "only this lab (its unit tests, smoke runs, broken-pipeline check, container path, and "
-        "verification of its latest runs under outputs/)",
+        "lab": "only this lab, or these comma-separated (their unit tests, smoke runs, broken-pipeline "
+        "checks, container paths, and verification of their latest runs under outputs/)",
         "jobs": "parallel test workers (pytest-xdist; default 2, or 1 on a one-core machine)",
     },
 )
@@ -268,7 +268,7 @@ def test(c, lab=None, jobs=None):
     if jobs > 1:  # tests/conftest.py schedules by lab; the cores are shared out, not oversubscribed
         args += ["-n", str(jobs), "--no-loadscope-reorder"]  # longest labs first: tests/conftest.py
         os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
-    if lab:
+    if lab:  # one lab or several, comma-separated (what the tests of those labs and the shared ones cover)
         with one_line_errors():
-            args += ["--lab", get_lab(lab).name]
+            args += ["--lab", ",".join(get_lab(name.strip()).name for name in lab.split(","))]
     c.run(shlex.join(args), echo=True, pty=False)

@@ -24,15 +24,18 @@ _by_test: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
 
 
 def pytest_addoption(parser):
-    parser.addoption("--lab", default=None, help="only test this lab")
+    parser.addoption("--lab", default=None, help="only test this lab (or these, comma-separated)")
     parser.addoption("--times-json", default=None, help="write the per-lab time table here (JSON)")
 
 
 def pytest_generate_tests(metafunc):
     if "lab" in metafunc.fixturenames:
-        only = metafunc.config.getoption("--lab")
+        only = metafunc.config.getoption("--lab")  # a lab, or several comma-separated
+        names = set(only.split(",")) if only else None
         mark = metafunc.definition.get_closest_marker("labs")  # @pytest.mark.labs("whisper-lora"): just these
-        labs = [lab for lab in list_labs() if only in (None, lab.name) and (not mark or lab.name in mark.args)]
+        labs = [
+            lab for lab in list_labs() if names in (None, names | {lab.name}) and (not mark or lab.name in mark.args)
+        ]
         metafunc.parametrize("lab", labs, ids=[lab.name for lab in labs])
 
 

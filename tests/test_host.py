@@ -548,3 +548,21 @@ def test_a_run_where_forward_compatibility_found_no_gpu_says_so(tmp_path, monkey
     monkeypatch.setenv("LABS_CUDA_COMPAT", "0")
     assert gpu_problem("13.0").startswith("NVIDIA driver 535.183.01 is older than CUDA 13.0 needs (>= 580)")
     assert gpu_problem("12.8") is None  # the CUDA 12 image's torch on the same host: nothing wrong
+
+
+def test_the_test_task_takes_one_lab_or_several(monkeypatch):
+    """`make test LAB=bert-yelp,moe` (`invoke test --lab`): those labs' tests and the shared ones; an
+    unknown name is one line naming it, before anything runs."""
+    from invoke import Context, Exit
+
+    import tasks
+
+    ran = []
+    monkeypatch.setattr(Context, "run", lambda self, cmd, **kw: ran.append(cmd))
+    monkeypatch.setattr(docker, "docker_error", lambda: "no engine here")
+    tasks.test(Context(), lab="bert-yelp, moe")
+    assert ran[-1].split()[-2:] == ["--lab", "bert-yelp,moe"] and "pytest tests" in ran[-1]
+    ran.clear()
+    with pytest.raises(Exit, match="nope"):
+        tasks.test(Context(), lab="bert-yelp,nope")
+    assert not [cmd for cmd in ran if "pytest" in cmd]

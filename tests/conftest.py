@@ -34,7 +34,7 @@ def pytest_generate_tests(metafunc):
         names = set(only.split(",")) if only else None
         mark = metafunc.definition.get_closest_marker("labs")  # @pytest.mark.labs("whisper-lora"): just these
         labs = [
-            lab for lab in list_labs() if names in (None, names | {lab.name}) and (not mark or lab.name in mark.args)
+            lab for lab in list_labs() if (names is None or lab.name in names) and (not mark or lab.name in mark.args)
         ]
         metafunc.parametrize("lab", labs, ids=[lab.name for lab in labs])
 
